@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test uturn has: unit, property, integration (real UDP sockets on loopback, a
+# real redis-server started by the tests on a free port, coturn's turnutils_* clients and the
+# webrtc-rs `turn` client), then clippy. Installs the Debian packages the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # Keep package scripts from starting the packaged turnserver/redis services.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod +x "$policy"
+        created_policy=1
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+    [ "$created_policy" -eq 1 ] && $SUDO rm -f "$policy"
+fi
+
+export RUST_BACKTRACE=1
+cargo test --all-targets
+cargo test --doc
+cargo clippy --all-targets -- -D warnings
