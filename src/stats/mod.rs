@@ -3,3 +3,11 @@
 //!
 //! Owns: the Redis connection, batching, reconnect, the event queue while Redis is down.
 //! Must not: ever block a shard (shards use `try_send` and count what does not fit).
+
+use crate::turn::Event;
+
+/// Where shards hand their events. Implementations must never block the calling shard:
+/// queue with a bound and count what does not fit.
+pub trait EventSink: Send + Sync {
+    fn send(&self, event: Event);
+}
