@@ -141,3 +141,6 @@ pub enum Event {
         totals: Traffic,
     },
 }
+
+#[cfg(test)]
+mod tests;

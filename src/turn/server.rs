@@ -4,8 +4,17 @@
 //! can send from the receive buffer without copying; everything else (STUN responses) is
 //! queued and taken with [`Server::poll_transmit`], events with [`Server::poll_event`].
 
-use super::{AllocationInfo, Event, Transport};
-use crate::auth::{AuthDecision, Observer, Quotas};
+use super::allocation::{Allocation, ChannelBinding, TokenBucket};
+use super::nonce;
+use super::ports::PortPool;
+use super::timers::TimerWheel;
+use super::{AllocationInfo, DeleteReason, Event, FiveTuple, Traffic, Transport};
+use crate::auth::{AuthDecision, AuthRequest, Observer, Quotas, Ticket};
+use crate::stun::{
+    self, ChannelData, Class, LongTermKey, Message, MessageBuilder, Method, TransactionId,
+};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
@@ -128,24 +137,181 @@ pub struct ServerCounters {
     pub relayed_to_client: u64,
 }
 
+
+/// Reserved ports (EVEN-PORT with R) are held this long for a RESERVATION-TOKEN (RFC 8656
+/// §7.2 suggests about 30 seconds).
+const RESERVATION_LIFETIME_SECS: u64 = 30;
+/// How many ports to try when binding a relay socket fails (port taken by another process).
+const BIND_ATTEMPTS: usize = 8;
+/// Most unknown attribute types listed in a 420 response.
+const MAX_UNKNOWN_LISTED: usize = 16;
+
+#[derive(Copy, Clone, Debug)]
+enum Timer {
+    /// Check an allocation's lifetime; `at` is the second it was scheduled for.
+    Expiry { slot: u32, gen: u32, at: u64 },
+    /// Prune expired permissions and channels.
+    Prune { slot: u32, gen: u32, at: u64 },
+    /// Periodic traffic report.
+    Stats { slot: u32, gen: u32 },
+    Reservation { token: u64 },
+    PendingAuth { ticket: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    gen: u32,
+    allocation: Option<Allocation>,
+    /// Seconds (since the epoch) of the live Expiry and Prune timer entries.
+    expiry_at: u64,
+    prune_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Reservation {
+    port: u16,
+    ip: IpAddr,
+    expires_sec: u64,
+}
+
+/// A request waiting for an asynchronous authentication answer.
+struct Parked {
+    data: Vec<u8>,
+    client: SocketAddr,
+    local: SocketAddr,
+}
+
+/// Who a request came from and how to answer it.
+#[derive(Copy, Clone)]
+struct Request {
+    client: SocketAddr,
+    local: SocketAddr,
+    method: Method,
+    tid: TransactionId,
+    fingerprint: bool,
+}
+
+/// A cheap hasher for the 5-tuple map: keys are only inserted for authenticated
+/// allocations, so there is no hash-flooding exposure worth SipHash's cost per packet.
+#[derive(Default, Clone, Copy)]
+struct TupleHasher(u64);
+
+impl Hasher for TupleHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n as u64)
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n as u64)
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64)
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64)
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type TupleMap = HashMap<(SocketAddr, SocketAddr), u32, BuildHasherDefault<TupleHasher>>;
+
 /// The TURN server state machine of one shard.
 pub struct Server {
     config: ServerConfig,
     observer: Arc<dyn Observer>,
     quotas: Arc<Quotas>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    live: usize,
+    by_tuple: TupleMap,
+    ports: PortPool,
+    reservations: HashMap<u64, Reservation>,
+    wheel: TimerWheel<Timer>,
+    due: Vec<Timer>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    counters: ServerCounters,
+    next_seq: u64,
+    rng: u64,
+    pending: HashMap<u64, Parked>,
+    next_ticket: u64,
+    ticket_sink: Option<TicketSink>,
 }
+
+/// Where asynchronous authentication answers go: the shard's channel plus a wakeup.
+pub type TicketSink = Arc<dyn Fn(u64, AuthDecision) + Send + Sync>;
 
 impl Server {
     pub fn new(config: ServerConfig, observer: Arc<dyn Observer>, quotas: Arc<Quotas>) -> Self {
+        let seed = u64::from_le_bytes(config.nonce_secret[..8].try_into().unwrap_or([1; 8]))
+            ^ config.id_base.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ 0x5eed;
+        let ports = PortPool::new(config.ports.clone(), seed);
         Server {
+            wheel: TimerWheel::new(0),
             config,
             observer,
             quotas,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            live: 0,
+            by_tuple: TupleMap::default(),
+            ports,
+            reservations: HashMap::new(),
+            due: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: ServerCounters::default(),
+            next_seq: 1,
+            rng: seed | 1,
+            pending: HashMap::new(),
+            next_ticket: 1,
+            ticket_sink: None,
         }
     }
 
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// Lets observers answer later: parked requests get tickets that deliver through `sink`.
+    /// Without a sink, observers cannot defer (their `defer()` returns `None`).
+    pub fn set_ticket_sink(&mut self, sink: TicketSink) {
+        self.ticket_sink = Some(sink);
+    }
+
+    fn now_sec(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.config.epoch).as_secs()
+    }
+
+    /// The first whole second (since the epoch) at or after `t`.
+    fn sec_ceil(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.config.epoch);
+        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
     /// A datagram from `client` received on the listening socket bound at `local`.
@@ -157,8 +323,136 @@ impl Server {
         buf: &[u8],
         sockets: &mut dyn RelaySockets,
     ) -> ClientAction {
-        let _ = (now, client, local, buf, sockets, &self.observer, &self.quotas);
-        todo!()
+        if stun::is_channel_data(buf) {
+            return self.client_channel_data(now, client, local, buf);
+        }
+        let msg = match Message::parse(buf) {
+            Ok(msg) => msg,
+            Err(stun::Error::NotStun) => {
+                self.counters.not_stun += 1;
+                return ClientAction::None;
+            }
+            Err(_) => {
+                self.counters.malformed += 1;
+                return ClientAction::None;
+            }
+        };
+        match msg.class() {
+            Class::Request => {
+                self.handle_request(now, client, local, &msg, None, sockets);
+                ClientAction::None
+            }
+            Class::Indication if msg.method() == Method::SEND => {
+                self.send_indication(now, client, local, &msg)
+            }
+            _ => {
+                // Responses and other indications are not for a server.
+                self.counters.malformed += 1;
+                ClientAction::None
+            }
+        }
+    }
+
+    fn client_channel_data(
+        &mut self,
+        now: Instant,
+        client: SocketAddr,
+        local: SocketAddr,
+        buf: &[u8],
+    ) -> ClientAction {
+        let Ok(cd) = ChannelData::parse(buf) else {
+            self.counters.malformed += 1;
+            return ClientAction::None;
+        };
+        let Some(&slot) = self.by_tuple.get(&(client, local)) else {
+            self.counters.no_allocation += 1;
+            return ClientAction::None;
+        };
+        let max_bps = self.config.max_bps;
+        let Some(alloc) = self.slots[slot as usize].allocation.as_mut() else {
+            self.counters.no_allocation += 1;
+            return ClientAction::None;
+        };
+        if alloc.expires <= now {
+            self.counters.no_allocation += 1;
+            return ClientAction::None;
+        }
+        let Some(peer) = alloc.channel_by_number(cd.number, now).map(|c| c.peer) else {
+            self.counters.no_channel += 1;
+            return ClientAction::None;
+        };
+        if !alloc.has_permission(peer.ip(), now) {
+            self.counters.no_permission += 1;
+            return ClientAction::None;
+        }
+        if let Some(bucket) = alloc.bucket_in.as_mut() {
+            if !bucket.take(now, max_bps, buf.len()) {
+                self.counters.rate_limited += 1;
+                return ClientAction::None;
+            }
+        }
+        let len = cd.payload.len();
+        alloc.unreported.client.rcvp += 1;
+        alloc.unreported.client.rcvb += buf.len() as u64;
+        alloc.unreported.peer.sentp += 1;
+        alloc.unreported.peer.sentb += len as u64;
+        self.counters.relayed_to_peer += 1;
+        self.maybe_report(slot);
+        ClientAction::ToPeer {
+            relay: RelayId(slot),
+            peer,
+            payload: stun::CHANNEL_DATA_HEADER_LEN..stun::CHANNEL_DATA_HEADER_LEN + len,
+        }
+    }
+
+    fn send_indication(
+        &mut self,
+        now: Instant,
+        client: SocketAddr,
+        local: SocketAddr,
+        msg: &Message<'_>,
+    ) -> ClientAction {
+        let Some(&slot) = self.by_tuple.get(&(client, local)) else {
+            self.counters.no_allocation += 1;
+            return ClientAction::None;
+        };
+        let (Ok(Some(peer)), Some(data)) = (msg.xor_address(stun::XOR_PEER_ADDRESS), msg.data())
+        else {
+            self.counters.malformed += 1;
+            return ClientAction::None;
+        };
+        let max_bps = self.config.max_bps;
+        let Some(alloc) = self.slots[slot as usize].allocation.as_mut() else {
+            self.counters.no_allocation += 1;
+            return ClientAction::None;
+        };
+        if alloc.expires <= now {
+            self.counters.no_allocation += 1;
+            return ClientAction::None;
+        }
+        if !alloc.has_permission(peer.ip(), now) {
+            self.counters.no_permission += 1;
+            return ClientAction::None;
+        }
+        let total = msg.as_bytes().len();
+        if let Some(bucket) = alloc.bucket_in.as_mut() {
+            if !bucket.take(now, max_bps, total) {
+                self.counters.rate_limited += 1;
+                return ClientAction::None;
+            }
+        }
+        alloc.unreported.client.rcvp += 1;
+        alloc.unreported.client.rcvb += total as u64;
+        alloc.unreported.peer.sentp += 1;
+        alloc.unreported.peer.sentb += data.value.len() as u64;
+        self.counters.relayed_to_peer += 1;
+        self.maybe_report(slot);
+        let start = data.value_offset();
+        ClientAction::ToPeer {
+            relay: RelayId(slot),
+            peer,
+            payload: start..start + data.value.len(),
+        }
     }
 
     /// A datagram from `peer` received on relay socket `relay`. The payload is
@@ -172,8 +466,254 @@ impl Server {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> PeerAction {
-        let _ = (now, relay, peer, buf, payload);
-        todo!()
+        if payload.start < PEER_HEADROOM
+            || payload.start > payload.end
+            || payload.end.saturating_add(PEER_TAILROOM) > buf.len()
+        {
+            self.counters.malformed += 1;
+            return PeerAction::Drop;
+        }
+        let max_bps = self.config.max_bps;
+        let tid_seed = self.random();
+        let Some(alloc) = self
+            .slots
+            .get_mut(relay.0 as usize)
+            .and_then(|s| s.allocation.as_mut())
+        else {
+            self.counters.no_allocation += 1;
+            return PeerAction::Drop;
+        };
+        if alloc.expires <= now {
+            self.counters.no_allocation += 1;
+            return PeerAction::Drop;
+        }
+        if !alloc.has_permission(peer.ip(), now) {
+            self.counters.no_permission += 1;
+            return PeerAction::Drop;
+        }
+        let len = payload.len();
+        let range = if let Some(channel) = alloc.channel_by_peer(peer, now) {
+            let Ok(len16) = u16::try_from(len) else {
+                self.counters.malformed += 1;
+                return PeerAction::Drop;
+            };
+            let start = payload.start - stun::CHANNEL_DATA_HEADER_LEN;
+            buf[start..payload.start].copy_from_slice(&ChannelData::header(channel.number, len16));
+            start..payload.end
+        } else {
+            // A Data indication's length field counts the padded DATA attribute.
+            if len > usize::from(u16::MAX) - PEER_HEADROOM {
+                self.counters.malformed += 1;
+                return PeerAction::Drop;
+            }
+            let mut tid = [0u8; 12];
+            tid[..8].copy_from_slice(&tid_seed.to_le_bytes());
+            tid[8..].copy_from_slice(&(tid_seed >> 17).to_le_bytes()[..4]);
+            let mut prefix = [0u8; PEER_HEADROOM];
+            let n = stun::data_indication_prefix(&mut prefix, &tid, peer, len);
+            let start = payload.start - n;
+            buf[start..payload.start].copy_from_slice(&prefix[..n]);
+            let pad = (4 - len % 4) % 4;
+            buf[payload.end..payload.end + pad].fill(0);
+            start..payload.end + pad
+        };
+        if let Some(bucket) = alloc.bucket_out.as_mut() {
+            if !bucket.take(now, max_bps, range.len()) {
+                self.counters.rate_limited += 1;
+                return PeerAction::Drop;
+            }
+        }
+        alloc.unreported.peer.rcvp += 1;
+        alloc.unreported.peer.rcvb += len as u64;
+        alloc.unreported.client.sentp += 1;
+        alloc.unreported.client.sentb += range.len() as u64;
+        let tuple = alloc.info.five_tuple;
+        self.counters.relayed_to_client += 1;
+        self.maybe_report(relay.0);
+        PeerAction::ToClient {
+            local: tuple.server,
+            client: tuple.client,
+            range,
+        }
+    }
+
+    /// Reports traffic when the client-side packet count reaches the trigger (coturn: 4096).
+    fn maybe_report(&mut self, slot: u32) {
+        let trigger = self.config.stats_packet_trigger;
+        if trigger == 0 {
+            return;
+        }
+        if let Some(alloc) = self.slots[slot as usize].allocation.as_mut() {
+            let c = &alloc.unreported.client;
+            if c.rcvp + c.sentp >= trigger {
+                let delta = alloc.take_unreported();
+                self.events.push_back(Event::Traffic {
+                    info: alloc.info.clone(),
+                    delta,
+                });
+            }
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        client: SocketAddr,
+        local: SocketAddr,
+        msg: &Message<'_>,
+        preset: Option<AuthDecision>,
+        sockets: &mut dyn RelaySockets,
+    ) {
+        let req = Request {
+            client,
+            local,
+            method: msg.method(),
+            tid: *msg.transaction_id(),
+            fingerprint: msg.has_fingerprint(),
+        };
+        let mut unknown = [0u16; MAX_UNKNOWN_LISTED];
+        let n = msg.unknown_comprehension_required(&mut unknown);
+        if n > 0 {
+            self.counters.malformed += 1;
+            self.error(&req, 420, None, |b| {
+                b.add_unknown_attributes(&unknown[..n]);
+            });
+            return;
+        }
+        match req.method {
+            Method::BINDING => {
+                self.respond(&req, Class::Success, None, |b| {
+                    b.add_xor_address(stun::XOR_MAPPED_ADDRESS, client);
+                });
+                return;
+            }
+            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {}
+            _ => {
+                self.counters.malformed += 1;
+                self.error(&req, 400, None, |_| {});
+                return;
+            }
+        }
+        let existing = self.by_tuple.get(&(client, local)).copied();
+        let Some((key, username)) = self.authenticate(now, &req, msg, existing, preset) else {
+            return;
+        };
+        match req.method {
+            Method::ALLOCATE => self.allocate(now, &req, msg, existing, key, &username, sockets),
+            Method::REFRESH => self.refresh(now, &req, msg, existing, key, sockets),
+            Method::CREATE_PERMISSION => self.create_permission(now, &req, msg, existing, key),
+            _ => self.channel_bind(now, &req, msg, existing, key),
+        }
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4). Returns the key and username, or sends
+    /// the error response and returns `None`. Creates no state unless an observer defers.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        msg: &Message<'_>,
+        existing: Option<u32>,
+        preset: Option<AuthDecision>,
+    ) -> Option<(LongTermKey, String)> {
+        if !msg.has_integrity() {
+            self.counters.unauthenticated += 1;
+            self.challenge(now, req, 401);
+            return None;
+        }
+        let (Ok(Some(username)), Ok(Some(realm)), Ok(Some(nonce))) =
+            (msg.username(), msg.realm(), msg.nonce())
+        else {
+            self.counters.malformed += 1;
+            self.error(req, 400, None, |_| {});
+            return None;
+        };
+        let now_sec = self.now_sec(now);
+        let lifetime = self.config.nonce_lifetime.as_secs();
+        if nonce::check(&self.config.nonce_secret, nonce, now_sec, lifetime, req.client.ip()).is_err() {
+            self.counters.stale_nonce += 1;
+            self.challenge(now, req, 438);
+            return None;
+        }
+        if realm != self.config.realm {
+            self.counters.unauthenticated += 1;
+            self.challenge(now, req, 401);
+            return None;
+        }
+        if let Some(slot) = existing {
+            if let Some(alloc) = self.slots[slot as usize].allocation.as_ref() {
+                if alloc.info.username != username {
+                    self.counters.unauthenticated += 1;
+                    self.error(req, 441, None, |_| {});
+                    return None;
+                }
+                if !msg.verify_integrity(&alloc.key) {
+                    self.counters.unauthenticated += 1;
+                    self.challenge(now, req, 401);
+                    return None;
+                }
+                return Some((alloc.key, username.to_owned()));
+            }
+        }
+        let decision = match preset {
+            Some(decision) => decision,
+            None => {
+                let ticket = match &self.ticket_sink {
+                    Some(sink) if self.pending.len() < self.config.max_pending_auth => {
+                        Some(Ticket::new(self.next_ticket, sink.clone()))
+                    }
+                    _ => None,
+                };
+                let mut request = AuthRequest {
+                    username,
+                    realm,
+                    method: req.method,
+                    client: req.client,
+                    server: req.local,
+                    transport: self.config.transport,
+                    ticket,
+                };
+                let decision = self.observer.authenticate(&mut request);
+                if decision == AuthDecision::Pending {
+                    if request.ticket.is_none() {
+                        // The observer holds the ticket: park until it answers.
+                        let ticket = self.next_ticket;
+                        self.next_ticket += 1;
+                        self.pending.insert(
+                            ticket,
+                            Parked {
+                                data: msg.as_bytes().to_vec(),
+                                client: req.client,
+                                local: req.local,
+                            },
+                        );
+                        let deadline = self.sec_ceil(now + self.config.pending_auth_timeout);
+                        self.wheel.schedule(deadline, Timer::PendingAuth { ticket });
+                    } else {
+                        // Deferred without a ticket (full, or no async support): cannot wait.
+                        self.counters.pending_auth_dropped += 1;
+                        self.error(req, 508, None, |_| {});
+                    }
+                    return None;
+                }
+                decision
+            }
+        };
+        match decision {
+            AuthDecision::Authorized(key) if msg.verify_integrity(&key) => {
+                Some((key, username.to_owned()))
+            }
+            AuthDecision::QuotaReached => {
+                self.counters.quota_refused += 1;
+                self.error(req, 486, None, |_| {});
+                None
+            }
+            _ => {
+                self.counters.unauthenticated += 1;
+                self.challenge(now, req, 401);
+                None
+            }
+        }
     }
 
     /// An asynchronous authentication answer (see `auth::Ticket`) for a parked request.
@@ -184,48 +724,626 @@ impl Server {
         decision: AuthDecision,
         sockets: &mut dyn RelaySockets,
     ) {
-        let _ = (now, ticket, decision, sockets);
-        todo!()
+        let Some(parked) = self.pending.remove(&ticket) else {
+            return; // timed out meanwhile
+        };
+        let decision = match decision {
+            AuthDecision::Pending => AuthDecision::NotAuthorized,
+            other => other,
+        };
+        if let Ok(msg) = Message::parse(&parked.data) {
+            self.handle_request(now, parked.client, parked.local, &msg, Some(decision), sockets);
+        }
+    }
+
+    fn lifetime_for(&self, requested: Option<u32>) -> u32 {
+        let default = self.config.default_lifetime.as_secs() as u32;
+        let max = self.config.max_lifetime.as_secs() as u32;
+        match requested {
+            Some(r) => r.min(max).max(default.min(max)),
+            None => default.min(max),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn allocate(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        msg: &Message<'_>,
+        existing: Option<u32>,
+        key: LongTermKey,
+        username: &str,
+        sockets: &mut dyn RelaySockets,
+    ) {
+        if let Some(slot) = existing {
+            let same = self.slots[slot as usize]
+                .allocation
+                .as_ref()
+                .is_some_and(|a| a.allocate_tid == req.tid);
+            if same {
+                // A retransmission of the Allocate that succeeded: answer it again.
+                self.allocate_success(req, slot, now);
+            } else {
+                self.error(req, 437, Some(&key), |_| {});
+            }
+            return;
+        }
+        match msg.requested_transport() {
+            Ok(Some(stun::TRANSPORT_UDP)) => {}
+            Ok(Some(_)) => return self.error(req, 442, Some(&key), |_| {}),
+            _ => return self.error(req, 400, Some(&key), |_| {}),
+        }
+        let (Ok(token), Ok(even), Ok(family), Ok(requested)) = (
+            msg.reservation_token(),
+            msg.even_port(),
+            msg.requested_address_family(),
+            msg.lifetime(),
+        ) else {
+            return self.error(req, 400, Some(&key), |_| {});
+        };
+        if token.is_some() && (even.is_some() || family.is_some()) {
+            return self.error(req, 400, Some(&key), |_| {});
+        }
+        let relay_ip = match family {
+            None | Some(stun::FAMILY_IPV4) => Some(self.config.relay_ip).filter(|ip| ip.is_ipv4()),
+            Some(stun::FAMILY_IPV6) => self
+                .config
+                .relay_ip_v6
+                .or(Some(self.config.relay_ip))
+                .filter(|ip| ip.is_ipv6()),
+            Some(_) => None,
+        };
+        let reservation = match token {
+            Some(t) => match self.reservations.remove(&t) {
+                Some(r) => Some(r),
+                None => return self.error(req, 508, Some(&key), |_| {}),
+            },
+            None => None,
+        };
+        let relay_ip = match (&reservation, relay_ip) {
+            (Some(r), _) => r.ip,
+            (None, Some(ip)) => ip,
+            (None, None) => return self.error(req, 440, Some(&key), |_| {}),
+        };
+        if self.live >= self.config.max_allocations {
+            self.counters.ports_exhausted += 1;
+            if let Some(r) = reservation {
+                self.ports.release(r.port);
+            }
+            return self.error(req, 508, Some(&key), |_| {});
+        }
+        if !self.quotas.try_acquire(username) {
+            self.counters.quota_refused += 1;
+            if let Some(r) = reservation {
+                self.ports.release(r.port);
+            }
+            return self.error(req, 486, Some(&key), |_| {});
+        }
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let reserve_next = even == Some(true);
+        let mut bound = None;
+        for attempt in 0..BIND_ATTEMPTS {
+            let port = match (&reservation, even) {
+                (Some(r), _) if attempt == 0 => Some(r.port),
+                (Some(_), _) => None,
+                (None, Some(r)) => self.ports.take_even(r),
+                (None, None) => self.ports.take(),
+            };
+            let Some(port) = port else { break };
+            let addr = SocketAddr::new(relay_ip, port);
+            match sockets.open(RelayId(slot), addr) {
+                Ok(()) => {
+                    bound = Some(addr);
+                    break;
+                }
+                Err(_) => {
+                    // Busy outside uturn: back of the queue, try another.
+                    self.ports.release(port);
+                    if reserve_next {
+                        self.ports.release(port + 1);
+                    }
+                }
+            }
+        }
+        let Some(relay) = bound else {
+            self.counters.ports_exhausted += 1;
+            self.free_slots.push(slot);
+            self.quotas.release(username);
+            return self.error(req, 508, Some(&key), |_| {});
+        };
+        let mut new_token = None;
+        if reserve_next && reservation.is_none() {
+            let t = self.random();
+            let expires_sec = self.now_sec(now) + RESERVATION_LIFETIME_SECS;
+            self.reservations.insert(
+                t,
+                Reservation {
+                    port: relay.port() + 1,
+                    ip: relay_ip,
+                    expires_sec,
+                },
+            );
+            self.wheel.schedule(expires_sec, Timer::Reservation { token: t });
+            new_token = Some(t);
+        }
+        let lifetime = self.lifetime_for(requested);
+        let id = self.config.id_base + self.next_seq * self.config.id_stride.max(1);
+        self.next_seq += 1;
+        let info = Arc::new(AllocationInfo {
+            id,
+            username: username.to_owned(),
+            realm: self.config.realm.clone(),
+            five_tuple: FiveTuple {
+                client: req.client,
+                server: req.local,
+                transport: self.config.transport,
+            },
+            relay,
+        });
+        let expires = now + Duration::from_secs(lifetime.into());
+        let max_bps = self.config.max_bps;
+        let s = &mut self.slots[slot as usize];
+        s.allocation = Some(Allocation {
+            info: info.clone(),
+            key,
+            expires,
+            allocate_tid: req.tid,
+            lifetime,
+            reservation_token: new_token,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            unreported: Traffic::default(),
+            reported: Traffic::default(),
+            bucket_in: (max_bps > 0).then(|| TokenBucket::new(now, max_bps)),
+            bucket_out: (max_bps > 0).then(|| TokenBucket::new(now, max_bps)),
+        });
+        s.prune_at = None;
+        let gen = s.gen;
+        let at = self.sec_ceil(expires);
+        self.slots[slot as usize].expiry_at = at;
+        self.wheel.schedule(at, Timer::Expiry { slot, gen, at });
+        if !self.config.stats_interval.is_zero() {
+            let next = self.now_sec(now) + self.config.stats_interval.as_secs().max(1);
+            self.wheel.schedule(next, Timer::Stats { slot, gen });
+        }
+        self.by_tuple.insert((req.client, req.local), slot);
+        self.live += 1;
+        self.events.push_back(Event::AllocationCreated { info, lifetime });
+        self.allocate_success(req, slot, now);
+    }
+
+    fn allocate_success(&mut self, req: &Request, slot: u32, now: Instant) {
+        let Some(alloc) = self.slots[slot as usize].allocation.as_ref() else {
+            return;
+        };
+        let relay = match self.config.external_ip {
+            Some(ip) if ip.is_ipv4() == alloc.info.relay.is_ipv4() => {
+                SocketAddr::new(ip, alloc.info.relay.port())
+            }
+            _ => alloc.info.relay,
+        };
+        let remaining = alloc.expires.saturating_duration_since(now).as_secs() as u32;
+        let token = alloc.reservation_token;
+        let key = alloc.key;
+        let client = req.client;
+        self.respond(req, Class::Success, Some(&key), |b| {
+            b.add_xor_address(stun::XOR_RELAYED_ADDRESS, relay);
+            b.add_u32(stun::LIFETIME, remaining);
+            if let Some(t) = token {
+                b.add_reservation_token(t);
+            }
+            b.add_xor_address(stun::XOR_MAPPED_ADDRESS, client);
+        });
+    }
+
+    fn refresh(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        msg: &Message<'_>,
+        existing: Option<u32>,
+        key: LongTermKey,
+        sockets: &mut dyn RelaySockets,
+    ) {
+        let Some(slot) = existing else {
+            return self.error(req, 437, Some(&key), |_| {});
+        };
+        let (Ok(requested), Ok(family)) = (msg.lifetime(), msg.requested_address_family()) else {
+            return self.error(req, 400, Some(&key), |_| {});
+        };
+        let Some(alloc) = self.slots[slot as usize].allocation.as_mut() else {
+            return self.error(req, 437, Some(&key), |_| {});
+        };
+        let relay_family = if alloc.info.relay.is_ipv4() {
+            stun::FAMILY_IPV4
+        } else {
+            stun::FAMILY_IPV6
+        };
+        if family.is_some_and(|f| f != relay_family) {
+            return self.error(req, 443, Some(&key), |_| {});
+        }
+        let info = alloc.info.clone();
+        if requested == Some(0) {
+            self.respond(req, Class::Success, Some(&key), |b| {
+                b.add_u32(stun::LIFETIME, 0);
+            });
+            self.events.push_back(Event::AllocationRefreshed { info, lifetime: 0 });
+            self.delete(slot, DeleteReason::Deleted, sockets);
+            return;
+        }
+        let lifetime = self.lifetime_for(requested);
+        let expires = now + Duration::from_secs(lifetime.into());
+        let at = self.sec_ceil(expires);
+        if let Some(alloc) = self.slots[slot as usize].allocation.as_mut() {
+            alloc.expires = expires;
+            alloc.lifetime = lifetime;
+        }
+        let s = &mut self.slots[slot as usize];
+        if at < s.expiry_at {
+            // Shortened: the pending timer entry would fire too late.
+            s.expiry_at = at;
+            let gen = s.gen;
+            self.wheel.schedule(at, Timer::Expiry { slot, gen, at });
+        }
+        self.respond(req, Class::Success, Some(&key), |b| {
+            b.add_u32(stun::LIFETIME, lifetime);
+        });
+        self.events.push_back(Event::AllocationRefreshed { info, lifetime });
+    }
+
+    /// Checks a peer address against the allocation's family and the peer policy, sending
+    /// 443/403 when it fails.
+    fn check_peer(&mut self, req: &Request, key: &LongTermKey, relay: SocketAddr, peer: SocketAddr) -> bool {
+        if peer.is_ipv4() != relay.is_ipv4() {
+            self.error(req, 443, Some(key), |_| {});
+            return false;
+        }
+        if !self.config.policy.is_allowed(peer.ip()) {
+            self.counters.peer_refused += 1;
+            self.error(req, 403, Some(key), |_| {});
+            return false;
+        }
+        true
+    }
+
+    fn schedule_prune(&mut self, slot: u32, expires: Instant) {
+        let at = self.sec_ceil(expires);
+        let s = &mut self.slots[slot as usize];
+        if s.prune_at.is_none_or(|p| at < p) {
+            s.prune_at = Some(at);
+            let gen = s.gen;
+            self.wheel.schedule(at, Timer::Prune { slot, gen, at });
+        }
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        msg: &Message<'_>,
+        existing: Option<u32>,
+        key: LongTermKey,
+    ) {
+        let Some(slot) = existing else {
+            return self.error(req, 437, Some(&key), |_| {});
+        };
+        let Some(relay) = self.slots[slot as usize]
+            .allocation
+            .as_ref()
+            .map(|a| a.info.relay)
+        else {
+            return self.error(req, 437, Some(&key), |_| {});
+        };
+        let max = self.config.max_permissions_per_allocation;
+        let mut ips = Vec::new();
+        for peer in msg.xor_peer_addresses() {
+            let Ok(peer) = peer else {
+                return self.error(req, 400, Some(&key), |_| {});
+            };
+            if !self.check_peer(req, &key, relay, peer) {
+                return;
+            }
+            if !ips.contains(&peer.ip()) {
+                if ips.len() >= max {
+                    return self.error(req, 508, Some(&key), |_| {});
+                }
+                ips.push(peer.ip());
+            }
+        }
+        if ips.is_empty() {
+            return self.error(req, 400, Some(&key), |_| {});
+        }
+        let expires = now + self.config.permission_lifetime;
+        let Some(alloc) = self.slots[slot as usize].allocation.as_mut() else {
+            return;
+        };
+        if !alloc.can_install_permissions(&ips, max, now) {
+            return self.error(req, 508, Some(&key), |_| {});
+        }
+        for ip in &ips {
+            alloc.install_permission(*ip, expires, max, now);
+        }
+        self.schedule_prune(slot, expires);
+        self.respond(req, Class::Success, Some(&key), |_| {});
+    }
+
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        msg: &Message<'_>,
+        existing: Option<u32>,
+        key: LongTermKey,
+    ) {
+        let Some(slot) = existing else {
+            return self.error(req, 437, Some(&key), |_| {});
+        };
+        let (Ok(Some(number)), Ok(Some(peer))) =
+            (msg.channel_number(), msg.xor_address(stun::XOR_PEER_ADDRESS))
+        else {
+            return self.error(req, 400, Some(&key), |_| {});
+        };
+        if !(stun::MIN_CHANNEL..=stun::MAX_CHANNEL).contains(&number) {
+            return self.error(req, 400, Some(&key), |_| {});
+        }
+        let Some(relay) = self.slots[slot as usize]
+            .allocation
+            .as_ref()
+            .map(|a| a.info.relay)
+        else {
+            return self.error(req, 437, Some(&key), |_| {});
+        };
+        if !self.check_peer(req, &key, relay, peer) {
+            return;
+        }
+        let max_channels = self.config.max_channels_per_allocation;
+        let max_perms = self.config.max_permissions_per_allocation;
+        let channel_expires = now + self.config.channel_lifetime;
+        let perm_expires = now + self.config.permission_lifetime;
+        let Some(alloc) = self.slots[slot as usize].allocation.as_mut() else {
+            return;
+        };
+        // RFC 8656 §12.2: a number bound to another peer, or a peer bound to another
+        // number, is a 400.
+        let conflict = alloc
+            .channels
+            .iter()
+            .any(|c| (c.number == number) != (c.peer == peer));
+        if conflict {
+            return self.error(req, 400, Some(&key), |_| {});
+        }
+        let exists = alloc.channels.iter().any(|c| c.number == number);
+        if !exists && alloc.channels.len() >= max_channels {
+            return self.error(req, 508, Some(&key), |_| {});
+        }
+        if !alloc.can_install_permissions(&[peer.ip()], max_perms, now) {
+            return self.error(req, 508, Some(&key), |_| {});
+        }
+        alloc.install_permission(peer.ip(), perm_expires, max_perms, now);
+        match alloc.channels.iter_mut().find(|c| c.number == number) {
+            Some(c) => c.expires = channel_expires,
+            None => alloc.channels.push(ChannelBinding {
+                number,
+                peer,
+                expires: channel_expires,
+            }),
+        }
+        self.schedule_prune(slot, perm_expires.min(channel_expires));
+        self.respond(req, Class::Success, Some(&key), |_| {});
+    }
+
+    fn delete(&mut self, slot: u32, reason: DeleteReason, sockets: &mut dyn RelaySockets) {
+        let s = &mut self.slots[slot as usize];
+        let Some(mut alloc) = s.allocation.take() else {
+            return;
+        };
+        s.gen = s.gen.wrapping_add(1);
+        s.prune_at = None;
+        self.free_slots.push(slot);
+        self.live -= 1;
+        let tuple = alloc.info.five_tuple;
+        self.by_tuple.remove(&(tuple.client, tuple.server));
+        sockets.close(RelayId(slot));
+        self.ports.release(alloc.info.relay.port());
+        self.quotas.release(&alloc.info.username);
+        let last = alloc.take_unreported();
+        self.events.push_back(Event::AllocationDeleted {
+            info: alloc.info,
+            reason,
+            last,
+            totals: alloc.reported,
+        });
     }
 
     /// Expire what is due at `now` and emit periodic traffic reports.
     pub fn handle_timeout(&mut self, now: Instant, sockets: &mut dyn RelaySockets) {
-        let _ = (now, sockets);
-        todo!()
+        let now_sec = self.now_sec(now);
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(now_sec, &mut due);
+        for timer in due.drain(..) {
+            self.fire(timer, now, now_sec, sockets);
+        }
+        self.due = due;
     }
 
-    /// When `handle_timeout` should next be called.
+    fn live_slot(&self, slot: u32, gen: u32) -> bool {
+        self.slots
+            .get(slot as usize)
+            .is_some_and(|s| s.gen == gen && s.allocation.is_some())
+    }
+
+    fn fire(&mut self, timer: Timer, now: Instant, now_sec: u64, sockets: &mut dyn RelaySockets) {
+        match timer {
+            Timer::Expiry { slot, gen, at } => {
+                if !self.live_slot(slot, gen) || self.slots[slot as usize].expiry_at != at {
+                    return;
+                }
+                let expires = self.slots[slot as usize]
+                    .allocation
+                    .as_ref()
+                    .map(|a| a.expires);
+                match expires {
+                    Some(e) if e <= now => self.delete(slot, DeleteReason::Expired, sockets),
+                    Some(e) => {
+                        let at = self.sec_ceil(e).max(now_sec + 1);
+                        self.slots[slot as usize].expiry_at = at;
+                        self.wheel.schedule(at, Timer::Expiry { slot, gen, at });
+                    }
+                    None => {}
+                }
+            }
+            Timer::Prune { slot, gen, at } => {
+                if !self.live_slot(slot, gen) || self.slots[slot as usize].prune_at != Some(at) {
+                    return;
+                }
+                self.slots[slot as usize].prune_at = None;
+                let next = self.slots[slot as usize]
+                    .allocation
+                    .as_mut()
+                    .and_then(|a| a.prune(now));
+                if let Some(next) = next {
+                    self.schedule_prune(slot, next);
+                }
+            }
+            Timer::Stats { slot, gen } => {
+                if !self.live_slot(slot, gen) {
+                    return;
+                }
+                if let Some(alloc) = self.slots[slot as usize].allocation.as_mut() {
+                    if !alloc.unreported.is_zero() {
+                        let delta = alloc.take_unreported();
+                        self.events.push_back(Event::Traffic {
+                            info: alloc.info.clone(),
+                            delta,
+                        });
+                    }
+                }
+                let next = now_sec + self.config.stats_interval.as_secs().max(1);
+                self.wheel.schedule(next, Timer::Stats { slot, gen });
+            }
+            Timer::Reservation { token } => {
+                if let Some(r) = self.reservations.get(&token) {
+                    if r.expires_sec <= now_sec {
+                        let port = r.port;
+                        self.reservations.remove(&token);
+                        self.ports.release(port);
+                    }
+                }
+            }
+            Timer::PendingAuth { ticket } => {
+                if self.pending.remove(&ticket).is_some() {
+                    self.counters.pending_auth_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// When `handle_timeout` should next be called: the next whole second while anything is
+    /// scheduled (expiry is exact to the second), `None` when idle.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        if self.wheel.is_empty() {
+            None
+        } else {
+            Some(self.config.epoch + Duration::from_secs(self.wheel.current() + 1))
+        }
     }
 
     /// Next queued datagram to send (responses, error responses).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        todo!()
+        self.transmits.pop_front()
     }
 
     /// Next event for stats and the observer.
     pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
+        self.events.pop_front()
     }
 
     /// Delete every allocation (server stopping): events and socket closes as for expiry.
-    pub fn shutdown(&mut self, now: Instant, sockets: &mut dyn RelaySockets) {
-        let _ = (now, sockets);
-        todo!()
+    pub fn shutdown(&mut self, _now: Instant, sockets: &mut dyn RelaySockets) {
+        for slot in 0..self.slots.len() as u32 {
+            self.delete(slot, DeleteReason::Shutdown, sockets);
+        }
+        for (_, r) in self.reservations.drain() {
+            self.ports.release(r.port);
+        }
+        self.pending.clear();
     }
 
     pub fn allocation_count(&self) -> usize {
-        todo!()
+        self.live
+    }
+
+    pub fn pending_auth_count(&self) -> usize {
+        self.pending.len()
     }
 
     pub fn counters(&self) -> &ServerCounters {
-        todo!()
+        &self.counters
     }
 
     /// Info of a live allocation by its relay id (for the shard's logs and tests).
     pub fn allocation_info(&self, relay: RelayId) -> Option<&Arc<AllocationInfo>> {
-        let _ = relay;
-        todo!()
+        self.slots
+            .get(relay.0 as usize)
+            .and_then(|s| s.allocation.as_ref())
+            .map(|a| &a.info)
+    }
+
+    /// Answers with 401/438 carrying REALM and a fresh NONCE (no MESSAGE-INTEGRITY).
+    fn challenge(&mut self, now: Instant, req: &Request, code: u16) {
+        let nonce = nonce::issue(&self.config.nonce_secret, self.now_sec(now), req.client.ip());
+        let realm = self.config.realm.clone();
+        self.error(req, code, None, |b| {
+            b.add_str(stun::REALM, &realm);
+            b.add_str(stun::NONCE, &nonce);
+        });
+    }
+
+    fn error(
+        &mut self,
+        req: &Request,
+        code: u16,
+        key: Option<&LongTermKey>,
+        extra: impl FnOnce(&mut MessageBuilder<'_>),
+    ) {
+        self.respond(req, Class::Error, key, |b| {
+            b.add_error_code(code, stun::reason_phrase(code));
+            extra(b);
+        });
+    }
+
+    fn respond(
+        &mut self,
+        req: &Request,
+        class: Class,
+        key: Option<&LongTermKey>,
+        build: impl FnOnce(&mut MessageBuilder<'_>),
+    ) {
+        let mut data = Vec::with_capacity(128);
+        {
+            let mut b = MessageBuilder::new(&mut data, class, req.method, &req.tid);
+            build(&mut b);
+            if !self.config.software.is_empty() {
+                b.add_str(stun::SOFTWARE, &self.config.software);
+            }
+            if let Some(key) = key {
+                b.add_message_integrity(key);
+            }
+            if req.fingerprint {
+                b.add_fingerprint();
+            }
+        }
+        self.transmits.push_back(Transmit {
+            local: req.local,
+            remote: req.client,
+            data,
+        });
     }
 }
