@@ -105,7 +105,8 @@ impl StaticUsers {
 
     /// Adds a user; `password` is a plain password or `0x` + 32 hex digits (the key).
     pub fn add(&mut self, username: &str, password: &str, realm: &str) {
-        let key = parse_hex_key(password).unwrap_or_else(|| long_term_key(username, realm, password));
+        let key =
+            parse_hex_key(password).unwrap_or_else(|| long_term_key(username, realm, password));
         self.keys.insert(username.to_owned(), key);
     }
 

@@ -51,7 +51,11 @@ pub fn decode_address(typ: u16, value: &[u8]) -> Result<SocketAddr, Error> {
 }
 
 /// XOR-MAPPED-ADDRESS, XOR-PEER-ADDRESS, XOR-RELAYED-ADDRESS (RFC 8489 §14.2).
-pub fn decode_xor_address(typ: u16, value: &[u8], tid: &TransactionId) -> Result<SocketAddr, Error> {
+pub fn decode_xor_address(
+    typ: u16,
+    value: &[u8],
+    tid: &TransactionId,
+) -> Result<SocketAddr, Error> {
     let _ = (typ, value, tid);
     todo!()
 }

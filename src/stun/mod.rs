@@ -12,7 +12,9 @@ mod integrity;
 mod message;
 
 pub use attributes::*;
-pub use channel_data::{is_channel_data, ChannelData, CHANNEL_DATA_HEADER_LEN, MAX_CHANNEL, MIN_CHANNEL};
+pub use channel_data::{
+    is_channel_data, ChannelData, CHANNEL_DATA_HEADER_LEN, MAX_CHANNEL, MIN_CHANNEL,
+};
 pub use integrity::{fingerprint, long_term_key, LongTermKey};
 pub use message::{data_indication_prefix, AttrIter, Message, MessageBuilder, RawAttribute};
 

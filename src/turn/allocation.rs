@@ -81,7 +81,13 @@ impl Allocation {
     }
 
     /// Installs or refreshes a permission; false when that would exceed `max`.
-    pub fn install_permission(&mut self, ip: IpAddr, expires: Instant, max: usize, now: Instant) -> bool {
+    pub fn install_permission(
+        &mut self,
+        ip: IpAddr,
+        expires: Instant,
+        max: usize,
+        now: Instant,
+    ) -> bool {
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
             p.expires = p.expires.max(expires);
             return true;
@@ -100,7 +106,11 @@ impl Allocation {
             .iter()
             .enumerate()
             .filter(|(i, ip)| {
-                !ips[..*i].contains(ip) && !self.permissions.iter().any(|p| p.ip == **ip && p.expires > now)
+                !ips[..*i].contains(ip)
+                    && !self
+                        .permissions
+                        .iter()
+                        .any(|p| p.ip == **ip && p.expires > now)
             })
             .count();
         live + new <= max

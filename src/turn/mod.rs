@@ -17,7 +17,7 @@ pub mod timers;
 pub use policy::{IpRange, PeerPolicy};
 pub use server::{
     ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, ServerCounters,
-    Transmit,
+    TicketSink, Transmit, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use std::net::SocketAddr;

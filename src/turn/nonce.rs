@@ -114,7 +114,10 @@ mod tests {
         let mut forged = n.clone().into_bytes();
         forged[0] = if forged[0] == b'0' { b'1' } else { b'0' };
         let forged = String::from_utf8(forged).unwrap();
-        assert_eq!(check(&SECRET, &forged, 5, 600, ip), Err(NonceError::Invalid));
+        assert_eq!(
+            check(&SECRET, &forged, 5, 600, ip),
+            Err(NonceError::Invalid)
+        );
         for bad in ["", "zz", "ééééééééééééé", &"g".repeat(24)] {
             assert_eq!(check(&SECRET, bad, 5, 600, ip), Err(NonceError::Invalid));
         }

@@ -137,7 +137,6 @@ pub struct ServerCounters {
     pub relayed_to_client: u64,
 }
 
-
 /// Reserved ports (EVEN-PORT with R) are held this long for a RESERVATION-TOKEN (RFC 8656
 /// §7.2 suggests about 30 seconds).
 const RESERVATION_LIFETIME_SECS: u64 = 30;
@@ -149,13 +148,28 @@ const MAX_UNKNOWN_LISTED: usize = 16;
 #[derive(Copy, Clone, Debug)]
 enum Timer {
     /// Check an allocation's lifetime; `at` is the second it was scheduled for.
-    Expiry { slot: u32, gen: u32, at: u64 },
+    Expiry {
+        slot: u32,
+        gen: u32,
+        at: u64,
+    },
     /// Prune expired permissions and channels.
-    Prune { slot: u32, gen: u32, at: u64 },
+    Prune {
+        slot: u32,
+        gen: u32,
+        at: u64,
+    },
     /// Periodic traffic report.
-    Stats { slot: u32, gen: u32 },
-    Reservation { token: u64 },
-    PendingAuth { ticket: u64 },
+    Stats {
+        slot: u32,
+        gen: u32,
+    },
+    Reservation {
+        token: u64,
+    },
+    PendingAuth {
+        ticket: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -587,7 +601,10 @@ impl Server {
                 });
                 return;
             }
-            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {}
+            Method::ALLOCATE
+            | Method::REFRESH
+            | Method::CREATE_PERMISSION
+            | Method::CHANNEL_BIND => {}
             _ => {
                 self.counters.malformed += 1;
                 self.error(&req, 400, None, |_| {});
@@ -630,7 +647,15 @@ impl Server {
         };
         let now_sec = self.now_sec(now);
         let lifetime = self.config.nonce_lifetime.as_secs();
-        if nonce::check(&self.config.nonce_secret, nonce, now_sec, lifetime, req.client.ip()).is_err() {
+        if nonce::check(
+            &self.config.nonce_secret,
+            nonce,
+            now_sec,
+            lifetime,
+            req.client.ip(),
+        )
+        .is_err()
+        {
             self.counters.stale_nonce += 1;
             self.challenge(now, req, 438);
             return None;
@@ -732,7 +757,14 @@ impl Server {
             other => other,
         };
         if let Ok(msg) = Message::parse(&parked.data) {
-            self.handle_request(now, parked.client, parked.local, &msg, Some(decision), sockets);
+            self.handle_request(
+                now,
+                parked.client,
+                parked.local,
+                &msg,
+                Some(decision),
+                sockets,
+            );
         }
     }
 
@@ -870,7 +902,8 @@ impl Server {
                     expires_sec,
                 },
             );
-            self.wheel.schedule(expires_sec, Timer::Reservation { token: t });
+            self.wheel
+                .schedule(expires_sec, Timer::Reservation { token: t });
             new_token = Some(t);
         }
         let lifetime = self.lifetime_for(requested);
@@ -915,7 +948,8 @@ impl Server {
         }
         self.by_tuple.insert((req.client, req.local), slot);
         self.live += 1;
-        self.events.push_back(Event::AllocationCreated { info, lifetime });
+        self.events
+            .push_back(Event::AllocationCreated { info, lifetime });
         self.allocate_success(req, slot, now);
     }
 
@@ -974,7 +1008,8 @@ impl Server {
             self.respond(req, Class::Success, Some(&key), |b| {
                 b.add_u32(stun::LIFETIME, 0);
             });
-            self.events.push_back(Event::AllocationRefreshed { info, lifetime: 0 });
+            self.events
+                .push_back(Event::AllocationRefreshed { info, lifetime: 0 });
             self.delete(slot, DeleteReason::Deleted, sockets);
             return;
         }
@@ -995,12 +1030,19 @@ impl Server {
         self.respond(req, Class::Success, Some(&key), |b| {
             b.add_u32(stun::LIFETIME, lifetime);
         });
-        self.events.push_back(Event::AllocationRefreshed { info, lifetime });
+        self.events
+            .push_back(Event::AllocationRefreshed { info, lifetime });
     }
 
     /// Checks a peer address against the allocation's family and the peer policy, sending
     /// 443/403 when it fails.
-    fn check_peer(&mut self, req: &Request, key: &LongTermKey, relay: SocketAddr, peer: SocketAddr) -> bool {
+    fn check_peer(
+        &mut self,
+        req: &Request,
+        key: &LongTermKey,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    ) -> bool {
         if peer.is_ipv4() != relay.is_ipv4() {
             self.error(req, 443, Some(key), |_| {});
             return false;
@@ -1085,9 +1127,10 @@ impl Server {
         let Some(slot) = existing else {
             return self.error(req, 437, Some(&key), |_| {});
         };
-        let (Ok(Some(number)), Ok(Some(peer))) =
-            (msg.channel_number(), msg.xor_address(stun::XOR_PEER_ADDRESS))
-        else {
+        let (Ok(Some(number)), Ok(Some(peer))) = (
+            msg.channel_number(),
+            msg.xor_address(stun::XOR_PEER_ADDRESS),
+        ) else {
             return self.error(req, 400, Some(&key), |_| {});
         };
         if !(stun::MIN_CHANNEL..=stun::MAX_CHANNEL).contains(&number) {
@@ -1284,6 +1327,16 @@ impl Server {
         self.pending.len()
     }
 
+    /// Timer entries held (allocations, prunes, stats, reservations, pending answers).
+    pub fn timer_count(&self) -> usize {
+        self.wheel.len()
+    }
+
+    /// Allocation slots ever created (live or free for reuse): the table's high-water mark.
+    pub fn slot_capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     pub fn counters(&self) -> &ServerCounters {
         &self.counters
     }
@@ -1298,7 +1351,11 @@ impl Server {
 
     /// Answers with 401/438 carrying REALM and a fresh NONCE (no MESSAGE-INTEGRITY).
     fn challenge(&mut self, now: Instant, req: &Request, code: u16) {
-        let nonce = nonce::issue(&self.config.nonce_secret, self.now_sec(now), req.client.ip());
+        let nonce = nonce::issue(
+            &self.config.nonce_secret,
+            self.now_sec(now),
+            req.client.ip(),
+        );
         let realm = self.config.realm.clone();
         self.error(req, code, None, |b| {
             b.add_str(stun::REALM, &realm);
