@@ -221,7 +221,6 @@ impl Client {
             b.add_message_integrity(&key);
         }
         b.add_fingerprint();
-        drop(b);
         buf
     }
 
@@ -323,7 +322,6 @@ fn full_exchange_allocate_permission_channel_data() {
     let mut b = MessageBuilder::new(&mut send, Class::Indication, Method::SEND, &tid);
     b.add_xor_address(stun::XOR_PEER_ADDRESS, peer);
     b.add(stun::DATA, b"hello peer");
-    drop(b);
     let (action, out) = w.client(c.addr, &send);
     assert!(out.is_empty());
     match action {
