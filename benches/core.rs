@@ -1,1 +1,162 @@
-fn main() {}
+//! The TURN core's forwarding path without I/O: ChannelData from a client in, a send
+//! decision out; a peer datagram in, the ChannelData header written in place.
+//!
+//! `cargo bench --bench core`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uturn::auth::{Quotas, StaticUsers};
+use uturn::stun::{self, Class, Message, MessageBuilder, Method};
+use uturn::turn::{
+    ClientAction, PeerAction, PeerPolicy, RelayId, RelaySockets, Server, ServerConfig, Transport,
+    PEER_HEADROOM, PEER_TAILROOM,
+};
+
+struct NoSockets;
+
+impl RelaySockets for NoSockets {
+    fn open(&mut self, _: RelayId, _: SocketAddr) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn close(&mut self, _: RelayId) {}
+}
+
+const REALM: &str = "example.org";
+
+fn server(now: Instant) -> Server {
+    let mut users = StaticUsers::new();
+    users.add("alice", "secret", REALM);
+    let config = ServerConfig {
+        realm: REALM.into(),
+        software: String::new(),
+        relay_ip: "192.0.2.10".parse().unwrap(),
+        relay_ip_v6: None,
+        external_ip: None,
+        ports: 50000..=60000,
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        permission_lifetime: Duration::from_secs(300),
+        channel_lifetime: Duration::from_secs(600),
+        nonce_lifetime: Duration::from_secs(600),
+        nonce_secret: [9; 32],
+        epoch: now,
+        policy: PeerPolicy::default(),
+        max_allocations: 100_000,
+        max_permissions_per_allocation: 16,
+        max_channels_per_allocation: 16,
+        max_pending_auth: 16,
+        pending_auth_timeout: Duration::from_secs(5),
+        max_bps: 0,
+        stats_packet_trigger: 4096,
+        stats_interval: Duration::from_secs(0),
+        id_base: 0,
+        id_stride: 1,
+        transport: Transport::Udp,
+    };
+    Server::new(config, Arc::new(users), Arc::new(Quotas::new(0, 0)))
+}
+
+fn request(
+    method: Method,
+    tid: u8,
+    nonce: Option<&str>,
+    attrs: impl FnOnce(&mut MessageBuilder<'_>),
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(&mut buf, Class::Request, method, &[tid; 12]);
+    attrs(&mut b);
+    if let Some(nonce) = nonce {
+        b.add_str(stun::USERNAME, "alice");
+        b.add_str(stun::REALM, REALM);
+        b.add_str(stun::NONCE, nonce);
+        b.add_message_integrity(&stun::long_term_key("alice", REALM, "secret"));
+    }
+    b.add_fingerprint();
+    buf
+}
+
+/// Allocates for `client` and binds channel 0x4000 to `peer`; returns the relay id.
+fn setup(
+    server: &mut Server,
+    now: Instant,
+    client: SocketAddr,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> RelayId {
+    let transport = |b: &mut MessageBuilder<'_>| {
+        b.add_requested_transport(stun::TRANSPORT_UDP);
+    };
+    server.handle_client(
+        now,
+        client,
+        local,
+        &request(Method::ALLOCATE, 1, None, transport),
+        &mut NoSockets,
+    );
+    let challenge = server.poll_transmit().expect("401").data;
+    let nonce = Message::parse(&challenge)
+        .unwrap()
+        .nonce()
+        .unwrap()
+        .unwrap()
+        .to_owned();
+    server.handle_client(
+        now,
+        client,
+        local,
+        &request(Method::ALLOCATE, 2, Some(&nonce), transport),
+        &mut NoSockets,
+    );
+    server.poll_transmit().expect("allocate response");
+    let bind = request(Method::CHANNEL_BIND, 3, Some(&nonce), |b| {
+        b.add_channel_number(0x4000);
+        b.add_xor_address(stun::XOR_PEER_ADDRESS, peer);
+    });
+    server.handle_client(now, client, local, &bind, &mut NoSockets);
+    let resp = server.poll_transmit().expect("channel bind response").data;
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+    while server.poll_event().is_some() {}
+    RelayId(0)
+}
+
+fn forwarding(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut server = server(now);
+    let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    let local: SocketAddr = "192.0.2.10:3478".parse().unwrap();
+    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let relay = setup(&mut server, now, client, local, peer);
+
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(1));
+    let mut datagram = Vec::new();
+    stun::ChannelData::encode(0x4000, &[0xAB; 170], false, &mut datagram);
+    group.bench_function("channel_data_client_to_peer_170B", |b| {
+        b.iter(|| {
+            let action =
+                server.handle_client(now, client, local, black_box(&datagram), &mut NoSockets);
+            assert!(matches!(action, ClientAction::ToPeer { .. }));
+            while server.poll_event().is_some() {}
+        })
+    });
+    let mut buf = vec![0u8; PEER_HEADROOM + 170 + PEER_TAILROOM];
+    group.bench_function("channel_data_peer_to_client_170B", |b| {
+        b.iter(|| {
+            let action = server.handle_peer(
+                now,
+                relay,
+                peer,
+                black_box(&mut buf),
+                PEER_HEADROOM..PEER_HEADROOM + 170,
+            );
+            assert!(matches!(action, PeerAction::ToClient { .. }));
+            while server.poll_event().is_some() {}
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, forwarding);
+criterion_main!(benches);
