@@ -3,8 +3,8 @@
 //! Every `decode_*` takes the attribute *value* (without the 4-byte TLV header) and returns
 //! `Error::BadAttribute(type)` for a malformed one; none of them may panic on any input.
 
-use super::{Error, TransactionId};
-use std::net::SocketAddr;
+use super::{Error, TransactionId, MAGIC_COOKIE};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const MAPPED_ADDRESS: u16 = 0x0001;
 pub const USERNAME: u16 = 0x0006;
@@ -40,14 +40,71 @@ pub const FAMILY_IPV6: u8 = 0x02;
 /// Whether uturn understands this attribute type. Comprehension-required types
 /// (< 0x8000) that are not known make the core answer 420 Unknown Attribute.
 pub fn is_known(typ: u16) -> bool {
-    let _ = typ;
-    todo!()
+    matches!(
+        typ,
+        MAPPED_ADDRESS
+            | USERNAME
+            | MESSAGE_INTEGRITY
+            | ERROR_CODE
+            | UNKNOWN_ATTRIBUTES
+            | CHANNEL_NUMBER
+            | LIFETIME
+            | XOR_PEER_ADDRESS
+            | DATA
+            | REALM
+            | NONCE
+            | XOR_RELAYED_ADDRESS
+            | REQUESTED_ADDRESS_FAMILY
+            | EVEN_PORT
+            | REQUESTED_TRANSPORT
+            | DONT_FRAGMENT
+            | MESSAGE_INTEGRITY_SHA256
+            | XOR_MAPPED_ADDRESS
+            | RESERVATION_TOKEN
+            | SOFTWARE
+            | ALTERNATE_SERVER
+            | FINGERPRINT
+            | ADDITIONAL_ADDRESS_FAMILY
+    )
+}
+
+fn xor_address(typ: u16, value: &[u8], tid: Option<&TransactionId>) -> Result<SocketAddr, Error> {
+    let bad = Error::BadAttribute(typ);
+    if value.len() < 4 {
+        return Err(bad);
+    }
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let mut port = u16::from_be_bytes([value[2], value[3]]);
+    if tid.is_some() {
+        port ^= (MAGIC_COOKIE >> 16) as u16;
+    }
+    match (value[1], value.len()) {
+        (0x01, 8) => {
+            let mut ip = [value[4], value[5], value[6], value[7]];
+            if tid.is_some() {
+                for (b, c) in ip.iter_mut().zip(cookie) {
+                    *b ^= c;
+                }
+            }
+            Ok(SocketAddr::new(Ipv4Addr::from(ip).into(), port))
+        }
+        (0x02, 20) => {
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&value[4..20]);
+            if let Some(tid) = tid {
+                for (i, b) in ip.iter_mut().enumerate() {
+                    *b ^= if i < 4 { cookie[i] } else { tid[i - 4] };
+                }
+            }
+            Ok(SocketAddr::new(Ipv6Addr::from(ip).into(), port))
+        }
+        _ => Err(bad),
+    }
 }
 
 /// MAPPED-ADDRESS / ALTERNATE-SERVER family+port+address value.
 pub fn decode_address(typ: u16, value: &[u8]) -> Result<SocketAddr, Error> {
-    let _ = (typ, value);
-    todo!()
+    xor_address(typ, value, None)
 }
 
 /// XOR-MAPPED-ADDRESS, XOR-PEER-ADDRESS, XOR-RELAYED-ADDRESS (RFC 8489 §14.2).
@@ -56,68 +113,131 @@ pub fn decode_xor_address(
     value: &[u8],
     tid: &TransactionId,
 ) -> Result<SocketAddr, Error> {
-    let _ = (typ, value, tid);
-    todo!()
+    xor_address(typ, value, Some(tid))
 }
 
 /// Encodes an address value (family, port, address) into `out`, xored when `tid` is given.
 pub fn encode_address(addr: SocketAddr, tid: Option<&TransactionId>, out: &mut Vec<u8>) {
-    let _ = (addr, tid, out);
-    todo!()
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let mut port = addr.port();
+    if tid.is_some() {
+        port ^= (MAGIC_COOKIE >> 16) as u16;
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.extend_from_slice(&[0, 0x01]);
+            out.extend_from_slice(&port.to_be_bytes());
+            let mut o = ip.octets();
+            if tid.is_some() {
+                for (b, c) in o.iter_mut().zip(cookie) {
+                    *b ^= c;
+                }
+            }
+            out.extend_from_slice(&o);
+        }
+        IpAddr::V6(ip) => {
+            out.extend_from_slice(&[0, 0x02]);
+            out.extend_from_slice(&port.to_be_bytes());
+            let mut o = ip.octets();
+            if let Some(tid) = tid {
+                for (i, b) in o.iter_mut().enumerate() {
+                    *b ^= if i < 4 { cookie[i] } else { tid[i - 4] };
+                }
+            }
+            out.extend_from_slice(&o);
+        }
+    }
 }
 
 /// A 4-byte big-endian value (LIFETIME).
 pub fn decode_u32(typ: u16, value: &[u8]) -> Result<u32, Error> {
-    let _ = (typ, value);
-    todo!()
+    let v: [u8; 4] = value.try_into().map_err(|_| Error::BadAttribute(typ))?;
+    Ok(u32::from_be_bytes(v))
 }
 
 /// CHANNEL-NUMBER: 16-bit number followed by 16 RFFU bits.
 pub fn decode_channel_number(value: &[u8]) -> Result<u16, Error> {
-    let _ = value;
-    todo!()
+    match value {
+        [a, b, _, _] => Ok(u16::from_be_bytes([*a, *b])),
+        _ => Err(Error::BadAttribute(CHANNEL_NUMBER)),
+    }
 }
 
 /// REQUESTED-TRANSPORT: protocol byte followed by 3 RFFU bytes.
 pub fn decode_requested_transport(value: &[u8]) -> Result<u8, Error> {
-    let _ = value;
-    todo!()
+    match value {
+        [p, _, _, _] => Ok(*p),
+        _ => Err(Error::BadAttribute(REQUESTED_TRANSPORT)),
+    }
 }
 
 /// REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY: family byte + 3 RFFU bytes.
 /// Returns the raw family byte; the core decides whether it supports it (440).
 pub fn decode_address_family(typ: u16, value: &[u8]) -> Result<u8, Error> {
-    let _ = (typ, value);
-    todo!()
+    match value {
+        [f, _, _, _] => Ok(*f),
+        _ => Err(Error::BadAttribute(typ)),
+    }
 }
 
 /// EVEN-PORT: one byte whose top bit is R (reserve the next port too).
 pub fn decode_even_port(value: &[u8]) -> Result<bool, Error> {
-    let _ = value;
-    todo!()
+    // One byte on the wire; some clients send the padded 4 bytes as the value.
+    match value {
+        [b] | [b, _, _, _] => Ok(b & 0x80 != 0),
+        _ => Err(Error::BadAttribute(EVEN_PORT)),
+    }
 }
 
 /// RESERVATION-TOKEN: 8 bytes.
 pub fn decode_reservation_token(value: &[u8]) -> Result<u64, Error> {
-    let _ = value;
-    todo!()
+    let v: [u8; 8] = value
+        .try_into()
+        .map_err(|_| Error::BadAttribute(RESERVATION_TOKEN))?;
+    Ok(u64::from_be_bytes(v))
 }
 
 /// ERROR-CODE: (code, reason phrase). Code is class*100+number, 300..=699.
 pub fn decode_error_code(value: &[u8]) -> Result<(u16, &str), Error> {
-    let _ = value;
-    todo!()
+    let bad = Error::BadAttribute(ERROR_CODE);
+    if value.len() < 4 {
+        return Err(bad);
+    }
+    let class = u16::from(value[2] & 0x07);
+    let number = u16::from(value[3]);
+    if !(3..=6).contains(&class) || number > 99 {
+        return Err(bad);
+    }
+    let reason = std::str::from_utf8(&value[4..]).map_err(|_| bad)?;
+    Ok((class * 100 + number, reason))
 }
 
 /// USERNAME / REALM / NONCE / SOFTWARE: UTF-8 text of at most `max` bytes
 /// (RFC 8489: USERNAME < 513, REALM and NONCE < 763, SOFTWARE < 763).
 pub fn decode_text(typ: u16, value: &[u8], max: usize) -> Result<&str, Error> {
-    let _ = (typ, value, max);
-    todo!()
+    if value.len() > max {
+        return Err(Error::BadAttribute(typ));
+    }
+    std::str::from_utf8(value).map_err(|_| Error::BadAttribute(typ))
 }
 
 /// The reason phrase RFC 8489 / RFC 8656 give for an error code ("Bad Request", …).
 pub fn reason_phrase(code: u16) -> &'static str {
-    let _ = code;
-    todo!()
+    match code {
+        300 => "Try Alternate",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        500 => "Server Error",
+        508 => "Insufficient Capacity",
+        _ => "Error",
+    }
 }

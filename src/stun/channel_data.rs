@@ -13,8 +13,7 @@ pub const MAX_CHANNEL: u16 = 0x7FFF;
 
 /// True when the datagram starts like ChannelData (first two bits 01), i.e. it is not STUN.
 pub fn is_channel_data(buf: &[u8]) -> bool {
-    let _ = buf;
-    todo!()
+    buf.first().is_some_and(|b| b & 0xC0 == 0x40)
 }
 
 /// A borrowed ChannelData message.
@@ -29,19 +28,33 @@ impl<'a> ChannelData<'a> {
     /// (padding, or a TCP frame); never longer. Channel numbers outside
     /// `MIN_CHANNEL..=MAX_CHANNEL` are `Error::NotChannelData`.
     pub fn parse(buf: &'a [u8]) -> Result<Self, Error> {
-        let _ = buf;
-        todo!()
+        let [a, b, c, d, rest @ ..] = buf else {
+            return Err(Error::NotChannelData);
+        };
+        let number = u16::from_be_bytes([*a, *b]);
+        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
+            return Err(Error::NotChannelData);
+        }
+        let len = usize::from(u16::from_be_bytes([*c, *d]));
+        let payload = rest.get(..len).ok_or(Error::BadChannelDataLength)?;
+        Ok(ChannelData { number, payload })
     }
 
     /// The 4-byte header for a payload of `len` bytes on channel `number`.
     pub fn header(number: u16, len: u16) -> [u8; 4] {
-        let _ = (number, len);
-        todo!()
+        let [a, b] = number.to_be_bytes();
+        let [c, d] = len.to_be_bytes();
+        [a, b, c, d]
     }
 
     /// Appends header + payload (+ zero padding to 4 when `pad`) to `out`.
+    /// Payloads longer than 65535 bytes are truncated to that length's field.
     pub fn encode(number: u16, payload: &[u8], pad: bool, out: &mut Vec<u8>) {
-        let _ = (number, payload, pad, out);
-        todo!()
+        let len = payload.len().min(usize::from(u16::MAX));
+        out.extend_from_slice(&Self::header(number, len as u16));
+        out.extend_from_slice(&payload[..len]);
+        if pad {
+            out.resize(out.len() + (4 - len % 4) % 4, 0);
+        }
     }
 }

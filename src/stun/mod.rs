@@ -89,3 +89,6 @@ pub enum Error {
     #[error("encoded message would exceed 65535 bytes")]
     TooLong,
 }
+
+#[cfg(test)]
+mod tests;

@@ -689,6 +689,7 @@ impl Server {
                     }
                     _ => None,
                 };
+                let offered = ticket.is_some();
                 let mut request = AuthRequest {
                     username,
                     realm,
@@ -700,7 +701,7 @@ impl Server {
                 };
                 let decision = self.observer.authenticate(&mut request);
                 if decision == AuthDecision::Pending {
-                    if request.ticket.is_none() {
+                    if offered && request.ticket.is_none() {
                         // The observer holds the ticket: park until it answers.
                         let ticket = self.next_ticket;
                         self.next_ticket += 1;
