@@ -35,6 +35,7 @@ fn server(now: Instant) -> Server {
         relay_ip_v6: None,
         external_ip: None,
         ports: 50000..=60000,
+        port_exchange: Default::default(),
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         permission_lifetime: Duration::from_secs(300),

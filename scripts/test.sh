@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-    [ "$created_policy" -eq 1 ] && $SUDO rm -f "$policy"
+    if [ "$created_policy" -eq 1 ]; then $SUDO rm -f "$policy"; fi
 fi
 
 export RUST_BACKTRACE=1

@@ -2,5 +2,425 @@
 //! backend), its own SO_REUSEPORT member of every listening socket, its own relay port
 //! range and its own [`crate::turn::Server`].
 //!
-//! Owns: sockets, buffers, timers, the translation between completions and the core's
-//! inputs/outputs. Must not: make protocol decisions.
+//! Owns: sockets, buffers, timers, the translation between I/O readiness or completions and
+//! the core's inputs/outputs, event dispatch to the observer and the stats sink.
+//! Must not: make protocol decisions (that is `turn`).
+
+mod portable;
+mod uring;
+
+use crate::auth::{AuthDecision, Observer, Quotas};
+use crate::config::{Backend, Config};
+use crate::stats::EventSink;
+use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Receive/send buffer asked for on listening sockets; the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max` (see tuning/).
+const LISTEN_SOCKET_BUFFER: usize = 4 << 20;
+const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+
+/// Wakes a shard from another thread (stop, asynchronous authentication answers).
+pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// What every backend shares: the core, the observer, the stats sink, the answers of
+/// asynchronous authentication and the stop flag.
+pub(crate) struct Core {
+    pub server: Server,
+    pub observer: Arc<dyn Observer>,
+    pub sink: Option<Arc<dyn EventSink>>,
+    pub auth_rx: mpsc::Receiver<(u64, AuthDecision)>,
+    pub stop: Arc<AtomicBool>,
+    pub io: IoCounters,
+}
+
+/// Drops and faults below the core, per shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub received: u64,
+    pub sent: u64,
+    pub send_errors: u64,
+    pub truncated: u64,
+    pub no_buffers: u64,
+}
+
+impl Core {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Delivers events to the observer and the stats sink.
+    pub fn dispatch_events(&mut self) {
+        while let Some(event) = self.server.poll_event() {
+            match &event {
+                Event::AllocationCreated { info, .. } => self.observer.on_allocation_created(info),
+                Event::AllocationDeleted { info, totals, .. } => {
+                    self.observer.on_allocation_removed(info, totals)
+                }
+                _ => {}
+            }
+            if let Some(sink) = &self.sink {
+                sink.send(event);
+            }
+        }
+    }
+
+    pub fn take_auth_results(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
+        while let Ok((ticket, decision)) = self.auth_rx.try_recv() {
+            self.server.handle_auth_result(now, ticket, decision, sockets);
+        }
+    }
+}
+
+/// Creates a nonblocking UDP socket bound at `addr`.
+pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    // Best effort: the kernel caps these, and a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Everything one shard thread needs.
+pub(crate) struct ShardSpec {
+    pub index: usize,
+    pub core_id: Option<usize>,
+    pub listen: Vec<SocketAddr>,
+    pub server: ServerConfig,
+    pub observer: Arc<dyn Observer>,
+    pub quotas: Arc<Quotas>,
+    pub sink: Option<Arc<dyn EventSink>>,
+    pub stop: Arc<AtomicBool>,
+    pub backend: Backend,
+}
+
+/// What a shard reports when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub index: usize,
+    pub backend: &'static str,
+    pub counters: ServerCounters,
+    pub io: IoCounters,
+}
+
+/// A running server: its shards and how to stop them.
+pub struct Running {
+    threads: Vec<JoinHandle<ShardReport>>,
+    wakers: Vec<Wake>,
+    stop: Arc<AtomicBool>,
+    listen: Vec<SocketAddr>,
+    port_slices: Vec<(u16, u16)>,
+    backends: Vec<&'static str>,
+}
+
+impl Running {
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Each shard's relay port range (inclusive), by shard index.
+    pub fn port_slices(&self) -> &[(u16, u16)] {
+        &self.port_slices
+    }
+
+    /// The backend each shard runs ("io-uring" or "portable").
+    pub fn backends(&self) -> &[&'static str] {
+        &self.backends
+    }
+
+    /// Deletes every allocation through the core (so observers and stats hear of it),
+    /// stops and joins every shard.
+    pub fn stop(self) -> Vec<ShardReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        for wake in &self.wakers {
+            wake();
+        }
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The address relay sockets bind to and XOR-RELAYED-ADDRESS shows, when `--relay-ip` is
+/// not given: the listening IP if it is specific, else the host's primary IPv4 address
+/// (found by routing, no packet sent), else loopback.
+fn default_relay_ip(listen: IpAddr) -> IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let routed = UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        // connect() on UDP only consults the routing table; nothing is sent.
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    });
+    match routed {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => {
+            tracing::warn!("no --relay-ip and no routable address found: relaying on 127.0.0.1");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
+}
+
+/// Splits `min..=max` into `n` disjoint contiguous slices.
+pub fn port_slices(min: u16, max: u16, n: usize) -> Vec<(u16, u16)> {
+    let total = u32::from(max) - u32::from(min) + 1;
+    let n = (n as u32).clamp(1, total);
+    let per = total / n;
+    (0..n)
+        .map(|i| {
+            let start = u32::from(min) + i * per;
+            let end = if i == n - 1 { u32::from(max) } else { start + per - 1 };
+            (start as u16, end as u16)
+        })
+        .collect()
+}
+
+/// Starts one shard per configured core.
+pub fn start(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+) -> io::Result<Running> {
+    let cores: Vec<Option<usize>> = if config.cores.is_empty() {
+        match core_affinity::get_core_ids() {
+            Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| Some(c.id)).collect(),
+            _ => vec![None; std::thread::available_parallelism().map_or(1, |n| n.get())],
+        }
+    } else {
+        config.cores.iter().map(|&c| Some(c)).collect()
+    };
+    let listen_ips = if config.listening_ips.is_empty() {
+        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+    } else {
+        config.listening_ips.clone()
+    };
+    let listen: Vec<SocketAddr> = listen_ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, config.listening_port))
+        .collect();
+    let relay_v4 = config
+        .relay_ips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| config.relay_ips.first().copied())
+        .unwrap_or_else(|| default_relay_ip(listen_ips[0]));
+    let relay_v6 = config.relay_ips.iter().copied().find(IpAddr::is_ipv6);
+    let slices = port_slices(config.min_port, config.max_port, cores.len());
+    let cores = &cores[..slices.len()];
+    let mut nonce_secret = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce_secret);
+    let epoch = Instant::now();
+    let quotas = Arc::new(Quotas::new(config.user_quota, config.total_quota));
+    let stop = Arc::new(AtomicBool::new(false));
+    let exchange = Arc::new(crate::turn::ports::PortExchange::new());
+    let mut policy = PeerPolicy {
+        allow_loopback: config.allow_loopback_peers,
+        allowed: config.allowed_peer_ips.clone(),
+        denied: config.denied_peer_ips.clone(),
+    };
+    policy.allowed.shrink_to_fit();
+    if config.no_tcp || config.no_tls || config.no_dtls {
+        tracing::info!("uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing");
+    }
+    tracing::info!(
+        shards = cores.len(),
+        relay = %relay_v4,
+        listen = ?listen,
+        "starting"
+    );
+    let mut running = Running {
+        threads: Vec::new(),
+        wakers: Vec::new(),
+        stop: stop.clone(),
+        listen: listen.clone(),
+        port_slices: slices.clone(),
+        backends: Vec::new(),
+    };
+    for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
+        let server = ServerConfig {
+            realm: config.realm.clone(),
+            software: if config.no_software_attribute {
+                String::new()
+            } else {
+                format!("uturn/{}", env!("CARGO_PKG_VERSION"))
+            },
+            relay_ip: relay_v4,
+            relay_ip_v6: relay_v6,
+            external_ip: config.external_ips.first().map(|(public, _)| *public),
+            ports: *lo..=*hi,
+            port_exchange: exchange.clone(),
+            default_lifetime: Duration::from_secs(config.default_allocate_lifetime.into()),
+            max_lifetime: Duration::from_secs(config.max_allocate_lifetime.into()),
+            permission_lifetime: Duration::from_secs(config.permission_lifetime.into()),
+            channel_lifetime: Duration::from_secs(config.channel_lifetime.into()),
+            nonce_lifetime: Duration::from_secs(config.stale_nonce.into()),
+            nonce_secret,
+            epoch,
+            policy: policy.clone(),
+            max_allocations: (usize::from(*hi - *lo) + 1).max(1),
+            max_permissions_per_allocation: 32,
+            max_channels_per_allocation: 64,
+            max_pending_auth: 1024,
+            pending_auth_timeout: Duration::from_secs(10),
+            max_bps: config.max_bps,
+            stats_packet_trigger: 4096,
+            stats_interval: Duration::from_secs(config.stats_interval),
+            id_base: 1_000_000_000_000_000 + index as u64,
+            id_stride: cores.len() as u64,
+            transport: Transport::Udp,
+        };
+        let spec = ShardSpec {
+            index,
+            core_id: *core_id,
+            listen: listen.clone(),
+            server,
+            observer: observer.clone(),
+            quotas: quotas.clone(),
+            sink: sink.clone(),
+            stop: stop.clone(),
+            backend: config.backend,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("uturn-shard-{index}"))
+            .spawn(move || run_shard(spec, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok((wake, backend))) => {
+                running.threads.push(thread);
+                running.wakers.push(wake);
+                running.backends.push(backend);
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                running.stop();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                running.stop();
+                return Err(io::Error::other("shard thread died while starting"));
+            }
+        }
+    }
+    Ok(running)
+}
+
+type Ready = mpsc::Sender<io::Result<(Wake, &'static str)>>;
+
+fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
+    if let Some(id) = spec.core_id {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            tracing::warn!(shard = spec.index, core = id, "could not pin shard to its core");
+        }
+    }
+    let (auth_tx, auth_rx) = mpsc::channel();
+    let mut server = Server::new(spec.server.clone(), spec.observer.clone(), spec.quotas.clone());
+    let core_fn = |server: Server| Core {
+        server,
+        observer: spec.observer.clone(),
+        sink: spec.sink.clone(),
+        auth_rx,
+        stop: spec.stop.clone(),
+        io: IoCounters::default(),
+    };
+    let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
+    if want_uring {
+        match uring::Shard::new(&spec.listen) {
+            Ok(shard) => {
+                let wake = shard.waker();
+                set_ticket_sink(&mut server, auth_tx, wake.clone());
+                if spec.index == 0 {
+                    tracing::info!("data path backend: io_uring ({})", shard.describe());
+                }
+                let _ = ready.send(Ok((wake, "io-uring")));
+                let mut core = core_fn(server);
+                shard.run(&mut core);
+                return report(spec.index, "io-uring", &core);
+            }
+            Err(e) if spec.backend == Backend::IoUring => {
+                let _ = ready.send(Err(io::Error::new(e.kind(), format!("io_uring unavailable: {e}"))));
+                return ShardReport::default();
+            }
+            Err(e) => {
+                if spec.index == 0 {
+                    tracing::warn!("io_uring unavailable ({e}): using the portable backend");
+                }
+            }
+        }
+    }
+    match portable::Shard::new(&spec.listen) {
+        Ok(shard) => {
+            let wake = shard.waker();
+            set_ticket_sink(&mut server, auth_tx, wake.clone());
+            if spec.index == 0 {
+                tracing::info!("data path backend: portable (epoll)");
+            }
+            let _ = ready.send(Ok((wake, "portable")));
+            let mut core = core_fn(server);
+            shard.run(&mut core);
+            report(spec.index, "portable", &core)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            ShardReport::default()
+        }
+    }
+}
+
+fn set_ticket_sink(server: &mut Server, tx: mpsc::Sender<(u64, AuthDecision)>, wake: Wake) {
+    let tx = std::sync::Mutex::new(tx);
+    server.set_ticket_sink(Arc::new(move |ticket, decision| {
+        if let Ok(tx) = tx.lock() {
+            let _ = tx.send((ticket, decision));
+        }
+        wake();
+    }));
+}
+
+fn report(index: usize, backend: &'static str, core: &Core) -> ShardReport {
+    ShardReport {
+        index,
+        backend,
+        counters: core.server.counters().clone(),
+        io: core.io.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_slices_are_disjoint_and_cover_the_range() {
+        let s = port_slices(49152, 65535, 3);
+        assert_eq!(s.first().unwrap().0, 49152);
+        assert_eq!(s.last().unwrap().1, 65535);
+        for w in s.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0);
+        }
+        assert_eq!(port_slices(1000, 1001, 4).len(), 2, "never an empty slice");
+        assert_eq!(port_slices(5, 5, 1), vec![(5, 5)]);
+    }
+}

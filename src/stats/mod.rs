@@ -11,3 +11,9 @@ use crate::turn::Event;
 pub trait EventSink: Send + Sync {
     fn send(&self, event: Event);
 }
+
+pub struct Publisher;
+impl Publisher {
+    pub fn sink(&self) -> std::sync::Arc<dyn EventSink> { unimplemented!() }
+    pub fn stop(self, _: std::time::Duration) {}
+}

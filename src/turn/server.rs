@@ -6,7 +6,7 @@
 
 use super::allocation::{Allocation, ChannelBinding, TokenBucket};
 use super::nonce;
-use super::ports::PortPool;
+use super::ports::{PortExchange, PortPool};
 use super::timers::TimerWheel;
 use super::{AllocationInfo, DeleteReason, Event, FiveTuple, Traffic, Transport};
 use crate::auth::{AuthDecision, AuthRequest, Observer, Quotas, Ticket};
@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub external_ip: Option<IpAddr>,
     /// This shard's relay ports.
     pub ports: RangeInclusive<u16>,
+    /// Shared by the shards of one server: reservation tokens and ports freed away from home.
+    pub port_exchange: Arc<PortExchange>,
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub permission_lifetime: Duration,
@@ -828,8 +830,15 @@ impl Server {
             Some(_) => None,
         };
         let reservation = match token {
-            Some(t) => match self.reservations.remove(&t) {
-                Some(r) => Some(r),
+            Some(t) => match self.config.port_exchange.redeem(t) {
+                Some((ip, port)) => {
+                    self.reservations.remove(&t);
+                    Some(Reservation {
+                        port,
+                        ip,
+                        expires_sec: 0,
+                    })
+                }
                 None => return self.error(req, 508, Some(&key), |_| {}),
             },
             None => None,
@@ -842,14 +851,14 @@ impl Server {
         if self.live >= self.config.max_allocations {
             self.counters.ports_exhausted += 1;
             if let Some(r) = reservation {
-                self.ports.release(r.port);
+                self.release_port(r.port);
             }
             return self.error(req, 508, Some(&key), |_| {});
         }
         if !self.quotas.try_acquire(username) {
             self.counters.quota_refused += 1;
             if let Some(r) = reservation {
-                self.ports.release(r.port);
+                self.release_port(r.port);
             }
             return self.error(req, 486, Some(&key), |_| {});
         }
@@ -861,6 +870,7 @@ impl Server {
             }
         };
         let reserve_next = even == Some(true);
+        self.config.port_exchange.reclaim(&mut self.ports);
         let mut bound = None;
         for attempt in 0..BIND_ATTEMPTS {
             let port = match (&reservation, even) {
@@ -878,9 +888,9 @@ impl Server {
                 }
                 Err(_) => {
                     // Busy outside uturn: back of the queue, try another.
-                    self.ports.release(port);
+                    self.release_port(port);
                     if reserve_next {
-                        self.ports.release(port + 1);
+                        self.release_port(port + 1);
                     }
                 }
             }
@@ -903,6 +913,9 @@ impl Server {
                     expires_sec,
                 },
             );
+            self.config
+                .port_exchange
+                .reserve(t, relay_ip, relay.port() + 1);
             self.wheel
                 .schedule(expires_sec, Timer::Reservation { token: t });
             new_token = Some(t);
@@ -1195,7 +1208,7 @@ impl Server {
         let tuple = alloc.info.five_tuple;
         self.by_tuple.remove(&(tuple.client, tuple.server));
         sockets.close(RelayId(slot));
-        self.ports.release(alloc.info.relay.port());
+        self.release_port(alloc.info.relay.port());
         self.quotas.release(&alloc.info.username);
         let last = alloc.take_unreported();
         self.events.push_back(Event::AllocationDeleted {
@@ -1275,9 +1288,11 @@ impl Server {
             Timer::Reservation { token } => {
                 if let Some(r) = self.reservations.get(&token) {
                     if r.expires_sec <= now_sec {
-                        let port = r.port;
                         self.reservations.remove(&token);
-                        self.ports.release(port);
+                        // Unless another shard redeemed it meanwhile.
+                        if let Some((_, port)) = self.config.port_exchange.redeem(token) {
+                            self.release_port(port);
+                        }
                     }
                 }
             }
@@ -1286,6 +1301,16 @@ impl Server {
                     self.counters.pending_auth_dropped += 1;
                 }
             }
+        }
+    }
+
+    /// Returns a relay port to this shard's pool, or to its owner shard through the
+    /// exchange (a port from a reservation redeemed here).
+    fn release_port(&mut self, port: u16) {
+        if self.ports.range().contains(&port) {
+            self.ports.release(port);
+        } else {
+            self.config.port_exchange.give_back(port);
         }
     }
 
@@ -1314,8 +1339,10 @@ impl Server {
         for slot in 0..self.slots.len() as u32 {
             self.delete(slot, DeleteReason::Shutdown, sockets);
         }
-        for (_, r) in self.reservations.drain() {
-            self.ports.release(r.port);
+        for (token, _) in std::mem::take(&mut self.reservations) {
+            if let Some((_, port)) = self.config.port_exchange.redeem(token) {
+                self.release_port(port);
+            }
         }
         self.pending.clear();
     }
@@ -1364,6 +1391,7 @@ impl Server {
         });
     }
 
+    #[track_caller]
     fn error(
         &mut self,
         req: &Request,
@@ -1371,6 +1399,7 @@ impl Server {
         key: Option<&LongTermKey>,
         extra: impl FnOnce(&mut MessageBuilder<'_>),
     ) {
+        tracing::debug!(client = %req.client, method = ?req.method, code, at = %std::panic::Location::caller(), "error response");
         self.respond(req, Class::Error, key, |b| {
             b.add_error_code(code, stun::reason_phrase(code));
             extra(b);

@@ -48,6 +48,7 @@ pub(crate) fn config(epoch: Instant) -> ServerConfig {
         relay_ip_v6: None,
         external_ip: None,
         ports: 50000..=50009,
+        port_exchange: Default::default(),
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         permission_lifetime: Duration::from_secs(300),
