@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod shard;
 pub mod stats;
