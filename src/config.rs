@@ -70,7 +70,8 @@ pub struct Config {
     /// `--redis-statsdb "ip=… port=… dbname=… password=… connect_timeout=…"` or
     /// `--redis-url redis://…`.
     pub redis: Option<RedisTarget>,
-    /// `--stats-interval SECONDS` (uturn): publish traffic of quiet allocations this often.
+    /// `--stats-interval SECONDS` (uturn): also publish traffic of active allocations this
+    /// often (0, the default: only coturn's 4096-packet trigger and at deletion).
     pub stats_interval: u64,
     /// `--no-tcp`, `--no-tls`, `--no-dtls`: accepted; uturn is UDP-only for now.
     pub no_tcp: bool,
@@ -116,7 +117,7 @@ impl Default for Config {
             channel_lifetime: 600,
             stale_nonce: 600,
             redis: None,
-            stats_interval: 60,
+            stats_interval: 0,
             no_tcp: false,
             no_tls: false,
             no_dtls: false,
@@ -311,7 +312,7 @@ const OPTIONS: &[(&str, Option<char>, Arity, &str)] = &[
         "stats-interval",
         None,
         Arity::Value,
-        "publish traffic of active allocations at least this often, seconds (60)",
+        "also publish traffic of active allocations this often, seconds (0: only every 4096 packets and at deletion, like coturn)",
     ),
     (
         "no-tcp",

@@ -48,7 +48,13 @@ pub fn observer_from_config(config: &Config) -> Arc<dyn Observer> {
 pub fn run(config: Config) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let observer = observer_from_config(&config);
-    let stats: Option<stats::Publisher> = None;
+    let stats = match &config.redis {
+        Some(target) => Some(stats::Publisher::start(target.clone(), stats::Options::default())),
+        None => {
+            tracing::info!("no --redis-statsdb or --redis-url: statistics are not published");
+            None
+        }
+    };
     let sink = stats.as_ref().map(|p| p.sink());
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
