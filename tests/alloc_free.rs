@@ -80,7 +80,6 @@ fn relay(backend: Backend) -> u64 {
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     round_trip(PACKETS_EACH_WAY);
     let after = ALLOCATIONS.load(Ordering::SeqCst);
-    drop(round_trip);
     running.stop();
     after - before
 }

@@ -5,10 +5,10 @@
 //! The coturn tools come from Debian's `coturn` package (scripts/test.sh installs it); a
 //! missing tool fails the test with a message saying so, it is never skipped silently.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use uturn::stun::{self, Class, Message, MessageBuilder, Method};
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::Duration;
+use uturn::stun;
 
 mod common;
 use common::*;

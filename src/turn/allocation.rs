@@ -36,16 +36,23 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(now: Instant, rate: u64) -> Self {
         TokenBucket {
-            tokens: rate as f64,
+            tokens: Self::capacity(rate),
             last: now,
         }
     }
 
-    /// Takes `bytes` if the budget allows; refills at `rate` bytes/s up to one second's worth.
+    /// Burst allowance: an eighth of a second at `rate`, but at least two full-size
+    /// datagrams of a 1500-byte MTU path so a slow limit still passes real packets.
+    fn capacity(rate: u64) -> f64 {
+        (rate as f64 / 8.0).max(3000.0)
+    }
+
+    /// Takes `bytes` if the budget allows; refills at `rate` bytes/s up to the burst
+    /// allowance.
     pub fn take(&mut self, now: Instant, rate: u64, bytes: usize) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * rate as f64).min(rate as f64);
+        self.tokens = (self.tokens + elapsed * rate as f64).min(Self::capacity(rate));
         if self.tokens >= bytes as f64 {
             self.tokens -= bytes as f64;
             true
