@@ -118,6 +118,11 @@ impl Client {
         &self.socket
     }
 
+    /// Gives up the client, keeping its socket (and so its allocation's 5-tuple).
+    pub fn into_socket(self) -> UdpSocket {
+        self.socket
+    }
+
     pub fn server(&self) -> SocketAddr {
         self.server
     }

@@ -227,6 +227,16 @@ pub fn start(
         .or_else(|| config.relay_ips.first().copied())
         .unwrap_or_else(|| default_relay_ip(listen_ips[0]));
     let relay_v6 = config.relay_ips.iter().copied().find(IpAddr::is_ipv6);
+    // SO_REUSEPORT would let this server silently share a port with another process
+    // (an old uturn, a coturn): each would see half the clients. Refuse instead.
+    for addr in &listen {
+        if let Err(e) = bind_udp(*addr, false, 0) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e} (is another TURN server running?)"),
+            ));
+        }
+    }
     let slices = port_slices(config.min_port, config.max_port, cores.len());
     let cores = &cores[..slices.len()];
     let mut nonce_secret = [0u8; 32];

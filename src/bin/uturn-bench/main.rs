@@ -1,0 +1,400 @@
+//! uturn-bench: a TURN load generator that speaks real TURN to any server (uturn, coturn,
+//! …), plus the null forwarder that marks the floor, plus an allocation-rate mode.
+//!
+//! ```text
+//! uturn-bench forward --listen 127.0.0.1:3500 --cores 0
+//! uturn-bench relay --server 127.0.0.1:3478 --user alice:secret --allocations 1000 \
+//!     --size 170 --rate 20000 --duration 5 --cores 1 [--server-pid PID] [--json]
+//! uturn-bench relay ... --find-max          # highest rate with < 0.1% loss
+//! uturn-bench alloc --server 127.0.0.1:3478 --user alice:secret --allocations 10000
+//! ```
+
+mod forward;
+mod hist;
+mod load;
+
+use clap::{Parser, Subcommand};
+use load::{Credentials, Mode, Spec, Step};
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "uturn-bench", version, about = "TURN load generator and null forwarder")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The TURN server (or null forwarder with --null).
+    #[arg(long, default_value = "127.0.0.1:3478")]
+    server: SocketAddr,
+    /// Long-term credentials NAME:PASSWORD.
+    #[arg(long, default_value = "alice:secret")]
+    user: String,
+    /// Use TURN REST API credentials made from this shared secret instead of --user.
+    #[arg(long)]
+    auth_secret: Option<String>,
+    /// Number of allocations.
+    #[arg(long, default_value_t = 50)]
+    allocations: usize,
+    /// Local addresses for client sockets, comma-separated (several spread ports).
+    #[arg(long, default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5", value_delimiter = ',')]
+    client_ips: Vec<IpAddr>,
+    /// Threads setting allocations up.
+    #[arg(long, default_value_t = 8)]
+    setup_threads: usize,
+    /// Server process id: report its CPU (utime+stime) and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Relay load: allocations, permissions/channels, then paced data to echo peers.
+    Relay {
+        #[command(flatten)]
+        target: Target,
+        /// Payload bytes per packet (at least 24).
+        #[arg(long, default_value_t = 170)]
+        size: usize,
+        /// Round trips per second, all allocations together.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// Measured seconds (at most 240: permissions last 300 s).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Unmeasured seconds before.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Send indications instead of ChannelData.
+        #[arg(long)]
+        send_indications: bool,
+        /// Talk to `uturn-bench forward` instead of a TURN server.
+        #[arg(long)]
+        null: bool,
+        /// Echo peer sockets.
+        #[arg(long, default_value_t = 4)]
+        peers: usize,
+        #[arg(long, default_value = "127.0.0.1")]
+        peer_ip: IpAddr,
+        /// Load threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Cores to pin load threads to (the echo peers take the last one).
+        #[arg(long, value_parser = parse_cores, default_value = "")]
+        cores: CoreList,
+        /// Search the highest rate with < 0.1% loss, starting at --rate.
+        #[arg(long)]
+        find_max: bool,
+        /// Longest the whole search may take, seconds.
+        #[arg(long, default_value_t = 60.0)]
+        search_budget: f64,
+        #[arg(long)]
+        json: bool,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+        /// A label for the table and JSON (e.g. the server's name).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// The null forwarder: one receive and one send per packet each way, nothing else.
+    Forward {
+        #[arg(long, default_value = "127.0.0.1:3500")]
+        listen: SocketAddr,
+        /// One thread per listed core (SO_REUSEPORT).
+        #[arg(long, value_parser = parse_cores, default_value = "")]
+        cores: CoreList,
+    },
+    /// Allocation rate, and the server's memory per held allocation.
+    Alloc {
+        #[command(flatten)]
+        target: Target,
+        /// Keep the allocations this many seconds after setting them up.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct CoreList(Vec<usize>);
+
+fn parse_cores(s: &str) -> Result<CoreList, String> {
+    if s.is_empty() {
+        return Ok(CoreList::default());
+    }
+    uturn::config::parse_cores(s).map(CoreList)
+}
+
+fn spec(t: &Target, mode: Mode, size: usize, peers: usize, threads: usize, cores: Vec<usize>, progress: bool) -> Result<Spec, String> {
+    let credentials = match &t.auth_secret {
+        Some(secret) => Credentials::RestSecret(secret.clone()),
+        None => {
+            let (name, password) = t.user.split_once(':').ok_or("--user must be NAME:PASSWORD")?;
+            Credentials::User {
+                name: name.into(),
+                password: password.into(),
+            }
+        }
+    };
+    if size < load::STAMP || size > 65_000 {
+        return Err(format!("--size must be {}..=65000", load::STAMP));
+    }
+    if t.allocations == 0 {
+        return Err("--allocations must be at least 1".into());
+    }
+    Ok(Spec {
+        server: t.server,
+        credentials,
+        mode,
+        allocations: t.allocations,
+        size,
+        peers,
+        client_ips: t.client_ips.clone(),
+        threads,
+        cores,
+        setup_threads: t.setup_threads,
+        server_pid: t.server_pid,
+        progress,
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn step_json(label: &str, spec: &Spec, s: &Step) -> String {
+    format!(
+        "{{\"label\":\"{label}\",\"allocations\":{},\"size\":{},\"mode\":\"{:?}\",\"offered_rps\":{:.1},\"round_trips_per_s\":{:.1},\"relayed_pps\":{:.1},\"sent\":{},\"received\":{},\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"server_cpu_s\":{},\"cpu_us_per_packet\":{},\"server_rss_kib\":{},\"corrupt\":{}}}",
+        spec.allocations,
+        spec.size,
+        spec.mode,
+        s.rate,
+        s.round_trips_per_s(),
+        2.0 * s.round_trips_per_s(),
+        s.sent,
+        s.received,
+        s.loss_pct(),
+        s.p50_us,
+        s.p99_us,
+        s.p999_us,
+        s.max_us,
+        s.server_cpu_s.map_or("null".into(), |v| format!("{v:.3}")),
+        s.cpu_us_per_packet().map_or("null".into(), |v| format!("{v:.3}")),
+        s.server_rss_kib.map_or("null".into(), |v| v.to_string()),
+        s.corrupt
+    )
+}
+
+fn print_table(label: &str, spec: &Spec, steps: &[Step]) {
+    println!(
+        "{:<14} {:>6} {:>5} {:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>9} {:>10}",
+        "server", "allocs", "size", "offered/s", "back/s", "loss%", "p50us", "p99us", "p99.9us", "cpu s", "cpu us/pkt"
+    );
+    for s in steps {
+        println!(
+            "{:<14} {:>6} {:>5} {:>10.0} {:>10.0} {:>8.3} {:>7} {:>7} {:>8} {:>9} {:>10}",
+            if label.is_empty() { "-" } else { label },
+            spec.allocations,
+            spec.size,
+            s.rate,
+            s.round_trips_per_s(),
+            s.loss_pct(),
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            opt(s.server_cpu_s, 2),
+            opt(s.cpu_us_per_packet(), 3)
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Forward { listen, cores } => {
+            let cores = if cores.0.is_empty() { vec![usize::MAX] } else { cores.0 };
+            let handles: Vec<_> = cores
+                .iter()
+                .map(|&core| {
+                    std::thread::spawn(move || {
+                        load::pin((core != usize::MAX).then_some(core));
+                        forward::run(listen)
+                    })
+                })
+                .collect();
+            eprintln!("uturn-bench: null forwarder on {listen} ({} threads)", handles.len());
+            for h in handles {
+                if let Ok(Err(e)) = h.join() {
+                    eprintln!("uturn-bench: forwarder: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Alloc { target, hold, json } => {
+            let spec = match spec(&target, Mode::ChannelData, 170, 1, 1, Vec::new(), false) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("uturn-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let peers = vec![SocketAddr::from(([127, 0, 0, 1], 9))];
+            let rss_before = spec.server_pid.and_then(load::process_rss_kib);
+            let (allocs, took) = match load::setup(&spec, &peers) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("uturn-bench: setup failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            std::thread::sleep(Duration::from_millis(300));
+            let rss_after = spec.server_pid.and_then(load::process_rss_kib);
+            let per_alloc = match (rss_before, rss_after) {
+                (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / allocs.len() as f64),
+                _ => None,
+            };
+            let rate = allocs.len() as f64 / took.as_secs_f64();
+            if json {
+                println!(
+                    "{{\"allocations\":{},\"seconds\":{:.3},\"allocs_per_s\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"bytes_per_allocation\":{}}}",
+                    allocs.len(),
+                    took.as_secs_f64(),
+                    rate,
+                    rss_before.map_or("null".into(), |v| v.to_string()),
+                    rss_after.map_or("null".into(), |v| v.to_string()),
+                    per_alloc.map_or("null".into(), |v| format!("{v:.0}"))
+                );
+            } else {
+                println!(
+                    "{} allocations (each with a ChannelBind) in {:.2} s: {:.0} allocations/s; server RSS {} -> {} KiB: {} bytes per allocation",
+                    allocs.len(),
+                    took.as_secs_f64(),
+                    rate,
+                    rss_before.map_or("-".into(), |v| v.to_string()),
+                    rss_after.map_or("-".into(), |v| v.to_string()),
+                    opt(per_alloc, 0)
+                );
+            }
+            if hold > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(hold));
+            }
+            drop(allocs);
+            ExitCode::SUCCESS
+        }
+        Cmd::Relay {
+            target,
+            size,
+            rate,
+            duration,
+            warmup,
+            send_indications,
+            null,
+            peers,
+            peer_ip,
+            threads,
+            cores,
+            find_max,
+            search_budget,
+            json,
+            quiet,
+            label,
+        } => {
+            let mode = match (null, send_indications) {
+                (true, _) => Mode::Null,
+                (false, true) => Mode::SendIndication,
+                (false, false) => Mode::ChannelData,
+            };
+            if !(0.1..=240.0).contains(&duration) || !(0.0..=60.0).contains(&warmup) || rate <= 0.0 {
+                eprintln!("uturn-bench: --duration must be 0.1..=240 s, --warmup 0..=60 s, --rate > 0");
+                return ExitCode::from(2);
+            }
+            let mut cores = cores.0;
+            let peer_core = if cores.len() > 1 { cores.pop() } else { cores.first().copied() };
+            let spec = match spec(&target, mode, size, peers, threads, cores, !quiet) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("uturn-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let peers = match load::Peers::start(peer_ip, spec.peers, peer_core) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("uturn-bench: echo peers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (allocs, took) = match load::setup(&spec, &peers.addrs) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("uturn-bench: setup failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !quiet {
+                eprintln!(
+                    "uturn-bench: {} allocations set up in {:.2} s ({:.0}/s)",
+                    allocs.len(),
+                    took.as_secs_f64(),
+                    allocs.len() as f64 / took.as_secs_f64()
+                );
+            }
+            let warm = Duration::from_secs_f64(warmup);
+            let measure = Duration::from_secs_f64(duration);
+            let mut steps = Vec::new();
+            if find_max {
+                // Double until loss, then bisect, within the time budget.
+                let budget = Duration::from_secs_f64(search_budget);
+                let begin = std::time::Instant::now();
+                let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
+                let mut r = rate;
+                let per_step = Duration::from_secs_f64((warmup.min(0.5) + duration.min(3.0)) + 0.6);
+                let mut step_id = 0u16;
+                while begin.elapsed() + per_step < budget {
+                    step_id += 1;
+                    let s = load::run_step(&spec, &allocs, step_id, r, warm.min(Duration::from_millis(500)), measure.min(Duration::from_secs(3)));
+                    let ok = s.loss_pct() < 0.1;
+                    steps.push(s);
+                    if ok {
+                        good = Some(r);
+                    } else {
+                        bad = Some(r);
+                    }
+                    r = match (good, bad) {
+                        (Some(g), None) => g * 2.0,
+                        (None, Some(b)) => b / 2.0,
+                        (Some(g), Some(b)) if b / g > 1.1 => (g + b) / 2.0,
+                        _ => break,
+                    };
+                    if r < 1.0 {
+                        break;
+                    }
+                }
+                if let Some(g) = good {
+                    if let Some(best) = steps.iter().filter(|s| s.rate == g).last().cloned() {
+                        steps.push(best);
+                    }
+                }
+            } else {
+                steps.push(load::run_step(&spec, &allocs, 1, rate, warm, measure));
+            }
+            if json {
+                for s in &steps {
+                    println!("{}", step_json(&label, &spec, s));
+                }
+            } else {
+                print_table(&label, &spec, &steps);
+            }
+            drop(allocs);
+            drop(peers);
+            ExitCode::SUCCESS
+        }
+    }
+}
