@@ -95,6 +95,23 @@ pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io:
     Ok(socket.into())
 }
 
+/// Logs a relay socket that could not be opened when the cause is the process's or the
+/// system's descriptor limit (every allocation holds one socket): the core answers 508,
+/// and the operator needs to know why. Logged at 1, 2, 4, 8, … occurrences, not per request.
+pub(crate) fn note_relay_open_error(e: &io::Error) {
+    use std::sync::atomic::AtomicU64;
+    static FD_LIMIT_HITS: AtomicU64 = AtomicU64::new(0);
+    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+        let n = FD_LIMIT_HITS.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                times = n,
+                "cannot open relay sockets: {e}; raise the file descriptor limit (LimitNOFILE, ulimit -n; see tuning/)"
+            );
+        }
+    }
+}
+
 /// Everything one shard thread needs.
 pub(crate) struct ShardSpec {
     pub index: usize,

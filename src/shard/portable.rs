@@ -38,7 +38,11 @@ struct Relays {
 impl RelaySockets for Relays {
     fn open(&mut self, id: RelayId, addr: SocketAddr) -> io::Result<()> {
         let index = id.0 as usize;
-        let mut socket = UdpSocket::from_std(bind_udp(addr, false, RELAY_SOCKET_BUFFER)?);
+        let socket = bind_udp(addr, false, RELAY_SOCKET_BUFFER).inspect_err(|e| {
+            tracing::debug!(%addr, "relay socket: {e}");
+            super::note_relay_open_error(e);
+        })?;
+        let mut socket = UdpSocket::from_std(socket);
         self.registry
             .register(&mut socket, Token(RELAY_BASE + index), Interest::READABLE)?;
         if self.sockets.len() <= index {

@@ -290,6 +290,7 @@ impl RelaySockets for Io {
     fn open(&mut self, id: RelayId, addr: SocketAddr) -> io::Result<()> {
         let socket = bind_udp(addr, false, RELAY_SOCKET_BUFFER).inspect_err(|e| {
             tracing::debug!(%addr, "relay socket: {e}");
+            super::note_relay_open_error(e);
         })?;
         let index = id.0 as usize;
         if self.relays.len() <= index {

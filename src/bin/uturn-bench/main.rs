@@ -168,9 +168,9 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-fn step_json(label: &str, spec: &Spec, s: &Step) -> String {
+fn step_json(label: &str, kind: &str, spec: &Spec, s: &Step) -> String {
     format!(
-        "{{\"label\":\"{label}\",\"allocations\":{},\"size\":{},\"mode\":\"{:?}\",\"offered_rps\":{:.1},\"round_trips_per_s\":{:.1},\"relayed_pps\":{:.1},\"sent\":{},\"received\":{},\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"server_cpu_s\":{},\"cpu_us_per_packet\":{},\"server_rss_kib\":{},\"corrupt\":{}}}",
+        "{{\"label\":\"{label}\",\"kind\":\"{kind}\",\"allocations\":{},\"size\":{},\"mode\":\"{:?}\",\"offered_rps\":{:.1},\"round_trips_per_s\":{:.1},\"relayed_pps\":{:.1},\"sent\":{},\"received\":{},\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"server_cpu_s\":{},\"cpu_us_per_packet\":{},\"server_rss_kib\":{},\"corrupt\":{}}}",
         spec.allocations,
         spec.size,
         spec.mode,
@@ -386,8 +386,13 @@ fn main() -> ExitCode {
                 steps.push(load::run_step(&spec, &allocs, 1, rate, warm, measure));
             }
             if json {
-                for s in &steps {
-                    println!("{}", step_json(&label, &spec, s));
+                for (i, s) in steps.iter().enumerate() {
+                    let kind = match (find_max, i + 1 == steps.len()) {
+                        (false, _) => "fixed",
+                        (true, true) => "best",
+                        (true, false) => "step",
+                    };
+                    println!("{}", step_json(&label, kind, &spec, s));
                 }
             } else {
                 print_table(&label, &spec, &steps);
