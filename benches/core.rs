@@ -159,5 +159,45 @@ fn forwarding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forwarding);
+/// The same client→peer path with the stats thread on (every event handed to a real
+/// `stats::Publisher` over its bounded channel) and off (events dropped). Redis is
+/// `REDIS_URL` if set, else an address where nothing listens (the thread queues and merges).
+fn stats_on_off(c: &mut Criterion) {
+    let now = Instant::now();
+    let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    let local: SocketAddr = "192.0.2.10:3478".parse().unwrap();
+    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let target = std::env::var("REDIS_URL")
+        .ok()
+        .and_then(|u| uturn::config::parse_redis_url(&u).ok())
+        .unwrap_or_else(|| uturn::config::parse_statsdb("ip=127.0.0.1 port=1 connect_timeout=1").unwrap());
+    let publisher = uturn::stats::Publisher::start(target, uturn::stats::Options::default());
+    let sink = publisher.sink();
+    let mut datagram = Vec::new();
+    stun::ChannelData::encode(0x4000, &[0xAB; 170], false, &mut datagram);
+    let mut group = c.benchmark_group("stats");
+    group.throughput(Throughput::Elements(1));
+    for on in [false, true] {
+        let mut server = server(now);
+        setup(&mut server, now, client, local, peer);
+        let name = if on { "forward_170B_stats_on" } else { "forward_170B_stats_off" };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let action =
+                    server.handle_client(now, client, local, black_box(&datagram), &mut NoSockets);
+                assert!(matches!(action, ClientAction::ToPeer { .. }));
+                while let Some(event) = server.poll_event() {
+                    if on {
+                        sink.send(event);
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+    drop(sink);
+    publisher.stop(Duration::from_millis(100));
+}
+
+criterion_group!(benches, forwarding, stats_on_off);
 criterion_main!(benches);
