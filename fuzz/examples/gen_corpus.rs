@@ -470,7 +470,7 @@ fn core_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn write(dir: &Path, seeds: Vec<(&str, Vec<u8>)>) {
+fn write(dir: &Path, seeds: Vec<(String, Vec<u8>)>) {
     fs::create_dir_all(dir).unwrap();
     for (name, bytes) in seeds {
         fs::write(dir.join(name), bytes).unwrap();
@@ -482,13 +482,22 @@ fn main() {
     let stun = stun_seeds();
     let channel = channel_seeds();
     // Every STUN seed is also a useful raw client datagram for the core.
-    let mut core = core_seeds();
+    let mut core: Vec<(String, Vec<u8>)> = core_seeds()
+        .into_iter()
+        .map(|(name, ops)| (name.to_owned(), ops))
+        .collect();
     for (name, bytes) in stun.iter().chain(channel.iter()) {
         let mut ops = Ops::new();
         ops.allocate(0, 0, 0);
-        core.push((name, ops.raw(0, bytes).done()));
+        core.push((format!("raw-{name}"), ops.raw(0, bytes).done()));
     }
-    write(&root.join("stun_message"), stun);
-    write(&root.join("channel_data"), channel);
+    let owned = |seeds: Vec<(&str, Vec<u8>)>| {
+        seeds
+            .into_iter()
+            .map(|(name, bytes)| (name.to_owned(), bytes))
+            .collect()
+    };
+    write(&root.join("stun_message"), owned(stun));
+    write(&root.join("channel_data"), owned(channel));
     write(&root.join("core_datagrams"), core);
 }
