@@ -73,7 +73,6 @@ impl FromStr for IpRange {
                 .filter(|p| *p <= bits)
                 .ok_or_else(|| format!("'{s}': prefix must be 0..={bits}"))?;
             let (_, n) = to_u128(ip);
-            let host_bits = bits - prefix;
             // `::/0` has 128 host bits: `1 << 128` would overflow.
             let mask: u128 = u128::MAX.checked_shr(prefix + (128 - bits)).unwrap_or(0);
             let (lo, hi) = (n & !mask, n | mask);
