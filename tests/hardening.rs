@@ -595,6 +595,9 @@ fn allocate_many(
     })
 }
 
+/// Scheduling delay allowed on top of the one-second timer granularity.
+const EXPIRY_SLACK: f64 = 0.25;
+
 #[test]
 fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
     const ADDRS: usize = 10;
@@ -704,7 +707,12 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
     figure(t, "re-allocated in the same range afterwards", format!("{} in {:.2} s", again.len(), setup_again.as_secs_f64()));
     figure(t, "of which on ports the expired ones had", reused);
     figure(t, "round trips on 3 long-lived allocations / lost", format!("{round_trips} / {lost}"));
-    assert!(min >= -1.0 && max <= 1.0, "expiry error outside ±1 s: min {min:.3} max {max:.3}");
+    // The core's timer wheel has one-second slots aligned to its epoch: an allocation goes
+    // at the first whole second at or after its deadline, so never early and less than a
+    // second late, plus however long the shard takes to reach that tick on a loaded
+    // two-core machine (EXPIRY_SLACK).
+    assert!(min >= -0.05, "an allocation expired {:.3} s before its deadline", -min);
+    assert!(max <= 1.0 + EXPIRY_SLACK, "an allocation expired {max:.3} s after its deadline");
     assert_eq!(lost, 0, "{lost} of {round_trips} round trips lost");
     assert!(round_trips > 1000);
     assert_eq!(shutdown, TOTAL + 3, "the second round and the three relays end at shutdown");
