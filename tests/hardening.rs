@@ -259,6 +259,8 @@ struct AllocateFlood {
     server: SocketAddr,
     req: Vec<u8>,
     sent: u64,
+    /// Size of a 401 answer, for the amplification figure.
+    answer_len: usize,
 }
 
 impl AllocateFlood {
@@ -274,6 +276,7 @@ impl AllocateFlood {
             server,
             req: bare_allocate(&tid(0, 0)),
             sent: 0,
+            answer_len: 0,
         }
     }
 
@@ -288,13 +291,14 @@ impl AllocateFlood {
     }
 
     /// Reads every answer waiting; returns how many were 401s.
-    fn drain(&self) -> u64 {
+    fn drain(&mut self) -> u64 {
         let mut buf = [0u8; 1500];
         let mut n401 = 0;
         for s in &self.sockets {
             while let Ok(n) = s.recv(&mut buf) {
                 if error_code(&buf[..n]) == Some(401) {
                     n401 += 1;
+                    self.answer_len = n;
                 }
             }
         }
@@ -364,6 +368,11 @@ fn unauthenticated_allocate_flood_costs_no_memory_and_no_relay_loss() {
     }
     let (_, warm_answered, _) = flood.closed_loop(20, 1000);
     let rss_before = rss_kib(server.pid());
+    figure(
+        t,
+        "bare Allocate / its 401 answer (amplification)",
+        format!("{} B / {} B ({:.1}x)", flood.req.len(), flood.answer_len, flood.answer_len as f64 / flood.req.len() as f64),
+    );
 
     // 1. At the server's full speed (at most 1,000 requests in flight): nothing may be lost.
     let stop = Arc::new(AtomicBool::new(false));
@@ -948,16 +957,10 @@ fn every_cve_2020_26262_form_gets_403_with_default_options() {
     for (client, list) in [(&mut c4, &v4[..]), (&mut c6, &v6[..])] {
         for ip in list {
             let peer = SocketAddr::new(ip.parse().unwrap(), 3478);
-            assert_eq!(
-                client.create_permission(&[peer]).unwrap_err().code(),
-                Some(403),
-                "CreatePermission {peer}"
-            );
-            assert_eq!(
-                client.channel_bind(0x4000, peer).unwrap_err().code(),
-                Some(403),
-                "ChannelBind {peer}"
-            );
+            let r = client.create_permission(&[peer]);
+            assert_eq!(r.as_ref().err().and_then(|e| e.code()), Some(403), "CreatePermission {peer}: {r:?}");
+            let r = client.channel_bind(0x4000, peer);
+            assert_eq!(r.as_ref().err().and_then(|e| e.code()), Some(403), "ChannelBind {peer}: {r:?}");
             refused += 2;
         }
     }
