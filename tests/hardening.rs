@@ -61,7 +61,11 @@ fn start(
     config.max_port = max;
     let observer = observer.unwrap_or_else(|| uturn::observer_from_config(&config));
     for _ in 0..20 {
-        config.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        config.listening_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         match shard::start(&config, observer.clone(), sink.clone()) {
             Ok(r) => return r,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
@@ -80,7 +84,10 @@ fn log_counter(log: &str, key: &str) -> u64 {
     let pat = format!("{key}: ");
     log.match_indices(&pat)
         .filter_map(|(at, _)| {
-            let digits: String = log[at + pat.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            let digits: String = log[at + pat.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
             digits.parse::<u64>().ok()
         })
         .sum()
@@ -97,7 +104,9 @@ struct Peer {
 impl Peer {
     fn start(echo: bool) -> Peer {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +155,9 @@ fn round_trip(client: &mut Client, channel: u16, seq: u64, timeout: Duration) ->
             return false;
         }
         match client.recv(left) {
-            Ok(Incoming::ChannelData { channel: c, data }) if c == channel && data == payload => return true,
+            Ok(Incoming::ChannelData { channel: c, data }) if c == channel && data == payload => {
+                return true
+            }
             Ok(_) => continue,
             Err(_) => return false,
         }
@@ -176,7 +187,9 @@ fn relay_in_background(
         while !(stop.load(Ordering::Relaxed) && sent >= min) {
             if let Some(every) = refresh_every {
                 if refreshed.elapsed() >= every {
-                    client.refresh(client.lifetime.unwrap_or(600)).expect("refresh");
+                    client
+                        .refresh(client.lifetime.unwrap_or(600))
+                        .expect("refresh");
                     refreshed = Instant::now();
                 }
             }
@@ -214,7 +227,8 @@ fn tid(n: u64, salt: u32) -> [u8; 12] {
 /// An Allocate request without credentials (answered 401).
 fn bare_allocate(t: &[u8; 12]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, t).add_requested_transport(stun::TRANSPORT_UDP);
+    MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, t)
+        .add_requested_transport(stun::TRANSPORT_UDP);
     out
 }
 
@@ -227,11 +241,21 @@ fn challenge(server: SocketAddr) -> (String, String) {
     let (n, _) = s.recv_from(&mut buf).unwrap();
     let m = Message::parse(&buf[..n]).unwrap();
     assert_eq!(m.error_code().unwrap().map(|e| e.0), Some(401));
-    (m.realm().unwrap().unwrap().to_owned(), m.nonce().unwrap().unwrap().to_owned())
+    (
+        m.realm().unwrap().unwrap().to_owned(),
+        m.nonce().unwrap().unwrap().to_owned(),
+    )
 }
 
 /// An authenticated Allocate request.
-fn authed_allocate(t: &[u8; 12], user: &str, realm: &str, nonce: &str, key: &[u8], lifetime: Option<u32>) -> Vec<u8> {
+fn authed_allocate(
+    t: &[u8; 12],
+    user: &str,
+    realm: &str,
+    nonce: &str,
+    key: &[u8],
+    lifetime: Option<u32>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     let mut b = MessageBuilder::new(&mut out, Class::Request, Method::ALLOCATE, t);
     b.add_requested_transport(stun::TRANSPORT_UDP);
@@ -329,7 +353,10 @@ impl AllocateFlood {
                     written_off += outstanding;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(40), "flood took too long");
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "flood took too long"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
         answered += self.drain();
@@ -342,7 +369,10 @@ impl AllocateFlood {
         let first = self.sent;
         for _ in 0..rounds {
             self.round();
-            assert!(started.elapsed() < Duration::from_secs(30), "flood took too long");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "flood took too long"
+            );
         }
         (self.sent - first, started.elapsed())
     }
@@ -371,24 +401,61 @@ fn unauthenticated_allocate_flood_costs_no_memory_and_no_relay_loss() {
     figure(
         t,
         "bare Allocate / its 401 answer (amplification)",
-        format!("{} B / {} B ({:.1}x)", flood.req.len(), flood.answer_len, flood.answer_len as f64 / flood.req.len() as f64),
+        format!(
+            "{} B / {} B ({:.1}x)",
+            flood.req.len(),
+            flood.answer_len,
+            flood.answer_len as f64 / flood.req.len() as f64
+        ),
     );
 
     // 1. At the server's full speed (at most 1,000 requests in flight): nothing may be lost.
     let stop = Arc::new(AtomicBool::new(false));
-    let relay = relay_in_background(client, MIN_ROUND_TRIPS, Duration::from_micros(500), None, stop.clone());
+    let relay = relay_in_background(
+        client,
+        MIN_ROUND_TRIPS,
+        Duration::from_micros(500),
+        None,
+        stop.clone(),
+    );
     let (offered, answered, took) = flood.closed_loop(ROUNDS, 1000);
     stop.store(true, Ordering::Relaxed);
     let (round_trips, lost) = relay.join().unwrap();
     let rss_after = rss_kib(server.pid());
-    figure(t, "1. unauthenticated Allocates, at the server's pace (≤1,000 in flight)", offered);
+    figure(
+        t,
+        "1. unauthenticated Allocates, at the server's pace (≤1,000 in flight)",
+        offered,
+    );
     figure(t, "1. answered 401", answered);
-    figure(t, "1. took", format!("{:.2} s ({:.0}/s)", took.as_secs_f64(), offered as f64 / took.as_secs_f64()));
-    figure(t, "1. authenticated ChannelData round trips meanwhile / lost", format!("{round_trips} / {lost}"));
-    figure(t, "1. server RSS after warm-up → after flood", format!("{rss_before} KiB → {rss_after} KiB"));
-    assert_eq!(lost, 0, "the authenticated client lost {lost} of {round_trips} round trips");
+    figure(
+        t,
+        "1. took",
+        format!(
+            "{:.2} s ({:.0}/s)",
+            took.as_secs_f64(),
+            offered as f64 / took.as_secs_f64()
+        ),
+    );
+    figure(
+        t,
+        "1. authenticated ChannelData round trips meanwhile / lost",
+        format!("{round_trips} / {lost}"),
+    );
+    figure(
+        t,
+        "1. server RSS after warm-up → after flood",
+        format!("{rss_before} KiB → {rss_after} KiB"),
+    );
+    assert_eq!(
+        lost, 0,
+        "the authenticated client lost {lost} of {round_trips} round trips"
+    );
     assert!(round_trips >= MIN_ROUND_TRIPS);
-    assert_eq!(answered, offered, "every request the server could take was answered");
+    assert_eq!(
+        answered, offered,
+        "every request the server could take was answered"
+    );
     assert!(
         rss_after.saturating_sub(rss_before) < 8 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
@@ -399,7 +466,13 @@ fn unauthenticated_allocate_flood_costs_no_memory_and_no_relay_loss() {
     // except that the server must come out of it unharmed.
     let client = relaying_client(addr, peer.addr, None);
     let stop = Arc::new(AtomicBool::new(false));
-    let relay = relay_in_background(client, MIN_ROUND_TRIPS, Duration::from_micros(500), None, stop.clone());
+    let relay = relay_in_background(
+        client,
+        MIN_ROUND_TRIPS,
+        Duration::from_micros(500),
+        None,
+        stop.clone(),
+    );
     let (offered2, took2) = flood.open_loop(ROUNDS);
     stop.store(true, Ordering::Relaxed);
     let (round_trips2, lost2) = relay.join().unwrap();
@@ -408,21 +481,36 @@ fn unauthenticated_allocate_flood_costs_no_memory_and_no_relay_loss() {
     let rss_after2 = rss_kib(server.pid());
     let mut after = relaying_client(addr, peer.addr, None);
     for seq in 0..100 {
-        assert!(round_trip(&mut after, 0x4000, seq, Duration::from_secs(2)), "relaying after the flood");
+        assert!(
+            round_trip(&mut after, 0x4000, seq, Duration::from_secs(2)),
+            "relaying after the flood"
+        );
     }
     assert!(server.alive(), "server died under the flood");
     assert_eq!(server.stop(), Some(0));
     let log = server.log_text();
     let unauthenticated = log_counter(&log, "unauthenticated");
     figure(t, "2. unauthenticated Allocates, open loop", offered2);
-    figure(t, "2. offered in", format!("{:.2} s ({:.0}/s)", took2.as_secs_f64(), offered2 as f64 / took2.as_secs_f64()));
+    figure(
+        t,
+        "2. offered in",
+        format!(
+            "{:.2} s ({:.0}/s)",
+            took2.as_secs_f64(),
+            offered2 as f64 / took2.as_secs_f64()
+        ),
+    );
     figure(
         t,
         "2. of which the server took and answered 401",
         // Less the warm-up, phase 1 and the three relaying clients' first (challenged) Allocate.
         unauthenticated.saturating_sub(warm_answered + answered + 3),
     );
-    figure(t, "2. authenticated round trips meanwhile / lost", format!("{round_trips2} / {lost2}"));
+    figure(
+        t,
+        "2. authenticated round trips meanwhile / lost",
+        format!("{round_trips2} / {lost2}"),
+    );
     figure(t, "2. server RSS after", format!("{rss_after2} KiB"));
     assert!(
         rss_after2.saturating_sub(rss_before) < 8 * 1024,
@@ -460,12 +548,20 @@ fn channel_data_flood_on_unbound_channels_reaches_no_peer() {
     for i in 0..FLOOD {
         frame.clear();
         // Every channel number, none bound on A.
-        ChannelData::encode(0x4000 + (i % 0x4000) as u16, b"unbound channel flood!", false, &mut frame);
+        ChannelData::encode(
+            0x4000 + (i % 0x4000) as u16,
+            b"unbound channel flood!",
+            false,
+            &mut frame,
+        );
         let _ = a.socket().send_to(&frame, server);
         if i < NO_ALLOC_FLOOD {
             let _ = c.send_to(&frame, server);
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "flood took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "flood took too long"
+        );
     }
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -483,23 +579,57 @@ fn channel_data_flood_on_unbound_channels_reaches_no_peer() {
 
     let t = "unbound ChannelData flood";
     figure(t, "ChannelData offered on unbound channels (A)", FLOOD);
-    figure(t, "ChannelData offered without allocation (C)", NO_ALLOC_FLOOD);
+    figure(
+        t,
+        "ChannelData offered without allocation (C)",
+        NO_ALLOC_FLOOD,
+    );
     figure(t, "offered in", format!("{:.2} s", took.as_secs_f64()));
-    figure(t, "dequeued by the server and counted no_channel", no_channel);
-    figure(t, "dequeued by the server and counted no_allocation", no_allocation);
-    figure(t, "datagrams reaching the permitted bystander peer", bystander.received());
-    figure(t, "B round trips during flood / lost", format!("{round_trips} / {lost}"));
-    assert_eq!(bystander.received(), 0, "unbound ChannelData reached a peer");
+    figure(
+        t,
+        "dequeued by the server and counted no_channel",
+        no_channel,
+    );
+    figure(
+        t,
+        "dequeued by the server and counted no_allocation",
+        no_allocation,
+    );
+    figure(
+        t,
+        "datagrams reaching the permitted bystander peer",
+        bystander.received(),
+    );
+    figure(
+        t,
+        "B round trips during flood / lost",
+        format!("{round_trips} / {lost}"),
+    );
+    assert_eq!(
+        bystander.received(),
+        0,
+        "unbound ChannelData reached a peer"
+    );
     // A and C send open loop: when they outrun the shards the kernel drops datagrams at the
     // listening socket whoever sent them, B's included. B must keep relaying, and nothing
     // but B's datagrams may reach a peer.
     assert!(lost * 100 <= round_trips, "B lost {lost} of {round_trips}");
-    assert_eq!(echo.received(), to_peer, "only B's datagrams went to a peer");
+    assert_eq!(
+        echo.received(),
+        to_peer,
+        "only B's datagrams went to a peer"
+    );
     assert!(to_peer <= round_trips && to_peer + lost >= round_trips);
     assert!(no_channel <= FLOOD && no_allocation <= NO_ALLOC_FLOOD);
     // The floods are not dropped by the kernel wholesale: most of them are counted.
-    assert!(no_channel >= FLOOD / 2, "only {no_channel} of {FLOOD} counted");
-    assert!(no_allocation >= NO_ALLOC_FLOOD / 2, "only {no_allocation} of {NO_ALLOC_FLOOD} counted");
+    assert!(
+        no_channel >= FLOOD / 2,
+        "only {no_channel} of {FLOOD} counted"
+    );
+    assert!(
+        no_allocation >= NO_ALLOC_FLOOD / 2,
+        "only {no_allocation} of {NO_ALLOC_FLOOD} counted"
+    );
     // Setup requests: 6 (A and B each: challenge, Allocate, CreatePermission/ChannelBind).
     assert_eq!(setup, 6, "datagrams neither relayed nor counted as dropped");
 }
@@ -524,7 +654,9 @@ impl EventSink for Timeline {
                 info.id,
                 info.relay,
             )),
-            Event::AllocationDeleted { info, reason, .. } => self.deleted.lock().unwrap().push((info.id, reason, at)),
+            Event::AllocationDeleted { info, reason, .. } => {
+                self.deleted.lock().unwrap().push((info.id, reason, at))
+            }
             _ => {}
         }
     }
@@ -561,11 +693,19 @@ fn allocate_many(
                     let mut buf = [0u8; 1500];
                     for (si, s) in part.iter().enumerate() {
                         let base = (ci * chunk + si) * servers.len();
-                        let mut pending: HashMap<[u8; 12], (usize, SocketAddr, Vec<u8>)> = HashMap::new();
+                        let mut pending: HashMap<[u8; 12], (usize, SocketAddr, Vec<u8>)> =
+                            HashMap::new();
                         for (j, srv) in servers.iter().enumerate() {
                             let k = base + j;
                             let t = tid(k as u64, salt);
-                            let req = authed_allocate(&t, "alice", &auth.0, &auth.1, key, Some(lifetime(k)));
+                            let req = authed_allocate(
+                                &t,
+                                "alice",
+                                &auth.0,
+                                &auth.1,
+                                key,
+                                Some(lifetime(k)),
+                            );
                             s.send_to(&req, srv).unwrap();
                             pending.insert(t, (k, *srv, req));
                         }
@@ -575,15 +715,24 @@ fn allocate_many(
                                 Ok((n, from)) => {
                                     let at = Instant::now();
                                     let m = Message::parse(&buf[..n]).expect("a STUN response");
-                                    let Some((k, srv, _)) = pending.remove(m.transaction_id()) else {
+                                    let Some((k, srv, _)) = pending.remove(m.transaction_id())
+                                    else {
                                         continue;
                                     };
                                     assert_eq!(from, srv);
-                                    assert_eq!(m.class(), Class::Success, "allocation {k}: {:?}", m.error_code());
+                                    assert_eq!(
+                                        m.class(),
+                                        Class::Success,
+                                        "allocation {k}: {:?}",
+                                        m.error_code()
+                                    );
                                     out.push(Granted {
                                         client: s.local_addr().unwrap(),
                                         server: srv,
-                                        relay: m.xor_address(stun::XOR_RELAYED_ADDRESS).unwrap().unwrap(),
+                                        relay: m
+                                            .xor_address(stun::XOR_RELAYED_ADDRESS)
+                                            .unwrap()
+                                            .unwrap(),
                                         lifetime: m.lifetime().unwrap().unwrap(),
                                         at,
                                     });
@@ -591,7 +740,11 @@ fn allocate_many(
                                 Err(_) => {
                                     // A lost datagram: retransmit (same transaction) a few times.
                                     retries += 1;
-                                    assert!(retries <= 3, "no answer to {} Allocates", pending.len());
+                                    assert!(
+                                        retries <= 3,
+                                        "no answer to {} Allocates",
+                                        pending.len()
+                                    );
                                     for (_, srv, req) in pending.values() {
                                         s.send_to(req, srv).unwrap();
                                     }
@@ -603,7 +756,10 @@ fn allocate_many(
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     })
 }
 
@@ -623,10 +779,17 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
         c.default_allocate_lifetime = 2;
         c.max_allocate_lifetime = 12;
         // Ten listening addresses: one client socket holds ten allocations (ten 5-tuples).
-        c.listening_ips = (1..=ADDRS as u8).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect();
+        c.listening_ips = (1..=ADDRS as u8)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect();
     });
     cfg.relay_ips = vec!["127.0.0.1".parse().unwrap()];
-    let running = start(cfg, None, Some(timeline.clone() as Arc<dyn EventSink>), RANGE);
+    let running = start(
+        cfg,
+        None,
+        Some(timeline.clone() as Arc<dyn EventSink>),
+        RANGE,
+    );
     let servers: Vec<SocketAddr> = running.local_addrs().to_vec();
     assert_eq!(servers.len(), ADDRS);
     let echo = Peer::start(true);
@@ -636,14 +799,21 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
     let relays: Vec<_> = (0..3)
         .map(|_| {
             let c = relaying_client(servers[0], echo.addr, Some(12));
-            relay_in_background(c, 0, Duration::from_millis(2), Some(Duration::from_secs(4)), stop.clone())
+            relay_in_background(
+                c,
+                0,
+                Duration::from_millis(2),
+                Some(Duration::from_secs(4)),
+                stop.clone(),
+            )
         })
         .collect();
 
     let sockets: Vec<UdpSocket> = (0..SOCKETS)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
             s
         })
         .collect();
@@ -657,7 +827,11 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
     }
 
     // Wait for the last deadline, plus a second and a half.
-    let last = granted.iter().map(|g| g.at + Duration::from_secs(g.lifetime.into())).max().unwrap();
+    let last = granted
+        .iter()
+        .map(|g| g.at + Duration::from_secs(g.lifetime.into()))
+        .max()
+        .unwrap();
     while Instant::now() < last + Duration::from_millis(1500) {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -668,8 +842,13 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
         .iter()
         .map(|(c, s, id, _)| ((*c, *s), *id))
         .collect();
-    let deleted: HashMap<u64, (DeleteReason, Instant)> =
-        timeline.deleted.lock().unwrap().iter().map(|(id, r, at)| (*id, (*r, *at))).collect();
+    let deleted: HashMap<u64, (DeleteReason, Instant)> = timeline
+        .deleted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, r, at)| (*id, (*r, *at)))
+        .collect();
     let mut errors = Vec::with_capacity(TOTAL);
     for g in &granted {
         let id = ids[&(g.client, g.server)];
@@ -685,7 +864,10 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
         };
         errors.push(error);
     }
-    let expired = deleted.values().filter(|(r, _)| *r == DeleteReason::Expired).count();
+    let expired = deleted
+        .values()
+        .filter(|(r, _)| *r == DeleteReason::Expired)
+        .count();
     assert_eq!(expired, TOTAL, "only the short-lived allocations expire");
     let max = errors.iter().cloned().fold(f64::MIN, f64::max);
     let min = errors.iter().cloned().fold(f64::MAX, f64::min);
@@ -693,13 +875,17 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
 
     // Every port is back: the same range holds ten thousand allocations again.
     let in_range = |p: u16| (RANGE.0..=RANGE.1).contains(&p);
-    let first_ports: std::collections::HashSet<u16> = granted.iter().map(|g| g.relay.port()).collect();
+    let first_ports: std::collections::HashSet<u16> =
+        granted.iter().map(|g| g.relay.port()).collect();
     let started = Instant::now();
     let again = allocate_many(&sockets, &servers, &auth, 4, 2, &|_| 12);
     let setup_again = started.elapsed();
     assert_eq!(again.len(), TOTAL);
     assert!(again.iter().all(|g| in_range(g.relay.port())));
-    let reused = again.iter().filter(|g| first_ports.contains(&g.relay.port())).count();
+    let reused = again
+        .iter()
+        .filter(|g| first_ports.contains(&g.relay.port()))
+        .count();
 
     stop.store(true, Ordering::Relaxed);
     let (mut round_trips, mut lost) = (0, 0);
@@ -709,25 +895,54 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
         lost += l;
     }
     let reports = running.stop();
-    let shutdown = timeline.deleted.lock().unwrap().iter().filter(|(_, r, _)| *r == DeleteReason::Shutdown).count();
+    let shutdown = timeline
+        .deleted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, r, _)| *r == DeleteReason::Shutdown)
+        .count();
 
     let t = "expiry under load";
     figure(t, "allocations (lifetimes 2..=12 s, 2 shards)", TOTAL);
     figure(t, "set up in", format!("{:.2} s", setup.as_secs_f64()));
     figure(t, "expired (reason Expired)", expired);
-    figure(t, "expiry error vs. Allocate success + lifetime: min / mean / max", format!("{min:+.3} / {mean:+.3} / {max:+.3} s"));
-    figure(t, "re-allocated in the same range afterwards", format!("{} in {:.2} s", again.len(), setup_again.as_secs_f64()));
+    figure(
+        t,
+        "expiry error vs. Allocate success + lifetime: min / mean / max",
+        format!("{min:+.3} / {mean:+.3} / {max:+.3} s"),
+    );
+    figure(
+        t,
+        "re-allocated in the same range afterwards",
+        format!("{} in {:.2} s", again.len(), setup_again.as_secs_f64()),
+    );
     figure(t, "of which on ports the expired ones had", reused);
-    figure(t, "round trips on 3 long-lived allocations / lost", format!("{round_trips} / {lost}"));
+    figure(
+        t,
+        "round trips on 3 long-lived allocations / lost",
+        format!("{round_trips} / {lost}"),
+    );
     // The core's timer wheel has one-second slots aligned to its epoch: an allocation goes
     // at the first whole second at or after its deadline, so never early and less than a
     // second late, plus however long the shard takes to reach that tick on a loaded
     // two-core machine (EXPIRY_SLACK).
-    assert!(min >= -0.05, "an allocation expired {:.3} s before its deadline", -min);
-    assert!(max <= 1.0 + EXPIRY_SLACK, "an allocation expired {max:.3} s after its deadline");
+    assert!(
+        min >= -0.05,
+        "an allocation expired {:.3} s before its deadline",
+        -min
+    );
+    assert!(
+        max <= 1.0 + EXPIRY_SLACK,
+        "an allocation expired {max:.3} s after its deadline"
+    );
     assert_eq!(lost, 0, "{lost} of {round_trips} round trips lost");
     assert!(round_trips > 1000);
-    assert_eq!(shutdown, TOTAL + 3, "the second round and the three relays end at shutdown");
+    assert_eq!(
+        shutdown,
+        TOTAL + 3,
+        "the second round and the three relays end at shutdown"
+    );
     assert_eq!(sum(&reports, |c| c.ports_exhausted), 0);
     // Each shard had 5,500 ports and about 5,000 allocations per round: the second round
     // could only succeed with the first round's ports back in the pools.
@@ -749,7 +964,10 @@ fn permission_and_channel_caps_give_508() {
     }
     // Refreshing an existing permission at the cap is fine; a 33rd IP is not.
     a.create_permission(&[peer(0)]).unwrap();
-    assert_eq!(a.create_permission(&[peer(32)]).unwrap_err().code(), Some(508));
+    assert_eq!(
+        a.create_permission(&[peer(32)]).unwrap_err().code(),
+        Some(508)
+    );
     // Nor can one request carry more than the cap.
     let mut b = Client::connect(server, "alice", "secret").unwrap();
     b.allocate(None).unwrap();
@@ -759,37 +977,67 @@ fn permission_and_channel_caps_give_508() {
     let mut c = Client::connect(server, "alice", "secret").unwrap();
     c.allocate(None).unwrap();
     for i in 0..64u16 {
-        c.channel_bind(0x4000 + i, SocketAddr::from(([127, 0, 0, 1], 10000 + i))).unwrap();
+        c.channel_bind(0x4000 + i, SocketAddr::from(([127, 0, 0, 1], 10000 + i)))
+            .unwrap();
     }
-    c.channel_bind(0x4000, SocketAddr::from(([127, 0, 0, 1], 10000))).unwrap();
+    c.channel_bind(0x4000, SocketAddr::from(([127, 0, 0, 1], 10000)))
+        .unwrap();
     assert_eq!(
-        c.channel_bind(0x4040, SocketAddr::from(([127, 0, 0, 1], 10064))).unwrap_err().code(),
+        c.channel_bind(0x4040, SocketAddr::from(([127, 0, 0, 1], 10064)))
+            .unwrap_err()
+            .code(),
         Some(508)
     );
     let reports = running.stop();
     assert_eq!(sum(&reports, |c| c.permissions_capped), 2);
     assert_eq!(sum(&reports, |c| c.channels_capped), 1);
-    figure("limits", "permissions per allocation (default)", "32; 33rd IP → 508, counter permissions_capped");
-    figure("limits", "channels per allocation (default)", "64; 65th → 508, counter channels_capped");
+    figure(
+        "limits",
+        "permissions per allocation (default)",
+        "32; 33rd IP → 508, counter permissions_capped",
+    );
+    figure(
+        "limits",
+        "channels per allocation (default)",
+        "64; 65th → 508, counter channels_capped",
+    );
 }
 
 #[test]
 fn per_allocation_caps_follow_the_command_line() {
     let mut server = Uturn::start(
         "auto",
-        &["--allow-loopback-peers", "--max-permissions-per-allocation", "2", "--max-channels-per-allocation", "3"],
+        &[
+            "--allow-loopback-peers",
+            "--max-permissions-per-allocation",
+            "2",
+            "--max-channels-per-allocation",
+            "3",
+        ],
     );
     let mut a = Client::connect(server.addr(), "alice", "secret").unwrap();
     a.allocate(None).unwrap();
-    a.create_permission(&["127.0.0.2:1".parse().unwrap(), "127.0.0.3:1".parse().unwrap()]).unwrap();
-    assert_eq!(a.create_permission(&["127.0.0.4:1".parse().unwrap()]).unwrap_err().code(), Some(508));
+    a.create_permission(&[
+        "127.0.0.2:1".parse().unwrap(),
+        "127.0.0.3:1".parse().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(
+        a.create_permission(&["127.0.0.4:1".parse().unwrap()])
+            .unwrap_err()
+            .code(),
+        Some(508)
+    );
     let mut b = Client::connect(server.addr(), "alice", "secret").unwrap();
     b.allocate(None).unwrap();
     for i in 0..3 {
-        b.channel_bind(0x4000 + i, SocketAddr::from(([127, 0, 0, 1], 20000 + i))).unwrap();
+        b.channel_bind(0x4000 + i, SocketAddr::from(([127, 0, 0, 1], 20000 + i)))
+            .unwrap();
     }
     assert_eq!(
-        b.channel_bind(0x4003, SocketAddr::from(([127, 0, 0, 1], 20003))).unwrap_err().code(),
+        b.channel_bind(0x4003, SocketAddr::from(([127, 0, 0, 1], 20003)))
+            .unwrap_err()
+            .code(),
         Some(508)
     );
     assert_eq!(server.stop(), Some(0));
@@ -819,15 +1067,27 @@ fn user_and_total_quotas_give_486() {
         clients.push(c);
     }
     let mut alice3 = Client::connect(server, "alice", "secret").unwrap();
-    assert_eq!(alice3.allocate(None).unwrap_err().code(), Some(486), "user quota");
+    assert_eq!(
+        alice3.allocate(None).unwrap_err().code(),
+        Some(486),
+        "user quota"
+    );
     let mut bob2 = Client::connect(server, "bob", "pw").unwrap();
-    assert_eq!(bob2.allocate(None).unwrap_err().code(), Some(486), "total quota");
+    assert_eq!(
+        bob2.allocate(None).unwrap_err().code(),
+        Some(486),
+        "total quota"
+    );
     // A deleted allocation gives its quota back.
     clients[2].refresh(0).unwrap();
     bob2.allocate(None).unwrap();
     let reports = running.stop();
     assert_eq!(sum(&reports, |c| c.quota_refused), 2);
-    figure("limits", "--user-quota / --total-quota", "exceeded → 486, counter quota_refused");
+    figure(
+        "limits",
+        "--user-quota / --total-quota",
+        "exceeded → 486, counter quota_refused",
+    );
 }
 
 #[test]
@@ -848,7 +1108,11 @@ fn exhausted_relay_ports_give_508() {
     assert!((19200..=19204).contains(&relay.port()));
     let reports = running.stop();
     assert_eq!(sum(&reports, |c| c.ports_exhausted), 1);
-    figure("limits", "allocations per shard = its share of --min-port..--max-port", "exceeded → 508, counter ports_exhausted");
+    figure(
+        "limits",
+        "allocations per shard = its share of --min-port..--max-port",
+        "exceeded → 508, counter ports_exhausted",
+    );
 }
 
 /// Defers every `hold` user to a ticket it keeps; answers alice at once.
@@ -882,7 +1146,12 @@ fn pending_authentications_beyond_the_cap_give_508() {
         users,
         tickets: Mutex::new(Vec::new()),
     });
-    let running = start(config(1, |_| {}), Some(observer.clone()), None, (19400, 19499));
+    let running = start(
+        config(1, |_| {}),
+        Some(observer.clone()),
+        None,
+        (19400, 19499),
+    );
     let server = running.local_addrs()[0];
     let auth = challenge(server);
     let key = long_term_key("hold", &auth.0, "whatever");
@@ -890,8 +1159,11 @@ fn pending_authentications_beyond_the_cap_give_508() {
         .map(|i| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.set_nonblocking(true).unwrap();
-            s.send_to(&authed_allocate(&tid(i as u64, 3), "hold", &auth.0, &auth.1, &key, None), server)
-                .unwrap();
+            s.send_to(
+                &authed_allocate(&tid(i as u64, 3), "hold", &auth.0, &auth.1, &key, None),
+                server,
+            )
+            .unwrap();
             s
         })
         .collect();
@@ -915,9 +1187,22 @@ fn pending_authentications_beyond_the_cap_give_508() {
     let answered_later = answers(401);
     let reports = running.stop();
     assert_eq!(refused, SENT - CAP);
-    assert_eq!(answered_later, CAP, "parked requests are answered when their ticket is");
-    assert_eq!(sum(&reports, |c| c.pending_auth_dropped), (SENT - CAP) as u64);
-    figure("limits", "pending asynchronous authentications per shard", format!("{CAP}; beyond → 508 at once, counter pending_auth_dropped ({} of {SENT})", SENT - CAP));
+    assert_eq!(
+        answered_later, CAP,
+        "parked requests are answered when their ticket is"
+    );
+    assert_eq!(
+        sum(&reports, |c| c.pending_auth_dropped),
+        (SENT - CAP) as u64
+    );
+    figure(
+        "limits",
+        "pending asynchronous authentications per shard",
+        format!(
+            "{CAP}; beyond → 508 at once, counter pending_auth_dropped ({} of {SENT})",
+            SENT - CAP
+        ),
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -961,21 +1246,38 @@ fn every_cve_2020_26262_form_gets_403_with_default_options() {
         for ip in list {
             let peer = SocketAddr::new(ip.parse().unwrap(), 3478);
             let r = client.create_permission(&[peer]);
-            assert_eq!(r.as_ref().err().and_then(|e| e.code()), Some(403), "CreatePermission {peer}: {r:?}");
+            assert_eq!(
+                r.as_ref().err().and_then(|e| e.code()),
+                Some(403),
+                "CreatePermission {peer}: {r:?}"
+            );
             let r = client.channel_bind(0x4000, peer);
-            assert_eq!(r.as_ref().err().and_then(|e| e.code()), Some(403), "ChannelBind {peer}: {r:?}");
+            assert_eq!(
+                r.as_ref().err().and_then(|e| e.code()),
+                Some(403),
+                "ChannelBind {peer}: {r:?}"
+            );
             refused += 2;
         }
     }
     // A Send indication to a refused peer is dropped, not relayed.
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    c4.send_indication(sink.local_addr().unwrap(), b"x").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    c4.send_indication(sink.local_addr().unwrap(), b"x")
+        .unwrap();
     assert!(sink.recv(&mut [0u8; 16]).is_err());
     assert_eq!(server.stop(), Some(0));
     let log = server.log_text();
     assert_eq!(log_counter(&log, "peer_refused"), refused, "{log}");
     assert_eq!(log_counter(&log, "no_permission"), 1);
     assert_eq!(log_counter(&log, "relayed_to_peer"), 0);
-    figure("peer policy (binary, default options)", "CVE-2020-26262 forms refused with 403", format!("{} addresses, CreatePermission and ChannelBind", v4.len() + v6.len()));
+    figure(
+        "peer policy (binary, default options)",
+        "CVE-2020-26262 forms refused with 403",
+        format!(
+            "{} addresses, CreatePermission and ChannelBind",
+            v4.len() + v6.len()
+        ),
+    );
 }
