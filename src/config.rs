@@ -56,6 +56,10 @@ pub struct Config {
     pub total_quota: usize,
     /// `--max-bps` per allocation (0: unlimited).
     pub max_bps: u64,
+    /// `--max-permissions-per-allocation` (32) and `--max-channels-per-allocation` (64)
+    /// (uturn; coturn has no such caps): beyond them CreatePermission/ChannelBind get 508.
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
     /// `--allow-loopback-peers`, `--denied-peer-ip`, `--allowed-peer-ip`.
     pub allow_loopback_peers: bool,
     pub denied_peer_ips: Vec<IpRange>,
@@ -108,6 +112,8 @@ impl Default for Config {
             user_quota: 0,
             total_quota: 0,
             max_bps: 0,
+            max_permissions_per_allocation: 32,
+            max_channels_per_allocation: 64,
             allow_loopback_peers: false,
             denied_peer_ips: Vec::new(),
             allowed_peer_ips: Vec::new(),
@@ -247,6 +253,18 @@ const OPTIONS: &[(&str, Option<char>, Arity, &str)] = &[
         None,
         Arity::Value,
         "per-allocation relay bandwidth in bytes/s each way, 0 = unlimited",
+    ),
+    (
+        "max-permissions-per-allocation",
+        None,
+        Arity::Value,
+        "peer IPs one allocation may have permissions for (default 32; more: 508)",
+    ),
+    (
+        "max-channels-per-allocation",
+        None,
+        Arity::Value,
+        "channels one allocation may bind (default 64; more: 508)",
     ),
     (
         "allow-loopback-peers",
@@ -753,6 +771,8 @@ fn apply(c: &mut Config, item: &Item) -> Result<(), Error> {
         "user-quota" => c.user_quota = parse_num(item)?,
         "total-quota" => c.total_quota = parse_num(item)?,
         "max-bps" => c.max_bps = parse_num(item)?,
+        "max-permissions-per-allocation" => c.max_permissions_per_allocation = parse_num(item)?,
+        "max-channels-per-allocation" => c.max_channels_per_allocation = parse_num(item)?,
         "allow-loopback-peers" => c.allow_loopback_peers = true,
         "denied-peer-ip" => c
             .denied_peer_ips
@@ -823,6 +843,16 @@ fn validate(c: &Config) -> Result<(), Error> {
         || c.stale_nonce == 0
     {
         return invalid("lifetimes must be at least 1 second");
+    }
+    if c.max_permissions_per_allocation == 0 || c.max_channels_per_allocation == 0 {
+        return invalid(
+            "--max-permissions-per-allocation and --max-channels-per-allocation must be at least 1",
+        );
+    }
+    // Permissions and channels are searched linearly per relayed packet: a cap in the
+    // thousands would let one allocation make every packet slow.
+    if c.max_permissions_per_allocation > 4096 || c.max_channels_per_allocation > 4096 {
+        return invalid("--max-permissions-per-allocation and --max-channels-per-allocation must not exceed 4096");
     }
     if c.default_allocate_lifetime > c.max_allocate_lifetime {
         return invalid("--default-allocate-lifetime must not exceed --max-allocate-lifetime");
@@ -1072,6 +1102,39 @@ mod tests {
         let t = parse_statsdb("host=r.example port=7000").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("r.example", 7000));
         assert!(parse_statsdb("port").is_err());
+    }
+
+    #[test]
+    fn per_allocation_caps() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            (
+                c.max_permissions_per_allocation,
+                c.max_channels_per_allocation
+            ),
+            (32, 64)
+        );
+        let c = with(&[
+            "--max-permissions-per-allocation",
+            "5",
+            "--max-channels-per-allocation=7",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.max_permissions_per_allocation,
+                c.max_channels_per_allocation
+            ),
+            (5, 7)
+        );
+        for bad in [
+            ["--max-permissions-per-allocation", "0"],
+            ["--max-channels-per-allocation", "0"],
+            ["--max-channels-per-allocation", "4097"],
+            ["--max-permissions-per-allocation", "x"],
+        ] {
+            assert!(with(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -205,6 +205,11 @@ fn shard_slices(backend: Backend) {
         c.allocate(None).expect("allocate");
         clients.push(c);
     }
+    // The shard answers before it hands the event to the sink: wait for the last ones.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while events.created().len() < 24 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let created = events.created();
     assert_eq!(created.len(), 24);
     let mut per_shard = [0usize; 2];

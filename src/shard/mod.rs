@@ -213,6 +213,41 @@ pub fn port_slices(min: u16, max: u16, n: usize) -> Vec<(u16, u16)> {
         .collect()
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as servers do: every allocation holds
+/// a relay socket, so the usual soft limit of 1024 would cap a server at about a thousand
+/// allocations. Logs the resulting limit, and warns when the relay port range is larger.
+fn raise_file_limit(relay_ports: usize) {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("cannot read RLIMIT_NOFILE: {e}");
+            return;
+        }
+    };
+    let limit = if soft < hard {
+        match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, "cannot raise RLIMIT_NOFILE: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // Listening sockets, rings, the log and Redis need a few more descriptors.
+    let needed = relay_ports as u64 + 64;
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "open file limit is below the relay port range: allocations will fail with 508 once descriptors run out (raise the hard limit, e.g. LimitNOFILE= in the systemd unit)"
+        );
+    } else {
+        tracing::info!(limit, "open file limit");
+    }
+}
+
 /// Starts one shard per configured core.
 pub fn start(
     config: &Config,
@@ -255,6 +290,7 @@ pub fn start(
         }
     }
     let slices = port_slices(config.min_port, config.max_port, cores.len());
+    raise_file_limit(usize::from(config.max_port - config.min_port) + 1);
     let cores = &cores[..slices.len()];
     let mut nonce_secret = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce_secret);
@@ -307,8 +343,8 @@ pub fn start(
             epoch,
             policy: policy.clone(),
             max_allocations: (usize::from(*hi - *lo) + 1).max(1),
-            max_permissions_per_allocation: 32,
-            max_channels_per_allocation: 64,
+            max_permissions_per_allocation: config.max_permissions_per_allocation,
+            max_channels_per_allocation: config.max_channels_per_allocation,
             max_pending_auth: 1024,
             pending_auth_timeout: Duration::from_secs(10),
             max_bps: config.max_bps,

@@ -73,12 +73,8 @@ impl FromStr for IpRange {
                 .filter(|p| *p <= bits)
                 .ok_or_else(|| format!("'{s}': prefix must be 0..={bits}"))?;
             let (_, n) = to_u128(ip);
-            let host_bits = bits - prefix;
-            let mask: u128 = if host_bits == 0 {
-                0
-            } else {
-                (1u128 << host_bits) - 1
-            };
+            // `::/0` has 128 host bits: `1 << 128` would overflow.
+            let mask: u128 = u128::MAX.checked_shr(prefix + (128 - bits)).unwrap_or(0);
             let (lo, hi) = (n & !mask, n | mask);
             let back = |v: u128| -> IpAddr {
                 if ip.is_ipv4() {
@@ -263,6 +259,149 @@ mod tests {
         assert!(r.is_allowed(ip("198.51.101.7")));
     }
 
+    /// Every address form of CVE-2020-26262 and its neighbours, at the edges of each range,
+    /// in plain, IPv4-mapped and IPv4-compatible spellings.
+    #[test]
+    fn cve_2020_26262_forms_at_range_edges() {
+        let p = PeerPolicy::default();
+        let v4_refused = [
+            "0.0.0.0",
+            "0.0.0.1",
+            "0.255.255.255",
+            "127.0.0.0",
+            "127.255.255.255",
+            "224.0.0.0",
+            "239.255.255.255",
+            "255.255.255.255",
+            "169.254.0.0",
+            "169.254.255.255",
+        ];
+        for a in v4_refused {
+            assert!(!p.is_allowed(ip(a)), "{a} must be refused");
+            let mapped = format!("::ffff:{a}");
+            assert!(!p.is_allowed(ip(&mapped)), "{mapped} must be refused");
+        }
+        for a in [
+            "::",
+            "::1",
+            "::0.0.0.0",
+            "::0.0.0.1",
+            "::127.0.0.1",
+            "ff00::",
+            "ff02::1",
+            "ff0e::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "fe80::",
+            "fe80::1",
+            "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            assert!(!p.is_allowed(ip(a)), "{a} must be refused");
+        }
+        // Just outside each range.
+        for a in [
+            "1.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "223.255.255.255",
+            "169.253.255.255",
+            "169.255.0.0",
+            "::ffff:1.0.0.0",
+            "fec0::1",
+        ] {
+            let refused_elsewhere = a == "fec0::1"; // site-local: refused by its own rule
+            assert_eq!(p.is_allowed(ip(a)), !refused_elsewhere, "{a}");
+        }
+        // --allow-loopback-peers opens loopback in every spelling and nothing else.
+        let lo = PeerPolicy {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        for a in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+        ] {
+            assert!(lo.is_allowed(ip(a)), "{a} with --allow-loopback-peers");
+        }
+        for a in [
+            "0.0.0.0",
+            "::",
+            "::ffff:0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "169.254.1.1",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            assert!(
+                !lo.is_allowed(ip(a)),
+                "{a} even with --allow-loopback-peers"
+            );
+        }
+    }
+
+    /// coturn's precedence: an `--allowed-peer-ip` range wins over a `--denied-peer-ip`
+    /// range that contains the same address, whatever the order they were given in; neither
+    /// reaches unspecified addresses, and only `--allow-loopback-peers` opens loopback.
+    #[test]
+    fn allowed_over_denied_in_every_spelling() {
+        let p = PeerPolicy {
+            allowed: vec![range("198.51.100.10-198.51.100.20"), range("2001:db8::/64")],
+            denied: vec![range("198.51.100.0/24"), range("2001:db8::/32")],
+            ..Default::default()
+        };
+        assert!(p.is_allowed(ip("198.51.100.15")));
+        assert!(
+            p.is_allowed(ip("::ffff:198.51.100.15")),
+            "mapped form of an allowed address"
+        );
+        assert!(!p.is_allowed(ip("198.51.100.21")));
+        assert!(
+            !p.is_allowed(ip("::ffff:198.51.100.21")),
+            "mapped form of a denied address"
+        );
+        assert!(p.is_allowed(ip("2001:db8::5")));
+        assert!(!p.is_allowed(ip("2001:db8:1::5")));
+        // Allowed opens built-in refusals other than unspecified and loopback.
+        let q = PeerPolicy {
+            allowed: vec![
+                range("169.254.0.0/16"),
+                range("224.0.0.0/4"),
+                range("0.0.0.0/0"),
+                range("::/0"),
+            ],
+            ..Default::default()
+        };
+        assert!(q.is_allowed(ip("169.254.1.1")));
+        assert!(q.is_allowed(ip("224.0.0.1")));
+        assert!(q.is_allowed(ip("10.1.2.3")));
+        assert!(q.is_allowed(ip("fe80::1")));
+        for a in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "::ffff:0.0.0.0",
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(
+                !q.is_allowed(ip(a)),
+                "{a} is not opened by --allowed-peer-ip"
+            );
+        }
+        // A denied range covers the mapped spellings of its addresses too.
+        let d = PeerPolicy {
+            denied: vec![range("203.0.113.0/24")],
+            ..Default::default()
+        };
+        assert!(!d.is_allowed(ip("203.0.113.9")));
+        assert!(!d.is_allowed(ip("::ffff:203.0.113.9")));
+        assert!(d.is_allowed(ip("203.0.114.9")));
+    }
+
     #[test]
     fn range_syntax() {
         assert_eq!(
@@ -280,6 +419,13 @@ mod tests {
             }
         );
         assert_eq!(range("0.0.0.0/0").end, ip("255.255.255.255"));
+        assert_eq!(range("::/0").start, ip("::"));
+        assert_eq!(
+            range("::/0").end,
+            ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(range("2001:db8::1/128").end, ip("2001:db8::1"));
+        assert_eq!(range("10.0.0.1/32").start, ip("10.0.0.1"));
         assert_eq!(
             range("2001:db8::/32").end,
             ip("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")

@@ -135,6 +135,10 @@ pub struct ServerCounters {
     pub ports_exhausted: u64,
     pub rate_limited: u64,
     pub pending_auth_dropped: u64,
+    /// CreatePermission or ChannelBind refused (508) by the per-allocation permission cap.
+    pub permissions_capped: u64,
+    /// ChannelBind refused (508) by the per-allocation channel cap.
+    pub channels_capped: u64,
     pub relayed_to_peer: u64,
     pub relayed_to_client: u64,
 }
@@ -1108,6 +1112,7 @@ impl Server {
             }
             if !ips.contains(&peer.ip()) {
                 if ips.len() >= max {
+                    self.counters.permissions_capped += 1;
                     return self.error(req, 508, Some(&key), |_| {});
                 }
                 ips.push(peer.ip());
@@ -1121,6 +1126,7 @@ impl Server {
             return;
         };
         if !alloc.can_install_permissions(&ips, max, now) {
+            self.counters.permissions_capped += 1;
             return self.error(req, 508, Some(&key), |_| {});
         }
         for ip in &ips {
@@ -1178,9 +1184,11 @@ impl Server {
         }
         let exists = alloc.channels.iter().any(|c| c.number == number);
         if !exists && alloc.channels.len() >= max_channels {
+            self.counters.channels_capped += 1;
             return self.error(req, 508, Some(&key), |_| {});
         }
         if !alloc.can_install_permissions(&[peer.ip()], max_perms, now) {
+            self.counters.permissions_capped += 1;
             return self.error(req, 508, Some(&key), |_| {});
         }
         alloc.install_permission(peer.ip(), perm_expires, max_perms, now);

@@ -642,6 +642,7 @@ fn capacity_limits_give_508() {
         }
     });
     assert_eq!(error_code(&resp), Some(508));
+    assert_eq!(w.server.counters().permissions_capped, 1);
 }
 
 #[test]
