@@ -763,8 +763,9 @@ fn allocate_many(
     })
 }
 
-/// Scheduling delay allowed on top of the one-second timer granularity.
-const EXPIRY_SLACK: f64 = 0.25;
+/// Scheduling delay allowed on top of the 100 ms timer granularity (the total stays well
+/// inside the ±1 s requirement).
+const EXPIRY_SLACK: f64 = 0.5;
 
 #[test]
 fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
@@ -923,17 +924,17 @@ fn ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
         "round trips on 3 long-lived allocations / lost",
         format!("{round_trips} / {lost}"),
     );
-    // The core's timer wheel has one-second slots aligned to its epoch: an allocation goes
-    // at the first whole second at or after its deadline, so never early and less than a
-    // second late, plus however long the shard takes to reach that tick on a loaded
-    // two-core machine (EXPIRY_SLACK).
+    // The core's timer wheel has 100 ms ticks aligned to its epoch: an allocation goes at
+    // the first tick at or after its deadline, so never early and at most 0.1 s late, plus
+    // however long the shard takes to reach that tick on a loaded two-core machine
+    // (EXPIRY_SLACK). The requirement is ±1 s.
     assert!(
         min >= -0.05,
         "an allocation expired {:.3} s before its deadline",
         -min
     );
     assert!(
-        max <= 1.0 + EXPIRY_SLACK,
+        max <= 0.1 + EXPIRY_SLACK,
         "an allocation expired {max:.3} s after its deadline"
     );
     assert_eq!(lost, 0, "{lost} of {round_trips} round trips lost");

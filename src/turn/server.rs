@@ -20,6 +20,10 @@ use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Timer wheel ticks per second: expiry is never early and at most 100 ms late.
+const TICKS_PER_SEC: u64 = 10;
+const NANOS_PER_TICK: u64 = 1_000_000_000 / TICKS_PER_SEC;
+
 /// Index of an allocation's relay socket within its shard. The shard tags the relay socket
 /// with it and hands it back with every datagram received on that socket.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,7 +195,7 @@ struct Slot {
 struct Reservation {
     port: u16,
     ip: IpAddr,
-    expires_sec: u64,
+    expires_tick: u64,
 }
 
 /// A request waiting for an asynchronous authentication answer.
@@ -321,10 +325,18 @@ impl Server {
         now.saturating_duration_since(self.config.epoch).as_secs()
     }
 
-    /// The first whole second (since the epoch) at or after `t`.
-    fn sec_ceil(&self, t: Instant) -> u64 {
+    /// The timer wheel's tick (since the epoch) `now` falls in.
+    fn now_tick(&self, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(self.config.epoch);
+        d.as_secs() * TICKS_PER_SEC + u64::from(d.subsec_nanos()) / NANOS_PER_TICK
+    }
+
+    /// The first tick (since the epoch) at or after `t`: expiry is never early and at most
+    /// one tick (100 ms) late.
+    fn tick_ceil(&self, t: Instant) -> u64 {
         let d = t.saturating_duration_since(self.config.epoch);
-        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+        let nanos = u64::from(d.subsec_nanos());
+        d.as_secs() * TICKS_PER_SEC + nanos.div_ceil(NANOS_PER_TICK)
     }
 
     fn random(&mut self) -> u64 {
@@ -719,7 +731,7 @@ impl Server {
                                 local: req.local,
                             },
                         );
-                        let deadline = self.sec_ceil(now + self.config.pending_auth_timeout);
+                        let deadline = self.tick_ceil(now + self.config.pending_auth_timeout);
                         self.wheel.schedule(deadline, Timer::PendingAuth { ticket });
                     } else {
                         // Deferred without a ticket (full, or no async support): cannot wait.
@@ -840,7 +852,7 @@ impl Server {
                     Some(Reservation {
                         port,
                         ip,
-                        expires_sec: 0,
+                        expires_tick: 0,
                     })
                 }
                 None => return self.error(req, 508, Some(&key), |_| {}),
@@ -908,20 +920,20 @@ impl Server {
         let mut new_token = None;
         if reserve_next && reservation.is_none() {
             let t = self.random();
-            let expires_sec = self.now_sec(now) + RESERVATION_LIFETIME_SECS;
+            let expires_tick = self.now_tick(now) + RESERVATION_LIFETIME_SECS * TICKS_PER_SEC;
             self.reservations.insert(
                 t,
                 Reservation {
                     port: relay.port() + 1,
                     ip: relay_ip,
-                    expires_sec,
+                    expires_tick,
                 },
             );
             self.config
                 .port_exchange
                 .reserve(t, relay_ip, relay.port() + 1);
             self.wheel
-                .schedule(expires_sec, Timer::Reservation { token: t });
+                .schedule(expires_tick, Timer::Reservation { token: t });
             new_token = Some(t);
         }
         let lifetime = self.lifetime_for(requested);
@@ -957,11 +969,11 @@ impl Server {
         });
         s.prune_at = None;
         let gen = s.gen;
-        let at = self.sec_ceil(expires);
+        let at = self.tick_ceil(expires);
         self.slots[slot as usize].expiry_at = at;
         self.wheel.schedule(at, Timer::Expiry { slot, gen, at });
         if !self.config.stats_interval.is_zero() {
-            let next = self.now_sec(now) + self.config.stats_interval.as_secs().max(1);
+            let next = self.now_tick(now) + self.config.stats_interval.as_secs().max(1) * TICKS_PER_SEC;
             self.wheel.schedule(next, Timer::Stats { slot, gen });
         }
         self.by_tuple.insert((req.client, req.local), slot);
@@ -1033,7 +1045,7 @@ impl Server {
         }
         let lifetime = self.lifetime_for(requested);
         let expires = now + Duration::from_secs(lifetime.into());
-        let at = self.sec_ceil(expires);
+        let at = self.tick_ceil(expires);
         if let Some(alloc) = self.slots[slot as usize].allocation.as_mut() {
             alloc.expires = expires;
             alloc.lifetime = lifetime;
@@ -1074,7 +1086,7 @@ impl Server {
     }
 
     fn schedule_prune(&mut self, slot: u32, expires: Instant) {
-        let at = self.sec_ceil(expires);
+        let at = self.tick_ceil(expires);
         let s = &mut self.slots[slot as usize];
         if s.prune_at.is_none_or(|p| at < p) {
             s.prune_at = Some(at);
@@ -1229,11 +1241,11 @@ impl Server {
 
     /// Expire what is due at `now` and emit periodic traffic reports.
     pub fn handle_timeout(&mut self, now: Instant, sockets: &mut dyn RelaySockets) {
-        let now_sec = self.now_sec(now);
+        let now_tick = self.now_tick(now);
         let mut due = std::mem::take(&mut self.due);
-        self.wheel.advance(now_sec, &mut due);
+        self.wheel.advance(now_tick, &mut due);
         for timer in due.drain(..) {
-            self.fire(timer, now, now_sec, sockets);
+            self.fire(timer, now, now_tick, sockets);
         }
         self.due = due;
     }
@@ -1244,7 +1256,7 @@ impl Server {
             .is_some_and(|s| s.gen == gen && s.allocation.is_some())
     }
 
-    fn fire(&mut self, timer: Timer, now: Instant, now_sec: u64, sockets: &mut dyn RelaySockets) {
+    fn fire(&mut self, timer: Timer, now: Instant, now_tick: u64, sockets: &mut dyn RelaySockets) {
         match timer {
             Timer::Expiry { slot, gen, at } => {
                 if !self.live_slot(slot, gen) || self.slots[slot as usize].expiry_at != at {
@@ -1257,7 +1269,7 @@ impl Server {
                 match expires {
                     Some(e) if e <= now => self.delete(slot, DeleteReason::Expired, sockets),
                     Some(e) => {
-                        let at = self.sec_ceil(e).max(now_sec + 1);
+                        let at = self.tick_ceil(e).max(now_tick + 1);
                         self.slots[slot as usize].expiry_at = at;
                         self.wheel.schedule(at, Timer::Expiry { slot, gen, at });
                     }
@@ -1290,12 +1302,12 @@ impl Server {
                         });
                     }
                 }
-                let next = now_sec + self.config.stats_interval.as_secs().max(1);
+                let next = now_tick + self.config.stats_interval.as_secs().max(1) * TICKS_PER_SEC;
                 self.wheel.schedule(next, Timer::Stats { slot, gen });
             }
             Timer::Reservation { token } => {
                 if let Some(r) = self.reservations.get(&token) {
-                    if r.expires_sec <= now_sec {
+                    if r.expires_tick <= now_tick {
                         self.reservations.remove(&token);
                         // Unless another shard redeemed it meanwhile.
                         if let Some((_, port)) = self.config.port_exchange.redeem(token) {
@@ -1328,7 +1340,7 @@ impl Server {
         if self.wheel.is_empty() {
             None
         } else {
-            Some(self.config.epoch + Duration::from_secs(self.wheel.current() + 1))
+            Some(self.config.epoch + Duration::from_nanos((self.wheel.current() + 1) * NANOS_PER_TICK))
         }
     }
 

@@ -1,4 +1,5 @@
-//! A hashed timer wheel with one-second slots (exact to the second, RFC 8656 lifetimes).
+//! A hashed timer wheel over ticks since an epoch (the core uses 100 ms ticks: lifetimes
+//! expire never early and at most a tick late).
 //!
 //! Owns: when things fall due. Must not: know what the entries mean. Cost per tick is the
 //! number of entries in the slots that tick passes, not the number of entries held, so a
@@ -6,51 +7,52 @@
 //! when their subject is refreshed or deleted: the owner checks an entry when it fires and
 //! either acts, reschedules it, or drops it (lazy cancellation).
 
-/// Number of one-second slots; larger than the longest lifetime so most entries fire on
-/// their first visit (entries further out are simply kept for another turn).
-const SLOTS: usize = 4096;
+/// Number of slots; at 100 ms ticks the wheel turns in 27 minutes, longer than default
+/// lifetimes, so most entries fire on their first visit (entries further out, like
+/// hour-long allocations, are simply kept for another turn).
+const SLOTS: usize = 16384;
 
-/// Timer wheel over seconds since an epoch.
+/// Timer wheel over ticks since an epoch.
 #[derive(Debug)]
 pub struct TimerWheel<T> {
     slots: Vec<Vec<(u64, T)>>,
-    /// Every slot up to and including this second has been processed.
+    /// Every slot up to and including this tick has been processed.
     current: u64,
     len: usize,
 }
 
 impl<T> TimerWheel<T> {
-    pub fn new(now_sec: u64) -> Self {
+    pub fn new(now_tick: u64) -> Self {
         let mut slots = Vec::with_capacity(SLOTS);
         slots.resize_with(SLOTS, Vec::new);
         TimerWheel {
             slots,
-            current: now_sec,
+            current: now_tick,
             len: 0,
         }
     }
 
-    /// Schedules `item` to fire once `now_sec >= deadline_sec`. A deadline in the past fires
+    /// Schedules `item` to fire once `now_tick >= deadline_tick`. A deadline in the past fires
     /// at the next tick.
-    pub fn schedule(&mut self, deadline_sec: u64, item: T) {
-        let deadline = deadline_sec.max(self.current + 1);
+    pub fn schedule(&mut self, deadline_tick: u64, item: T) {
+        let deadline = deadline_tick.max(self.current + 1);
         self.slots[(deadline % SLOTS as u64) as usize].push((deadline, item));
         self.len += 1;
     }
 
-    /// Moves every entry due at `now_sec` into `due`.
-    pub fn advance(&mut self, now_sec: u64, due: &mut Vec<T>) {
-        if now_sec <= self.current {
+    /// Moves every entry due at `now_tick` into `due`.
+    pub fn advance(&mut self, now_tick: u64, due: &mut Vec<T>) {
+        if now_tick <= self.current {
             return;
         }
         // After a jump longer than the wheel, one pass over every slot sees everything.
-        let steps = (now_sec - self.current).min(SLOTS as u64);
+        let steps = (now_tick - self.current).min(SLOTS as u64);
         for step in 1..=steps {
-            let second = self.current + step;
-            let slot = &mut self.slots[(second % SLOTS as u64) as usize];
+            let tick = self.current + step;
+            let slot = &mut self.slots[(tick % SLOTS as u64) as usize];
             let mut i = 0;
             while i < slot.len() {
-                if slot[i].0 <= now_sec {
+                if slot[i].0 <= now_tick {
                     let (_, item) = slot.swap_remove(i);
                     due.push(item);
                     self.len -= 1;
@@ -59,10 +61,10 @@ impl<T> TimerWheel<T> {
                 }
             }
         }
-        self.current = now_sec;
+        self.current = now_tick;
     }
 
-    /// The second the wheel has been advanced to.
+    /// The tick the wheel has been advanced to.
     pub fn current(&self) -> u64 {
         self.current
     }
@@ -84,18 +86,19 @@ mod tests {
     fn fires_exactly_at_deadline() {
         let mut w = TimerWheel::new(0);
         w.schedule(600, "a");
-        w.schedule(5000, "far");
+        let far = SLOTS as u64 + 904;
+        w.schedule(far, "far");
         let mut due = Vec::new();
         w.advance(599, &mut due);
         assert!(due.is_empty());
         w.advance(600, &mut due);
         assert_eq!(due, vec!["a"]);
         due.clear();
-        // The far entry shares a slot with second 5000 % 4096 = 904 and must survive it.
-        w.advance(4999, &mut due);
+        // The far entry shares a slot with tick 904 and must survive it.
+        w.advance(far - 1, &mut due);
         assert!(due.is_empty());
         assert_eq!(w.len(), 1);
-        w.advance(5000, &mut due);
+        w.advance(far, &mut due);
         assert_eq!(due, vec!["far"]);
         assert!(w.is_empty());
     }
@@ -103,13 +106,13 @@ mod tests {
     #[test]
     fn long_jump_sees_everything() {
         let mut w = TimerWheel::new(10);
-        for d in [11u64, 100, 4000, 9000] {
+        for d in [11u64, 100, 4000, 9000, 40_000] {
             w.schedule(d, d);
         }
         let mut due = Vec::new();
-        w.advance(20_000, &mut due);
+        w.advance(50_000, &mut due);
         due.sort();
-        assert_eq!(due, vec![11, 100, 4000, 9000]);
+        assert_eq!(due, vec![11, 100, 4000, 9000, 40_000]);
     }
 
     #[test]
