@@ -50,7 +50,7 @@ fn relay(backend: Backend) -> u64 {
         ..Config::default()
     };
     config.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    config.min_port = 31000 + (std::process::id() % 500) as u16 * 20;
+    config.min_port = 19500 + (std::process::id() % 100) as u16 * 20;
     config.max_port = config.min_port + 19;
     let running = uturn::shard::start(&config, uturn::observer_from_config(&config), None).expect("start");
     let server = running.local_addrs()[0];

@@ -36,7 +36,8 @@ fn start(config: Config, observer: Arc<dyn Observer>) -> Running {
     for attempt in 0..20u16 {
         let mut c = config.clone();
         c.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        c.min_port = 36000 + ((std::process::id() as u16 % 40) * 250 + attempt * 1300) % 9000;
+        // Below the ephemeral port range, so no client socket holds a relay port.
+        c.min_port = 14500 + ((std::process::id() as u16 % 40) * 250 + attempt * 1300) % 4000;
         c.max_port = c.min_port + 199;
         match shard::start(&c, observer.clone(), None) {
             Ok(r) => return r,

@@ -66,7 +66,8 @@ fn start(config: Config, events: &Arc<Events>) -> Running {
     for attempt in 0..20u16 {
         let mut c = config.clone();
         c.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let base = 30000 + ((std::process::id() as u16 % 50) * 200 + attempt * 10_000 / 7) % 15000;
+        // Below the ephemeral port range, so no client socket holds a relay port.
+        let base = 10000 + ((std::process::id() as u16 % 50) * 200 + attempt * 1429) % 4000;
         c.min_port = base;
         c.max_port = base + 99;
         let observer = uturn::observer_from_config(&c);

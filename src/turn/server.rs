@@ -888,6 +888,10 @@ impl Server {
         let reserve_next = even == Some(true);
         self.config.port_exchange.reclaim(&mut self.ports);
         let mut bound = None;
+        // Ports busy outside uturn go back to the pool only after this loop, so each
+        // attempt tries a different one.
+        let mut busy = [0u16; BIND_ATTEMPTS];
+        let mut n_busy = 0;
         for attempt in 0..BIND_ATTEMPTS {
             let port = match (&reservation, even) {
                 (Some(r), _) if attempt == 0 => Some(r.port),
@@ -903,13 +907,17 @@ impl Server {
                     break;
                 }
                 Err(_) => {
-                    // Busy outside uturn: back of the queue, try another.
-                    self.release_port(port);
+                    // Busy outside uturn: back of the queue afterwards, try another.
+                    busy[n_busy] = port;
+                    n_busy += 1;
                     if reserve_next {
                         self.release_port(port + 1);
                     }
                 }
             }
+        }
+        for &port in &busy[..n_busy] {
+            self.release_port(port);
         }
         let Some(relay) = bound else {
             self.counters.ports_exhausted += 1;

@@ -10,15 +10,16 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 
-/// Each server in this binary gets its own listening port and relay range, derived from
-/// the process id so parallel test binaries rarely meet; binding failures are retried.
+/// Each server in this binary gets its own listening port and a relay range of 100 ports,
+/// below the kernel's ephemeral range (32768-60999) so client sockets never hold a relay
+/// port; the block depends on the process id so test binaries running at the same time
+/// rarely meet, and binding failures are retried with the next slot.
 pub fn next_ports() -> (u16, u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-    let base = 20000 + (std::process::id() % 40) as u16 * 1000 + slot * 100;
-    // listen, relay min, relay max (relay ranges live above 45000).
-    let relay = 45000 + (std::process::id() % 40) as u16 * 500 + slot * 40;
-    (base, relay, relay + 39)
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 18;
+    let base = 22000 + (std::process::id() % 5) as u16 * 2000 + slot * 110;
+    // listen, relay min, relay max.
+    (base, base + 2, base + 101)
 }
 
 pub fn tool(name: &str) -> PathBuf {
