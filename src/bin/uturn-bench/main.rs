@@ -142,7 +142,7 @@ fn spec(t: &Target, mode: Mode, size: usize, peers: usize, threads: usize, cores
             }
         }
     };
-    if size < load::STAMP || size > 65_000 {
+    if !(load::STAMP..=65_000).contains(&size) {
         return Err(format!("--size must be {}..=65000", load::STAMP));
     }
     if t.allocations == 0 {
@@ -378,7 +378,7 @@ fn main() -> ExitCode {
                     }
                 }
                 if let Some(g) = good {
-                    if let Some(best) = steps.iter().filter(|s| s.rate == g).last().cloned() {
+                    if let Some(best) = steps.iter().rev().find(|s| s.rate == g).cloned() {
                         steps.push(best);
                     }
                 }
