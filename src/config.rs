@@ -85,6 +85,10 @@ pub struct Config {
     pub cores: Vec<usize>,
     /// `--backend auto|io-uring|portable`.
     pub backend: Backend,
+    /// `--batch-wait-us N` (uturn): with io_uring on kernels that have the minimum-wait
+    /// timeout (6.12+), a shard that wakes for one completion waits up to N µs for more, so
+    /// one wakeup serves a batch (0: wake for every completion).
+    pub batch_wait_us: u32,
     /// `--log-level` (tracing filter, default `info`).
     pub log_level: String,
     /// `--software NAME`? uturn sends `uturn/<version>` unless `--no-software-attribute`.
@@ -129,6 +133,7 @@ impl Default for Config {
             no_dtls: false,
             cores: Vec::new(),
             backend: Backend::Auto,
+            batch_wait_us: 200,
             log_level: "info".to_owned(),
             no_software_attribute: false,
             config_file: None,
@@ -367,6 +372,12 @@ const OPTIONS: &[(&str, Option<char>, Arity, &str)] = &[
         None,
         Arity::Value,
         "auto | io-uring | portable (default auto)",
+    ),
+    (
+        "batch-wait-us",
+        None,
+        Arity::Value,
+        "io_uring: after a wakeup, wait up to this many microseconds for more completions, trading latency for CPU (default 200, 0 = off; needs kernel 6.12+)",
     ),
     (
         "log-level",
@@ -798,6 +809,7 @@ fn apply(c: &mut Config, item: &Item) -> Result<(), Error> {
         "no-dtls" => c.no_dtls = true,
         "no-software-attribute" => c.no_software_attribute = true,
         "cores" => c.cores = parse_cores(&v).map_err(|e| bad(item, e))?,
+        "batch-wait-us" => c.batch_wait_us = parse_num(item)?,
         "backend" => {
             c.backend = match v.as_str() {
                 "auto" => Backend::Auto,

@@ -123,6 +123,7 @@ pub(crate) struct ShardSpec {
     pub sink: Option<Arc<dyn EventSink>>,
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
+    pub batch_wait_us: u32,
 }
 
 /// What a shard reports when it ends.
@@ -364,6 +365,7 @@ pub fn start(
             sink: sink.clone(),
             stop: stop.clone(),
             backend: config.backend,
+            batch_wait_us: config.batch_wait_us,
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -410,7 +412,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
-        match uring::Shard::new(&spec.listen) {
+        match uring::Shard::new(&spec.listen, spec.batch_wait_us) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());
