@@ -425,7 +425,7 @@ impl Shard {
                 listeners,
                 slots,
                 free_slots: (0..SEND_SLOTS as u32).rev().collect(),
-                rearm: Vec::new(),
+                rearm: Vec::with_capacity(64),
                 armed: 0,
                 dropped_sends: 0,
             },
@@ -508,13 +508,17 @@ impl Shard {
                 core.server.handle_timeout(now, &mut self.io);
             }
             self.flush_transmits(core);
-            for (kind, index) in std::mem::take(&mut self.io.rearm) {
+            // Taken and put back, so the list keeps its capacity (no allocation per turn).
+            let mut rearm = std::mem::take(&mut self.io.rearm);
+            for &(kind, index) in &rearm {
                 if kind == KIND_LISTEN {
                     self.io.arm_listener(index);
                 } else {
                     self.io.arm_relay(index);
                 }
             }
+            rearm.clear();
+            self.io.rearm = rearm;
             core.io.send_errors += std::mem::take(&mut self.io.dropped_sends);
             core.dispatch_events();
             if core.stopping() {
