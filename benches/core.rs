@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 use uturn::turn::{
-    ClientAction, PeerAction, PeerPolicy, RelayId, RelaySockets, Server, ServerConfig, Transport,
+    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig,
     PEER_HEADROOM, PEER_TAILROOM,
 };
 
@@ -29,32 +29,9 @@ fn server(now: Instant) -> Server {
     let mut users = StaticUsers::new();
     users.add("alice", "secret", REALM);
     let config = ServerConfig {
-        realm: REALM.into(),
         software: String::new(),
-        relay_ip: "192.0.2.10".parse().unwrap(),
-        relay_ip_v6: None,
-        external_ip: None,
-        ports: 50000..=60000,
-        port_exchange: Default::default(),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        nonce_lifetime: Duration::from_secs(600),
-        nonce_secret: [9; 32],
-        epoch: now,
-        policy: PeerPolicy::default(),
         max_allocations: 100_000,
-        max_permissions_per_allocation: 16,
-        max_channels_per_allocation: 16,
-        max_pending_auth: 16,
-        pending_auth_timeout: Duration::from_secs(5),
-        max_bps: 0,
-        stats_packet_trigger: 4096,
-        stats_interval: Duration::from_secs(0),
-        id_base: 0,
-        id_stride: 1,
-        transport: Transport::Udp,
+        ..ServerConfig::new(REALM, "192.0.2.10".parse().unwrap(), 50000..=60000, [9; 32], now)
     };
     Server::new(config, Arc::new(users), Arc::new(Quotas::new(0, 0)))
 }

@@ -3,12 +3,14 @@
 //! warm-up, for each backend. This binary holds a single test so that no other test's
 //! allocations are counted.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use uturn::client::Client;
-use uturn::config::{Backend, Config};
+use uturn::config::Backend;
 
 struct Counting;
 
@@ -40,16 +42,7 @@ const WARM_UP: usize = 2_000;
 const WINDOW: usize = 16;
 
 fn relay(backend: Backend) -> u64 {
-    let mut config = Config {
-        listening_ips: vec!["127.0.0.1".parse().unwrap()],
-        relay_ips: vec!["127.0.0.1".parse().unwrap()],
-        realm: "example.org".into(),
-        users: vec![("alice".into(), "secret".into())],
-        allow_loopback_peers: true,
-        backend,
-        cores: vec![0],
-        ..Config::default()
-    };
+    let mut config = common::loopback_config(1, |c| c.backend = backend);
     config.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     config.min_port = 19500 + (std::process::id() % 100) as u16 * 20;
     config.max_port = config.min_port + 19;

@@ -36,17 +36,7 @@ fn figure(test: &str, name: &str, value: impl std::fmt::Display) {
 }
 
 fn config(shards: usize, tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut c = Config {
-        listening_ips: vec!["127.0.0.1".parse().unwrap()],
-        relay_ips: vec!["127.0.0.1".parse().unwrap()],
-        realm: "example.org".into(),
-        users: vec![("alice".into(), "secret".into())],
-        allow_loopback_peers: true,
-        cores: vec![0; shards],
-        ..Config::default()
-    };
-    tweak(&mut c);
-    c
+    loopback_config(shards, tweak)
 }
 
 /// Starts a server with relay ports `min..=max` (each test has its own range) on a free

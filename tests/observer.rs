@@ -12,24 +12,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use uturn::auth::{AuthDecision, AuthRequest, Observer, RestApiSecret, StaticUsers};
 use uturn::client::Client;
-use uturn::config::{Backend, Config};
+use uturn::config::Config;
 use uturn::shard::{self, Running};
 use uturn::stun::long_term_key;
 use uturn::turn::{AllocationInfo, Traffic};
 
 fn config(shards: usize, tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut c = Config {
-        listening_ips: vec!["127.0.0.1".parse().unwrap()],
-        relay_ips: vec!["127.0.0.1".parse().unwrap()],
-        realm: "example.org".into(),
-        users: vec![("alice".into(), "secret".into())],
-        allow_loopback_peers: true,
-        backend: Backend::Auto,
-        cores: vec![0; shards],
-        ..Config::default()
-    };
-    tweak(&mut c);
-    c
+    loopback_config(shards, tweak)
 }
 
 fn start(config: Config, observer: Arc<dyn Observer>) -> Running {

@@ -2,6 +2,8 @@
 //! every TURN method, both data directions in both framings, Refresh, expiry, shutdown, and
 //! several shards each allocating from its own slice of the relay port range.
 
+mod common;
+use common::loopback_config;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,18 +49,10 @@ impl Events {
 }
 
 fn config(backend: Backend, shards: usize, tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut c = Config {
-        listening_ips: vec!["127.0.0.1".parse().unwrap()],
-        relay_ips: vec!["127.0.0.1".parse().unwrap()],
-        realm: "example.org".into(),
-        users: vec![("alice".into(), "secret".into())],
-        allow_loopback_peers: true,
-        backend,
-        cores: vec![0; shards],
-        ..Config::default()
-    };
-    tweak(&mut c);
-    c
+    loopback_config(shards, |c| {
+        c.backend = backend;
+        tweak(c);
+    })
 }
 
 /// Starts a server on a free listening port and a free-looking relay range.

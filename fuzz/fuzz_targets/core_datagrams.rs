@@ -289,32 +289,16 @@ struct Harness {
 
 fn config(epoch: Instant) -> ServerConfig {
     ServerConfig {
-        realm: REALM.into(),
         software: "uturn-fuzz".into(),
-        relay_ip: "192.0.2.10".parse().unwrap(),
         relay_ip_v6: Some("2001:db8::10".parse().unwrap()),
-        external_ip: None,
-        ports: FIRST_PORT..=LAST_PORT,
-        port_exchange: Default::default(),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        nonce_lifetime: Duration::from_secs(600),
-        nonce_secret: [7; 32],
-        epoch,
-        policy: PeerPolicy::default(),
         max_allocations: MAX_ALLOCATIONS,
         max_permissions_per_allocation: 4,
         max_channels_per_allocation: 4,
         max_pending_auth: 4,
         pending_auth_timeout: Duration::from_secs(5),
-        max_bps: 0,
         stats_packet_trigger: 8,
         stats_interval: Duration::from_secs(30),
-        id_base: 0,
-        id_stride: 1,
-        transport: Transport::Udp,
+        ..ServerConfig::new(REALM, "192.0.2.10".parse().unwrap(), FIRST_PORT..=LAST_PORT, [7; 32], epoch)
     }
 }
 

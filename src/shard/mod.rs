@@ -71,6 +71,21 @@ impl Core {
         }
     }
 
+    /// How long the shard may sleep: until the core's next timer, at most `idle`.
+    pub fn sleep_for(&self, now: Instant, idle: Duration) -> Duration {
+        self.server
+            .poll_timeout()
+            .map_or(idle, |t| t.saturating_duration_since(now).min(idle))
+    }
+
+    /// End of a loop turn: answers of asynchronous authentication, then due timers.
+    pub fn end_turn(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
+        self.take_auth_results(now, sockets);
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.server.handle_timeout(now, sockets);
+        }
+    }
+
     pub fn take_auth_results(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
         while let Ok((ticket, decision)) = self.auth_rx.try_recv() {
             self.server.handle_auth_result(now, ticket, decision, sockets);

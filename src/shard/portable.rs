@@ -96,10 +96,7 @@ impl Shard {
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
-            let timeout = core
-                .server
-                .poll_timeout()
-                .map_or(IDLE, |t| t.saturating_duration_since(now).min(IDLE));
+            let timeout = core.sleep_for(now, IDLE);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("epoll failed: {e}");
@@ -115,10 +112,7 @@ impl Shard {
                 }
                 flush_transmits(&self.listeners, core);
             }
-            core.take_auth_results(now, &mut self.relays);
-            if core.server.poll_timeout().is_some_and(|t| t <= now) {
-                core.server.handle_timeout(now, &mut self.relays);
-            }
+            core.end_turn(now, &mut self.relays);
             flush_transmits(&self.listeners, core);
             core.dispatch_events();
             if core.stopping() {

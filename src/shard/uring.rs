@@ -468,10 +468,7 @@ impl Shard {
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(CQ_ENTRIES as usize);
         loop {
             let now = Instant::now();
-            let timeout = core
-                .server
-                .poll_timeout()
-                .map_or(IDLE, |t| t.saturating_duration_since(now).min(IDLE));
+            let timeout = core.sleep_for(now, IDLE);
             self.buffers.publish();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
@@ -503,10 +500,7 @@ impl Shard {
             for &(data, result, flags) in &completions {
                 self.complete(core, now, data, result, flags);
             }
-            core.take_auth_results(now, &mut self.io);
-            if core.server.poll_timeout().is_some_and(|t| t <= now) {
-                core.server.handle_timeout(now, &mut self.io);
-            }
+            core.end_turn(now, &mut self.io);
             self.flush_transmits(core);
             // Taken and put back, so the list keeps its capacity (no allocation per turn).
             let mut rearm = std::mem::take(&mut self.io.rearm);

@@ -124,6 +124,50 @@ pub struct ServerConfig {
     pub transport: Transport,
 }
 
+impl ServerConfig {
+    /// A configuration with RFC 8656 / coturn defaults (lifetimes 600 / 3600 / 300 / 600 s,
+    /// nonces 600 s, 32 permissions and 64 channels per allocation, 1,024 parked
+    /// authentications for 10 s, traffic reported every 4,096 packets, no bandwidth limit,
+    /// every peer policy default, SOFTWARE `uturn/<version>`), one shard owning `ports`.
+    /// `nonce_secret` must be the same on every shard of a server and secret.
+    pub fn new(
+        realm: &str,
+        relay_ip: IpAddr,
+        ports: RangeInclusive<u16>,
+        nonce_secret: [u8; 32],
+        epoch: Instant,
+    ) -> Self {
+        ServerConfig {
+            realm: realm.to_owned(),
+            software: format!("uturn/{}", env!("CARGO_PKG_VERSION")),
+            relay_ip,
+            relay_ip_v6: None,
+            external_ip: None,
+            max_allocations: usize::from(ports.end() - ports.start()) + 1,
+            ports,
+            port_exchange: Default::default(),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            nonce_lifetime: Duration::from_secs(600),
+            nonce_secret,
+            epoch,
+            policy: super::PeerPolicy::default(),
+            max_permissions_per_allocation: 32,
+            max_channels_per_allocation: 64,
+            max_pending_auth: 1024,
+            pending_auth_timeout: Duration::from_secs(10),
+            max_bps: 0,
+            stats_packet_trigger: 4096,
+            stats_interval: Duration::ZERO,
+            id_base: 0,
+            id_stride: 1,
+            transport: Transport::Udp,
+        }
+    }
+}
+
 /// Counters of what the core dropped or refused, per shard; read by the shard for logs/tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerCounters {

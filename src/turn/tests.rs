@@ -42,32 +42,13 @@ impl RelaySockets for FakeSockets {
 
 pub(crate) fn config(epoch: Instant) -> ServerConfig {
     ServerConfig {
-        realm: REALM.into(),
         software: "uturn-test".into(),
-        relay_ip: "192.0.2.10".parse().unwrap(),
-        relay_ip_v6: None,
-        external_ip: None,
-        ports: 50000..=50009,
-        port_exchange: Default::default(),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        nonce_lifetime: Duration::from_secs(600),
-        nonce_secret: [3; 32],
-        epoch,
-        policy: PeerPolicy::default(),
         max_allocations: 1000,
         max_permissions_per_allocation: 8,
         max_channels_per_allocation: 8,
         max_pending_auth: 4,
         pending_auth_timeout: Duration::from_secs(5),
-        max_bps: 0,
-        stats_packet_trigger: 4096,
-        stats_interval: Duration::from_secs(0),
-        id_base: 0,
-        id_stride: 1,
-        transport: Transport::Udp,
+        ..ServerConfig::new(REALM, "192.0.2.10".parse().unwrap(), 50000..=50009, [3; 32], epoch)
     }
 }
 

@@ -409,3 +409,20 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// The configuration in-process tests start from: listening and relaying on 127.0.0.1,
+/// realm example.org, user alice/secret, loopback peers allowed, `shards` shards (all on
+/// core 0), then `tweak`.
+pub fn loopback_config(shards: usize, tweak: impl FnOnce(&mut uturn::config::Config)) -> uturn::config::Config {
+    let mut c = uturn::config::Config {
+        listening_ips: vec!["127.0.0.1".parse().unwrap()],
+        relay_ips: vec!["127.0.0.1".parse().unwrap()],
+        realm: "example.org".into(),
+        users: vec![("alice".into(), "secret".into())],
+        allow_loopback_peers: true,
+        cores: vec![0; shards],
+        ..uturn::config::Config::default()
+    };
+    tweak(&mut c);
+    c
+}
