@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, ChannelData, Class, Message, MessageBuilder, Method};
 use uturn::turn::{
-    ClientAction, PeerAction, PeerPolicy, RelayId, RelaySockets, Server, ServerConfig, Transport,
+    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig,
     PEER_HEADROOM, PEER_TAILROOM,
 };
 
