@@ -63,6 +63,9 @@ enum Cmd {
         /// Round trips per second, all allocations together.
         #[arg(long, default_value_t = 10_000.0)]
         rate: f64,
+        /// Round trips per second per allocation instead (overrides --rate).
+        #[arg(long)]
+        rate_per_allocation: Option<f64>,
         /// Measured seconds (at most 240: permissions last 300 s).
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
@@ -292,6 +295,7 @@ fn main() -> ExitCode {
             target,
             size,
             rate,
+            rate_per_allocation,
             duration,
             warmup,
             send_indications,
@@ -306,6 +310,7 @@ fn main() -> ExitCode {
             quiet,
             label,
         } => {
+            let rate = rate_per_allocation.map_or(rate, |r| r * target.allocations as f64);
             let mode = match (null, send_indications) {
                 (true, _) => Mode::Null,
                 (false, true) => Mode::SendIndication,

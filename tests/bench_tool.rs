@@ -1,0 +1,85 @@
+//! The bundled load generator against the real server and its own null forwarder, briefly:
+//! every mode relays, loses nothing at a gentle rate, and reports what it measured.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn bench(args: &[&str]) -> Vec<String> {
+    let (code, out) = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_uturn-bench")).args(args),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "uturn-bench {args:?}:\n{out}");
+    out.lines().filter(|l| l.starts_with('{')).map(str::to_owned).collect()
+}
+
+fn field(json: &str, key: &str) -> f64 {
+    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
+    json[at..]
+        .split([',', '}'])
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {json}"))
+}
+
+fn check(lines: &[String], allocations: f64) {
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert_eq!(field(r, "allocations"), allocations);
+    assert!(field(r, "sent") >= 400.0, "{r}");
+    assert_eq!(field(r, "loss_pct"), 0.0, "{r}");
+    assert_eq!(field(r, "received"), field(r, "sent"), "{r}");
+    assert!(field(r, "p50_us") > 0.0, "{r}");
+X
+}
+
+#[test]
+fn channel_data_and_send_indications_against_uturn() {
+    let server = Uturn::start("io-uring", &["--allow-loopback-peers"]);
+    let addr = server.addr().to_string();
+    let pid = server.pid().to_string();
+    for extra in [&[][..], &["--send-indications"][..]] {
+        let mut args = vec![
+            "relay", "--server", &addr, "--allocations", "10", "--rate-per-allocation", "50",
+            "--duration", "1", "--warmup", "0.2", "--server-pid", &pid, "--json", "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        check(&bench(&args), 10.0);
+    }
+}
+
+#[test]
+fn rest_credentials_against_uturn() {
+    let server = Uturn::start("portable", &["--allow-loopback-peers", "--use-auth-secret", "--static-auth-secret", "s3"]);
+    let addr = server.addr().to_string();
+    let pid = server.pid().to_string();
+    check(
+        &bench(&[
+            "relay", "--server", &addr, "--auth-secret", "s3", "--allocations", "5", "--rate", "500",
+            "--duration", "1", "--warmup", "0.2", "--server-pid", &pid, "--json", "--quiet",
+        ]),
+        5.0,
+    );
+}
+
+#[test]
+fn null_forwarder_relays_too() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut forwarder = Command::new(env!("CARGO_BIN_EXE_uturn-bench"))
+        .args(["forward", "--listen", &listen])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = forwarder.id().to_string();
+    let lines = bench(&[
+        "relay", "--null", "--server", &listen, "--allocations", "10", "--rate", "500",
+        "--duration", "1", "--warmup", "0.2", "--server-pid", &pid, "--json", "--quiet",
+    ]);
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
+    check(&lines, 10.0);
+}
