@@ -10,6 +10,7 @@ mod attributes;
 mod channel_data;
 mod integrity;
 mod message;
+pub mod rfc5769;
 
 pub use attributes::*;
 pub use channel_data::{
