@@ -5,7 +5,8 @@ use crate::forward;
 use crate::hist::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::io;
+use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -123,14 +124,12 @@ impl Peers {
                     .expect("register");
             }
             let mut events = Events::with_capacity(256);
-            let mut buf = vec![0u8; 65_536];
+            let mut echo = Echo::new();
             while !flag.load(Ordering::Relaxed) {
                 let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
                 for e in events.iter() {
-                    let s = &sockets[e.token().0];
-                    while let Ok((n, from)) = s.recv_from(&mut buf) {
-                        let _ = s.send_to(&buf[..n], from);
-                    }
+                    let fd = sockets[e.token().0].as_raw_fd();
+                    while echo.batch(fd) > 0 {}
                 }
             }
         })?;
@@ -148,6 +147,60 @@ impl Drop for Peers {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Echoes datagrams in batches: one `recvmmsg` and one `sendmmsg` for up to `ECHO_BATCH`.
+const ECHO_BATCH: usize = 64;
+const ECHO_BUF: usize = 2048;
+
+struct Echo {
+    recv: MultiHeaders<SockaddrStorage>,
+    send: MultiHeaders<SockaddrStorage>,
+    bufs: Vec<[u8; ECHO_BUF]>,
+    lens: Vec<usize>,
+    addrs: Vec<Option<SockaddrStorage>>,
+}
+
+impl Echo {
+    fn new() -> Echo {
+        Echo {
+            recv: MultiHeaders::preallocate(ECHO_BATCH, None),
+            send: MultiHeaders::preallocate(ECHO_BATCH, None),
+            bufs: vec![[0u8; ECHO_BUF]; ECHO_BATCH],
+            lens: Vec::with_capacity(ECHO_BATCH),
+            addrs: Vec::with_capacity(ECHO_BATCH),
+        }
+    }
+
+    /// Receives what is queued on `fd` (up to a batch) and sends each datagram back to
+    /// its source; returns how many it received.
+    fn batch(&mut self, fd: std::os::fd::RawFd) -> usize {
+        self.lens.clear();
+        self.addrs.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                self.bufs.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
+            let Ok(got) = recvmmsg(fd, &mut self.recv, iovs.iter_mut().map(|v| &*v), MsgFlags::MSG_DONTWAIT, None) else {
+                return 0;
+            };
+            for m in got {
+                self.lens.push(m.bytes.min(ECHO_BUF));
+                self.addrs.push(m.address);
+            }
+        }
+        let n = self.lens.len();
+        if n > 0 {
+            let iovs: Vec<[IoSlice<'_>; 1]> = self
+                .bufs
+                .iter()
+                .zip(&self.lens)
+                .map(|(b, &len)| [IoSlice::new(&b[..len])])
+                .collect();
+            let no_cmsgs: [ControlMessage<'_>; 0] = [];
+            let _ = sendmmsg(fd, &mut self.send, iovs.iter(), &self.addrs, no_cmsgs, MsgFlags::MSG_DONTWAIT);
+        }
+        n
     }
 }
 
