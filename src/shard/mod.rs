@@ -38,7 +38,15 @@ pub(crate) struct Core {
     pub auth_rx: mpsc::Receiver<(u64, AuthDecision)>,
     pub stop: Arc<AtomicBool>,
     pub io: IoCounters,
+    /// For the periodic summary line: shard index, when it was last written and the
+    /// datagrams received by then.
+    pub index: usize,
+    pub summary_at: Instant,
+    pub summary_received: u64,
 }
+
+/// How often a busy shard logs a summary line (an idle one stays quiet).
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// Drops and faults below the core, per shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,11 +86,31 @@ impl Core {
             .map_or(idle, |t| t.saturating_duration_since(now).min(idle))
     }
 
-    /// End of a loop turn: answers of asynchronous authentication, then due timers.
+    /// End of a loop turn: answers of asynchronous authentication, due timers, and now and
+    /// then a summary line in the log.
     pub fn end_turn(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
         self.take_auth_results(now, sockets);
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now, sockets);
+        }
+        if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
+            if self.io.received != self.summary_received {
+                let c = self.server.counters();
+                tracing::info!(
+                    shard = self.index,
+                    allocations = self.server.allocation_count(),
+                    received = self.io.received,
+                    relayed_to_peer = c.relayed_to_peer,
+                    relayed_to_client = c.relayed_to_client,
+                    unauthenticated = c.unauthenticated,
+                    dropped = c.no_allocation + c.no_permission + c.no_channel + c.rate_limited + c.malformed + c.not_stun,
+                    refused = c.peer_refused + c.quota_refused + c.ports_exhausted,
+                    send_errors = self.io.send_errors,
+                    "shard summary"
+                );
+            }
+            self.summary_at = now;
+            self.summary_received = self.io.received;
         }
     }
 
@@ -424,6 +452,9 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         auth_rx,
         stop: spec.stop.clone(),
         io: IoCounters::default(),
+        index: spec.index,
+        summary_at: Instant::now(),
+        summary_received: 0,
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
