@@ -25,12 +25,21 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
     g.bench_function("channel_data_parse_170B", |b| {
-        b.iter(|| ChannelData::parse(black_box(&channel_data)).unwrap().payload.len())
+        b.iter(|| {
+            ChannelData::parse(black_box(&channel_data))
+                .unwrap()
+                .payload
+                .len()
+        })
     });
     g.bench_function("allocate_parse_authenticated", |b| {
         b.iter(|| {
             let m = Message::parse(black_box(&allocate)).unwrap();
-            (m.username().unwrap(), m.nonce().unwrap(), m.requested_transport().unwrap())
+            (
+                m.username().unwrap(),
+                m.nonce().unwrap(),
+                m.requested_transport().unwrap(),
+            )
         })
     });
     let parsed = Message::parse(&allocate).unwrap();
@@ -39,7 +48,9 @@ fn codec(c: &mut Criterion) {
     });
     let mut prefix = [0u8; 48];
     g.bench_function("data_indication_prefix", |b| {
-        b.iter(|| stun::data_indication_prefix(&mut prefix, &[3; 12], black_box(peer), black_box(170)))
+        b.iter(|| {
+            stun::data_indication_prefix(&mut prefix, &[3; 12], black_box(peer), black_box(170))
+        })
     });
     g.finish();
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 use uturn::turn::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig,
-    PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, PEER_HEADROOM,
+    PEER_TAILROOM,
 };
 
 struct NoSockets;
@@ -31,7 +31,13 @@ fn server(now: Instant) -> Server {
     let config = ServerConfig {
         software: String::new(),
         max_allocations: 100_000,
-        ..ServerConfig::new(REALM, "192.0.2.10".parse().unwrap(), 50000..=60000, [9; 32], now)
+        ..ServerConfig::new(
+            REALM,
+            "192.0.2.10".parse().unwrap(),
+            50000..=60000,
+            [9; 32],
+            now,
+        )
     };
     Server::new(config, Arc::new(users), Arc::new(Quotas::new(0, 0)))
 }
@@ -147,7 +153,9 @@ fn stats_on_off(c: &mut Criterion) {
     let target = std::env::var("REDIS_URL")
         .ok()
         .and_then(|u| uturn::config::parse_redis_url(&u).ok())
-        .unwrap_or_else(|| uturn::config::parse_statsdb("ip=127.0.0.1 port=1 connect_timeout=1").unwrap());
+        .unwrap_or_else(|| {
+            uturn::config::parse_statsdb("ip=127.0.0.1 port=1 connect_timeout=1").unwrap()
+        });
     let publisher = uturn::stats::Publisher::start(target, uturn::stats::Options::default());
     let sink = publisher.sink();
     let mut datagram = Vec::new();
@@ -157,7 +165,11 @@ fn stats_on_off(c: &mut Criterion) {
     for on in [false, true] {
         let mut server = server(now);
         setup(&mut server, now, client, local, peer);
-        let name = if on { "forward_170B_stats_on" } else { "forward_170B_stats_off" };
+        let name = if on {
+            "forward_170B_stats_on"
+        } else {
+            "forward_170B_stats_off"
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let action =

@@ -35,7 +35,9 @@ impl HttpBackedObserver {
                 // Stands in for an HTTP round trip to the application's user service.
                 std::thread::sleep(Duration::from_millis(50));
                 let decision = match lookup.username.as_str() {
-                    "alice" => AuthDecision::Authorized(long_term_key("alice", &lookup.realm, "secret")),
+                    "alice" => {
+                        AuthDecision::Authorized(long_term_key("alice", &lookup.realm, "secret"))
+                    }
                     "over-quota" => AuthDecision::QuotaReached,
                     _ => AuthDecision::NotAuthorized,
                 };
@@ -66,7 +68,10 @@ impl Observer for HttpBackedObserver {
     }
 
     fn on_allocation_created(&self, info: &AllocationInfo) {
-        println!("created: {} for {} from {}", info.relay, info.username, info.five_tuple.client);
+        println!(
+            "created: {} for {} from {}",
+            info.relay, info.username, info.five_tuple.client
+        );
     }
 
     fn on_allocation_removed(&self, info: &AllocationInfo, totals: &Traffic) {
@@ -98,20 +103,25 @@ fn main() {
     let server = running.local_addrs()[0];
     println!("serving on {server} ({} shards)", running.shard_count());
 
-    let mut client = uturn::client::Client::connect(server, "alice", "secret").expect("client socket");
+    let mut client =
+        uturn::client::Client::connect(server, "alice", "secret").expect("client socket");
     let t = Instant::now();
     match client.allocate(None) {
         Ok(relayed) => println!("alice allocated {relayed} in {:?}", t.elapsed()),
         Err(e) => println!("alice: {e}"),
     }
-    let mut mallory = uturn::client::Client::connect(server, "mallory", "guess").expect("client socket");
+    let mut mallory =
+        uturn::client::Client::connect(server, "mallory", "guess").expect("client socket");
     println!("mallory: {}", mallory.allocate(None).unwrap_err());
     let _ = client.refresh(0);
 
     if !once {
         println!("Ctrl-C to stop");
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-            .expect("signal handler");
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])
+        .expect("signal handler");
         signals.forever().next();
     }
     running.stop();

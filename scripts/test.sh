@@ -29,3 +29,4 @@ export RUST_BACKTRACE=1
 cargo test --all-targets
 cargo test --doc
 cargo clippy --all-targets -- -D warnings
+cargo fmt --check

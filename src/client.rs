@@ -87,10 +87,20 @@ impl Client {
         } else {
             "0.0.0.0:0".parse().expect("literal")
         };
-        Ok(Client::with_socket(UdpSocket::bind(bind)?, server, username, password))
+        Ok(Client::with_socket(
+            UdpSocket::bind(bind)?,
+            server,
+            username,
+            password,
+        ))
     }
 
-    pub fn with_socket(socket: UdpSocket, server: SocketAddr, username: &str, password: &str) -> Client {
+    pub fn with_socket(
+        socket: UdpSocket,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Client {
         let tid_seed = rand::random::<u64>() | 1;
         Client {
             socket,
@@ -155,7 +165,8 @@ impl Client {
             {
                 let mut b = MessageBuilder::new(&mut out, Class::Request, method, &tid);
                 attrs(&mut b);
-                if let (Some(realm), Some(nonce), Some(key)) = (&self.realm, &self.nonce, &self.key) {
+                if let (Some(realm), Some(nonce), Some(key)) = (&self.realm, &self.nonce, &self.key)
+                {
                     b.add_str(stun::USERNAME, &self.username);
                     b.add_str(stun::REALM, realm);
                     b.add_str(stun::NONCE, nonce);
@@ -209,7 +220,14 @@ impl Client {
                 self.socket.set_read_timeout(Some(left))?;
                 let (n, from) = match self.socket.recv_from(&mut self.buf) {
                     Ok(r) => r,
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 if from != self.server {
@@ -237,7 +255,10 @@ impl Client {
     }
 
     /// Allocate with extra attributes (EVEN-PORT, RESERVATION-TOKEN, ...).
-    pub fn allocate_with(&mut self, extra: &dyn Fn(&mut MessageBuilder<'_>)) -> Result<SocketAddr, ClientError> {
+    pub fn allocate_with(
+        &mut self,
+        extra: &dyn Fn(&mut MessageBuilder<'_>),
+    ) -> Result<SocketAddr, ClientError> {
         let response = self.request(Method::ALLOCATE, &|b| {
             b.add_requested_transport(stun::TRANSPORT_UDP);
             extra(b);
@@ -247,7 +268,9 @@ impl Client {
             .xor_address(stun::XOR_RELAYED_ADDRESS)
             .ok()
             .flatten()
-            .ok_or(ClientError::Protocol("Allocate success without XOR-RELAYED-ADDRESS"))?;
+            .ok_or(ClientError::Protocol(
+                "Allocate success without XOR-RELAYED-ADDRESS",
+            ))?;
         self.mapped = msg.xor_address(stun::XOR_MAPPED_ADDRESS).ok().flatten();
         self.lifetime = msg.lifetime().ok().flatten();
         self.relayed = Some(relayed);
@@ -309,7 +332,12 @@ impl Client {
             self.socket.set_read_timeout(Some(left))?;
             let (n, from) = match self.socket.recv_from(&mut self.buf) {
                 Ok(r) => r,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(ClientError::Timeout(timeout))
                 }
                 Err(e) => return Err(e.into()),
@@ -332,7 +360,9 @@ pub fn decode_incoming(buf: &[u8]) -> Incoming {
     }
     if let Ok(msg) = Message::parse(buf) {
         if msg.class() == Class::Indication && msg.method() == Method::DATA {
-            if let (Ok(Some(peer)), Some(data)) = (msg.xor_address(stun::XOR_PEER_ADDRESS), msg.data()) {
+            if let (Ok(Some(peer)), Some(data)) =
+                (msg.xor_address(stun::XOR_PEER_ADDRESS), msg.data())
+            {
                 return Incoming::Data {
                     peer,
                     data: data.value.to_vec(),

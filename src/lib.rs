@@ -40,7 +40,11 @@ pub fn observer_from_config(config: &Config) -> Arc<dyn Observer> {
     if chain.len() == 1 {
         return chain.pop().expect("one observer");
     }
-    Arc::new(chain.into_iter().fold(auth::Chain::new(), auth::Chain::push))
+    Arc::new(
+        chain
+            .into_iter()
+            .fold(auth::Chain::new(), auth::Chain::push),
+    )
 }
 
 /// Runs the server until SIGINT or SIGTERM: shards, the stats thread when Redis is
@@ -49,7 +53,10 @@ pub fn run(config: Config) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let observer = observer_from_config(&config);
     let stats = match &config.redis {
-        Some(target) => Some(stats::Publisher::start(target.clone(), stats::Options::default())),
+        Some(target) => Some(stats::Publisher::start(
+            target.clone(),
+            stats::Options::default(),
+        )),
         None => {
             tracing::info!("no --redis-statsdb or --redis-url: statistics are not published");
             None

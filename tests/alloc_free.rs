@@ -43,18 +43,27 @@ const WINDOW: usize = 16;
 
 fn relay(backend: Backend) -> u64 {
     let mut config = common::loopback_config(1, |c| c.backend = backend);
-    config.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.listening_port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     config.min_port = 19500 + (std::process::id() % 100) as u16 * 20;
     config.max_port = config.min_port + 19;
-    let running = uturn::shard::start(&config, uturn::observer_from_config(&config), None).expect("start");
+    let running =
+        uturn::shard::start(&config, uturn::observer_from_config(&config), None).expect("start");
     let server = running.local_addrs()[0];
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut client = Client::connect(server, "alice", "secret").unwrap();
     let relayed = client.allocate(None).unwrap();
-    client.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
+    client
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .unwrap();
     let socket = client.socket().try_clone().unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
 
     let mut channel_data = [0x5au8; 4 + 160];
     channel_data[..4].copy_from_slice(&[0x40, 0x00, 0, 160]);

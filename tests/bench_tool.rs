@@ -12,11 +12,18 @@ fn bench(args: &[&str]) -> Vec<String> {
         Duration::from_secs(60),
     );
     assert_eq!(code, Some(0), "uturn-bench {args:?}:\n{out}");
-    out.lines().filter(|l| l.starts_with('{')).map(str::to_owned).collect()
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn field(json: &str, key: &str) -> f64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {json}"))
+        + key.len()
+        + 3;
     json[at..]
         .split([',', '}'])
         .next()
@@ -33,7 +40,10 @@ fn check(lines: &[String], allocations: f64) {
     assert_eq!(field(r, "received"), field(r, "sent"), "{r}");
     assert!(field(r, "p50_us") > 0.0, "{r}");
     // Read from /proc in 10 ms ticks: present (not null), possibly 0 at this gentle rate.
-    assert!(field(r, "cpu_us_per_packet") >= 0.0, "the server's CPU is read from /proc: {r}");
+    assert!(
+        field(r, "cpu_us_per_packet") >= 0.0,
+        "the server's CPU is read from /proc: {r}"
+    );
 }
 
 #[test]
@@ -43,8 +53,21 @@ fn channel_data_and_send_indications_against_uturn() {
     let pid = server.pid().to_string();
     for extra in [&[][..], &["--send-indications"][..]] {
         let mut args = vec![
-            "relay", "--server", &addr, "--allocations", "10", "--rate-per-allocation", "50",
-            "--duration", "1", "--warmup", "0.2", "--server-pid", &pid, "--json", "--quiet",
+            "relay",
+            "--server",
+            &addr,
+            "--allocations",
+            "10",
+            "--rate-per-allocation",
+            "50",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--server-pid",
+            &pid,
+            "--json",
+            "--quiet",
         ];
         args.extend_from_slice(extra);
         check(&bench(&args), 10.0);
@@ -53,13 +76,36 @@ fn channel_data_and_send_indications_against_uturn() {
 
 #[test]
 fn rest_credentials_against_uturn() {
-    let server = Uturn::start("portable", &["--allow-loopback-peers", "--use-auth-secret", "--static-auth-secret", "s3"]);
+    let server = Uturn::start(
+        "portable",
+        &[
+            "--allow-loopback-peers",
+            "--use-auth-secret",
+            "--static-auth-secret",
+            "s3",
+        ],
+    );
     let addr = server.addr().to_string();
     let pid = server.pid().to_string();
     check(
         &bench(&[
-            "relay", "--server", &addr, "--auth-secret", "s3", "--allocations", "5", "--rate", "500",
-            "--duration", "1", "--warmup", "0.2", "--server-pid", &pid, "--json", "--quiet",
+            "relay",
+            "--server",
+            &addr,
+            "--auth-secret",
+            "s3",
+            "--allocations",
+            "5",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--server-pid",
+            &pid,
+            "--json",
+            "--quiet",
         ]),
         5.0,
     );
@@ -67,7 +113,11 @@ fn rest_credentials_against_uturn() {
 
 #[test]
 fn null_forwarder_relays_too() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let mut forwarder = Command::new(env!("CARGO_BIN_EXE_uturn-bench"))
         .args(["forward", "--listen", &listen])
@@ -77,8 +127,22 @@ fn null_forwarder_relays_too() {
     std::thread::sleep(Duration::from_millis(300));
     let pid = forwarder.id().to_string();
     let lines = bench(&[
-        "relay", "--null", "--server", &listen, "--allocations", "10", "--rate", "500",
-        "--duration", "1", "--warmup", "0.2", "--server-pid", &pid, "--json", "--quiet",
+        "relay",
+        "--null",
+        "--server",
+        &listen,
+        "--allocations",
+        "10",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--server-pid",
+        &pid,
+        "--json",
+        "--quiet",
     ]);
     let _ = forwarder.kill();
     let _ = forwarder.wait();

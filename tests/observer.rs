@@ -24,7 +24,11 @@ fn config(shards: usize, tweak: impl FnOnce(&mut Config)) -> Config {
 fn start(config: Config, observer: Arc<dyn Observer>) -> Running {
     for attempt in 0..20u16 {
         let mut c = config.clone();
-        c.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        c.listening_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         // Below the ephemeral port range, so no client socket holds a relay port.
         c.min_port = 14500 + ((std::process::id() as u16 % 40) * 250 + attempt * 1300) % 4000;
         c.max_port = c.min_port + 199;
@@ -55,7 +59,11 @@ impl TestObserver {
         std::thread::spawn(move || {
             for ticket in rx {
                 std::thread::sleep(Duration::from_millis(50));
-                ticket.resolve(AuthDecision::Authorized(long_term_key("slow", "example.org", "later")));
+                ticket.resolve(AuthDecision::Authorized(long_term_key(
+                    "slow",
+                    "example.org",
+                    "later",
+                )));
             }
         });
         Arc::new(TestObserver {
@@ -110,7 +118,9 @@ fn async_authentication_does_not_stall_the_shard() {
     let peer = peer();
     let mut alice = Client::connect(server, "alice", "secret").unwrap();
     let relayed = alice.allocate(None).unwrap();
-    alice.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
+    alice
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .unwrap();
 
     // Ten slow allocations in parallel, each answered 50 ms later on another thread.
     let slow: Vec<_> = (0..10)
@@ -127,7 +137,9 @@ fn async_authentication_does_not_stall_the_shard() {
     let mut slow_trips = 0;
     let mut trips = 0;
     let socket = alice.socket().try_clone().unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let mut buf = [0u8; 256];
     let begin = Instant::now();
     while !slow.iter().all(|h| h.is_finished()) || trips < 20 {
@@ -136,7 +148,9 @@ fn async_authentication_does_not_stall_the_shard() {
         let (n, from) = peer.recv_from(&mut buf).expect("relayed while others wait");
         assert_eq!((&buf[..n], from), (&b"ping"[..], relayed));
         peer.send_to(b"pong", relayed).unwrap();
-        let n = socket.recv(&mut buf).expect("relayed back while others wait");
+        let n = socket
+            .recv(&mut buf)
+            .expect("relayed back while others wait");
         assert_eq!(&buf[4..n], b"pong");
         // A shard blocked on an answer would hold a round trip for the observer's 50 ms.
         if t.elapsed() >= Duration::from_millis(50) {
@@ -147,11 +161,21 @@ fn async_authentication_does_not_stall_the_shard() {
     }
     for h in slow {
         let (result, took) = h.join().unwrap();
-        assert_eq!(result, Ok(()), "the asynchronous answer lets the allocation through");
-        assert!(took >= Duration::from_millis(50), "answered after the observer's delay: {took:?}");
+        assert_eq!(
+            result,
+            Ok(()),
+            "the asynchronous answer lets the allocation through"
+        );
+        assert!(
+            took >= Duration::from_millis(50),
+            "answered after the observer's delay: {took:?}"
+        );
     }
     assert!(trips >= 20, "{trips} round trips");
-    assert!(slow_trips <= 2, "{slow_trips} of {trips} relay round trips waited 50 ms or more: the shard stalled");
+    assert!(
+        slow_trips <= 2,
+        "{slow_trips} of {trips} relay round trips waited 50 ms or more: the shard stalled"
+    );
     drop(alice);
     running.stop();
 }
@@ -177,14 +201,32 @@ fn uclient_gets_401_for_an_unknown_user() {
     let peer = Peer::start();
     let (_, out) = run_bounded(
         std::process::Command::new(tool("turnutils_uclient")).args([
-            "-m", "1", "-n", "5", "-l", "100", "-e", "127.0.0.1", "-r", &peer.port.to_string(),
-            "-u", "mallory", "-w", "guess", "-p", &server.port.to_string(), "127.0.0.1",
+            "-m",
+            "1",
+            "-n",
+            "5",
+            "-l",
+            "100",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer.port.to_string(),
+            "-u",
+            "mallory",
+            "-w",
+            "guess",
+            "-p",
+            &server.port.to_string(),
+            "127.0.0.1",
         ]),
         Duration::from_secs(30),
     );
     assert!(out.contains("Cannot complete Allocation"), "{out}");
     let log = server.log_text();
-    let refusals = log.lines().filter(|l| l.contains("error response") && l.contains("code=401")).count();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("error response") && l.contains("code=401"))
+        .count();
     // Each attempt: a challenge (no credentials) and a refusal (mallory is unknown).
     assert!(refusals >= 2, "{log}");
     assert!(!log.contains("code=486"));
@@ -198,7 +240,10 @@ fn user_quota_holds_across_shards() {
     let mut first = Client::connect(server, "alice", "secret").unwrap();
     let relayed = first.allocate(None).unwrap();
     let slices = running.port_slices().to_vec();
-    let home = slices.iter().position(|(lo, hi)| (*lo..=*hi).contains(&relayed.port())).unwrap();
+    let home = slices
+        .iter()
+        .position(|(lo, hi)| (*lo..=*hi).contains(&relayed.port()))
+        .unwrap();
     for _ in 0..16 {
         let mut other = Client::connect(server, "alice", "secret").unwrap();
         assert_eq!(other.allocate(None).unwrap_err().code(), Some(486));
@@ -213,18 +258,44 @@ fn user_quota_holds_across_shards() {
         .filter(|r| r.index != home)
         .map(|r| r.counters.quota_refused)
         .sum();
-    assert!(refused_elsewhere > 0, "some refusals came from the other shard: {reports:?}");
+    assert!(
+        refused_elsewhere > 0,
+        "some refusals came from the other shard: {reports:?}"
+    );
 }
 
 #[test]
 fn rest_api_credentials_with_uclient_and_expired_ones_refused() {
     let secret = "north-wind";
-    let server = Uturn::start("io-uring", &["--allow-loopback-peers", "--use-auth-secret", "--static-auth-secret", secret]);
+    let server = Uturn::start(
+        "io-uring",
+        &[
+            "--allow-loopback-peers",
+            "--use-auth-secret",
+            "--static-auth-secret",
+            secret,
+        ],
+    );
     let peer = Peer::start();
     let (code, out) = run_bounded(
         std::process::Command::new(tool("turnutils_uclient")).args([
-            "-m", "1", "-n", "50", "-l", "100", "-e", "127.0.0.1", "-r", &peer.port.to_string(),
-            "-u", "bob", "-W", secret, "-p", &server.port.to_string(), "127.0.0.1",
+            "-m",
+            "1",
+            "-n",
+            "50",
+            "-l",
+            "100",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer.port.to_string(),
+            "-u",
+            "bob",
+            "-W",
+            secret,
+            "-p",
+            &server.port.to_string(),
+            "127.0.0.1",
         ]),
         Duration::from_secs(30),
     );
@@ -232,15 +303,33 @@ fn rest_api_credentials_with_uclient_and_expired_ones_refused() {
     assert_eq!(number_after(&out, "tot_recv_msgs="), Some(100), "{out}");
     assert_eq!(number_after(&out, "Total lost packets"), Some(0), "{out}");
 
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let valid = format!("{}:carol", now + 3600);
-    let mut c = Client::connect(server.addr(), &valid, &RestApiSecret::password(secret, &valid)).unwrap();
+    let mut c = Client::connect(
+        server.addr(),
+        &valid,
+        &RestApiSecret::password(secret, &valid),
+    )
+    .unwrap();
     c.allocate(None).expect("valid REST credentials");
     let expired = format!("{}:carol", now - 60);
-    let mut c = Client::connect(server.addr(), &expired, &RestApiSecret::password(secret, &expired)).unwrap();
+    let mut c = Client::connect(
+        server.addr(),
+        &expired,
+        &RestApiSecret::password(secret, &expired),
+    )
+    .unwrap();
     assert_eq!(c.allocate(None).unwrap_err().code(), Some(401));
     let forged = format!("{}:carol", now + 3600);
-    let mut c = Client::connect(server.addr(), &forged, &RestApiSecret::password("other", &forged)).unwrap();
+    let mut c = Client::connect(
+        server.addr(),
+        &forged,
+        &RestApiSecret::password("other", &forged),
+    )
+    .unwrap();
     assert_eq!(c.allocate(None).unwrap_err().code(), Some(401));
 }
 
@@ -256,7 +345,8 @@ fn max_bps_holds_a_flood_to_the_limit() {
     client.allocate(None).unwrap();
     client.channel_bind(0x4000, peer_addr).unwrap();
     let counted = std::thread::spawn(move || {
-        peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         let mut bytes = 0u64;
         while let Ok(n) = peer.recv(&mut buf) {
@@ -281,7 +371,10 @@ fn max_bps_holds_a_flood_to_the_limit() {
     let expected = LIMIT * 5;
     assert!(sent > 2 * expected, "the client must flood: sent {sent}");
     let ratio = relayed as f64 / expected as f64;
-    assert!((0.9..=1.1).contains(&ratio), "relayed {relayed} bytes in 5 s, limit allows {expected} (ratio {ratio:.3})");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "relayed {relayed} bytes in 5 s, limit allows {expected} (ratio {ratio:.3})"
+    );
     let reports = running.stop();
     assert!(reports[0].counters.rate_limited > 0);
 }
@@ -314,10 +407,21 @@ fn lifecycle_callbacks_fire_exactly_once() {
     let removed = observer.removed.lock().unwrap().clone();
     assert_eq!(created.len(), 12);
     assert!(created.values().all(|&n| n == 1), "{created:?}");
-    assert_eq!(removed.keys().collect::<std::collections::BTreeSet<_>>(), created.keys().collect());
+    assert_eq!(
+        removed.keys().collect::<std::collections::BTreeSet<_>>(),
+        created.keys().collect()
+    );
     for (id, (n, totals)) in removed {
         assert_eq!(n, 1, "allocation {id} removed {n} times");
-        assert_eq!((totals.client.rcvp, totals.client.rcvb), (1, 14), "allocation {id}: {totals:?}");
-        assert_eq!((totals.peer.sentp, totals.peer.sentb), (1, 10), "allocation {id}: {totals:?}");
+        assert_eq!(
+            (totals.client.rcvp, totals.client.rcvb),
+            (1, 14),
+            "allocation {id}: {totals:?}"
+        );
+        assert_eq!(
+            (totals.peer.sentp, totals.peer.sentb),
+            (1, 10),
+            "allocation {id}: {totals:?}"
+        );
     }
 }

@@ -59,7 +59,11 @@ fn config(backend: Backend, shards: usize, tweak: impl FnOnce(&mut Config)) -> C
 fn start(config: Config, events: &Arc<Events>) -> Running {
     for attempt in 0..20u16 {
         let mut c = config.clone();
-        c.listening_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        c.listening_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         // Below the ephemeral port range, so no client socket holds a relay port.
         let base = 10000 + ((std::process::id() as u16 % 50) * 200 + attempt * 1429) % 4000;
         c.min_port = base;
@@ -87,7 +91,8 @@ fn recv_from(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 }
 
 fn nothing_arrives(s: &UdpSocket) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     let r = s.recv_from(&mut buf).is_err();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -103,7 +108,10 @@ fn full_exchange(backend: Backend) {
 
     let mut client = Client::connect(server, "alice", "secret").unwrap();
     let relayed = client.allocate(None).expect("allocate");
-    assert_eq!(relayed.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        relayed.ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
     assert_eq!(client.mapped, Some(client.local_addr().unwrap()));
     assert_eq!(client.lifetime, Some(600));
 
@@ -117,10 +125,15 @@ fn full_exchange(backend: Backend) {
     peer.send_to(b"hello client", relayed).unwrap();
     assert_eq!(
         client.recv(Duration::from_secs(2)).unwrap(),
-        Incoming::Data { peer: peer_addr, data: b"hello client".to_vec() }
+        Incoming::Data {
+            peer: peer_addr,
+            data: b"hello client".to_vec()
+        }
     );
 
-    client.channel_bind(0x4001, peer_addr).expect("channel bind");
+    client
+        .channel_bind(0x4001, peer_addr)
+        .expect("channel bind");
     for i in 0..50u8 {
         let payload = vec![i; 1 + usize::from(i) * 7];
         client.send_channel_data(0x4001, &payload).unwrap();
@@ -128,7 +141,10 @@ fn full_exchange(backend: Backend) {
         peer.send_to(&payload, relayed).unwrap();
         assert_eq!(
             client.recv(Duration::from_secs(2)).unwrap(),
-            Incoming::ChannelData { channel: 0x4001, data: payload }
+            Incoming::ChannelData {
+                channel: 0x4001,
+                data: payload
+            }
         );
     }
 
@@ -163,19 +179,29 @@ fn expiry_and_shutdown(backend: Backend) {
     let peer = peer();
     let mut short = Client::connect(server, "alice", "secret").unwrap();
     let relayed = short.allocate(Some(2)).unwrap();
-    short.create_permission(&[peer.local_addr().unwrap()]).unwrap();
-    short.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
+    short
+        .create_permission(&[peer.local_addr().unwrap()])
+        .unwrap();
+    short
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .unwrap();
     let created = Instant::now();
     // Kept alive by Refresh, a second allocation outlives the first.
     let mut kept = Client::connect(server, "alice", "secret").unwrap();
     kept.allocate(Some(2)).unwrap();
     while events.deleted().is_empty() {
-        assert!(created.elapsed() < Duration::from_secs(5), "allocation did not expire");
+        assert!(
+            created.elapsed() < Duration::from_secs(5),
+            "allocation did not expire"
+        );
         kept.refresh(2).unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     let lived = created.elapsed();
-    assert!(lived >= Duration::from_millis(1500) && lived <= Duration::from_millis(3500), "expired after {lived:?}");
+    assert!(
+        lived >= Duration::from_millis(1500) && lived <= Duration::from_millis(3500),
+        "expired after {lived:?}"
+    );
     assert_eq!(events.deleted(), vec![DeleteReason::Expired]);
     short.send_channel_data(0x4000, b"late").unwrap();
     assert!(nothing_arrives(&peer));
@@ -183,7 +209,10 @@ fn expiry_and_shutdown(backend: Backend) {
     assert!(short.recv(Duration::from_millis(300)).is_err());
     assert_eq!(short.refresh(2).unwrap_err().code(), Some(437));
     running.stop();
-    assert_eq!(events.deleted(), vec![DeleteReason::Expired, DeleteReason::Shutdown]);
+    assert_eq!(
+        events.deleted(),
+        vec![DeleteReason::Expired, DeleteReason::Shutdown]
+    );
 }
 
 fn shard_slices(backend: Backend) {
@@ -212,14 +241,24 @@ fn shard_slices(backend: Backend) {
         // Allocation ids step by the shard count from a per-shard base.
         let shard = (id % 2) as usize;
         let (lo, hi) = slices[shard];
-        assert!((lo..=hi).contains(&relay.port()), "shard {shard} relayed on {relay}, its slice is {lo}-{hi}");
+        assert!(
+            (lo..=hi).contains(&relay.port()),
+            "shard {shard} relayed on {relay}, its slice is {lo}-{hi}"
+        );
         per_shard[shard] += 1;
     }
-    assert!(per_shard.iter().all(|&n| n > 0), "every shard allocates: {per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "every shard allocates: {per_shard:?}"
+    );
     let reports = running.stop();
     let total: u64 = reports.iter().map(|r| r.io.received).sum();
     assert!(total >= 48, "each allocation took two requests: {total}");
-    assert_eq!(events.deleted().len(), 24, "shutdown deletes every allocation");
+    assert_eq!(
+        events.deleted().len(),
+        24,
+        "shutdown deletes every allocation"
+    );
 }
 
 macro_rules! both_backends {

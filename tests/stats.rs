@@ -58,7 +58,11 @@ fn traffic(rcvp: u64, rcvb: u64, sentp: u64, sentb: u64) -> String {
 
 fn parse_traffic(s: &str) -> [u64; 4] {
     let mut out = [0u64; 4];
-    for (i, (part, key)) in s.split(", ").zip(["rcvp=", "rcvb=", "sentp=", "sentb="]).enumerate() {
+    for (i, (part, key)) in s
+        .split(", ")
+        .zip(["rcvp=", "rcvb=", "sentp=", "sentb="])
+        .enumerate()
+    {
         out[i] = part.strip_prefix(key).expect(s).parse().expect(s);
     }
     assert_eq!(s, traffic(out[0], out[1], out[2], out[3]), "exact format");
@@ -85,8 +89,16 @@ fn check_deleted(msgs: &[(String, String)]) -> (String, String) {
             *s += v;
         }
     }
-    assert_eq!(sum[0], parse_traffic(&msgs[n - 2].1), "deltas add up to the client total: {msgs:?}");
-    assert_eq!(sum[1], parse_traffic(&msgs[n - 1].1), "deltas add up to the peer total: {msgs:?}");
+    assert_eq!(
+        sum[0],
+        parse_traffic(&msgs[n - 2].1),
+        "deltas add up to the client total: {msgs:?}"
+    );
+    assert_eq!(
+        sum[1],
+        parse_traffic(&msgs[n - 1].1),
+        "deltas add up to the peer total: {msgs:?}"
+    );
     (msgs[n - 2].1.clone(), msgs[n - 1].1.clone())
 }
 
@@ -94,7 +106,10 @@ fn status_keys(redis: &RedisServer) -> Vec<(String, i64)> {
     let Some(mut conn) = redis.connection() else {
         return Vec::new();
     };
-    let keys: Vec<String> = redis::cmd("KEYS").arg("turn/*/status").query(&mut conn).unwrap_or_default();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("turn/*/status")
+        .query(&mut conn)
+        .unwrap_or_default();
     keys.into_iter()
         .map(|k| {
             let ttl: i64 = redis::cmd("TTL").arg(&k).query(&mut conn).unwrap_or(-3);
@@ -107,28 +122,50 @@ fn status_keys(redis: &RedisServer) -> Vec<(String, i64)> {
 fn coturn_schema_byte_exact_for_a_uclient_allocation() {
     let redis = RedisServer::start();
     let sub = Subscriber::start(redis.url(), PATTERN);
-    let mut server = Uturn::start("io-uring", &["--allow-loopback-peers", "--redis-url", &redis.url()]);
+    let mut server = Uturn::start(
+        "io-uring",
+        &["--allow-loopback-peers", "--redis-url", &redis.url()],
+    );
     let peer = Peer::start();
-    let (code, out) = uclient(server.port, peer.port, &["-m", "1", "-n", "300", "-l", "170"], Duration::from_secs(60));
+    let (code, out) = uclient(
+        server.port,
+        peer.port,
+        &["-m", "1", "-n", "300", "-l", "170"],
+        Duration::from_secs(60),
+    );
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(number_after(&out, "Total lost packets"), Some(0), "{out}");
     // The allocations uclient left behind are deleted, with totals, at shutdown.
     assert_eq!(server.stop(), Some(0));
     let messages = sub.wait_for("every allocation deleted", Duration::from_secs(10), |m| {
         let news = m.iter().filter(|(_, p)| p.starts_with("new ")).count();
-        let totals = m.iter().filter(|(c, _)| c.ends_with("/total_traffic/peer")).count();
+        let totals = m
+            .iter()
+            .filter(|(c, _)| c.ends_with("/total_traffic/peer"))
+            .count();
         news > 0 && totals == news
     });
     let mut seen = std::collections::BTreeSet::new();
     let mut data_allocations = 0;
     for (base, msgs) in by_allocation(&messages) {
         let (word, lifetime) = check_status(&msgs[0].1, server.port);
-        assert_eq!((msgs[0].0.as_str(), word.as_str()), ("status", "new"), "{base}: {msgs:?}");
+        assert_eq!(
+            (msgs[0].0.as_str(), word.as_str()),
+            ("status", "new"),
+            "{base}: {msgs:?}"
+        );
         assert!(lifetime > 0);
         for (suffix, payload) in &msgs {
             if suffix == "status" {
                 let (word, lifetime) = check_status(payload, server.port);
-                seen.insert(format!("{word}{}", if word == "refreshed" && lifetime == 0 { "0" } else { "" }));
+                seen.insert(format!(
+                    "{word}{}",
+                    if word == "refreshed" && lifetime == 0 {
+                        "0"
+                    } else {
+                        ""
+                    }
+                ));
             } else {
                 seen.insert(suffix.clone());
             }
@@ -141,26 +178,52 @@ fn coturn_schema_byte_exact_for_a_uclient_allocation() {
             assert_eq!(peer_side, traffic(300, 300 * 170, 300, 300 * 170), "{base}");
         }
     }
-    assert_eq!(data_allocations, 2, "uclient -m 1 relays on two allocations (RTP, RTCP)");
-    for kind in ["new", "refreshed", "refreshed0", "deleted", "traffic", "traffic/peer", "total_traffic", "total_traffic/peer"] {
+    assert_eq!(
+        data_allocations, 2,
+        "uclient -m 1 relays on two allocations (RTP, RTCP)"
+    );
+    for kind in [
+        "new",
+        "refreshed",
+        "refreshed0",
+        "deleted",
+        "traffic",
+        "traffic/peer",
+        "total_traffic",
+        "total_traffic/peer",
+    ] {
         assert!(seen.contains(kind), "no {kind} message seen: {seen:?}");
     }
-    assert!(status_keys(&redis).is_empty(), "status keys of deleted allocations are removed");
+    assert!(
+        status_keys(&redis).is_empty(),
+        "status keys of deleted allocations are removed"
+    );
 }
 
 #[test]
 fn redis_restart_under_load_loses_nothing() {
     let mut redis = RedisServer::start();
     let sub = Subscriber::start(redis.url(), PATTERN);
-    let mut server = Uturn::start("io-uring", &["--allow-loopback-peers", "--redis-url", &redis.url()]);
+    let mut server = Uturn::start(
+        "io-uring",
+        &["--allow-loopback-peers", "--redis-url", &redis.url()],
+    );
     let peer = Peer::start();
     let (port, peer_port) = (server.port, peer.port);
     let load = std::thread::spawn(move || {
-        uclient(port, peer_port, &["-m", "10", "-n", "400", "-l", "170"], Duration::from_secs(90))
+        uclient(
+            port,
+            peer_port,
+            &["-m", "10", "-n", "400", "-l", "170"],
+            Duration::from_secs(90),
+        )
     });
     std::thread::sleep(Duration::from_secs(2));
     let live_before = status_keys(&redis).len();
-    assert!(live_before >= 10, "status keys SET while Redis is up: {live_before}");
+    assert!(
+        live_before >= 10,
+        "status keys SET while Redis is up: {live_before}"
+    );
     redis.kill();
     std::thread::sleep(Duration::from_secs(5));
     redis.restart();
@@ -173,20 +236,33 @@ fn redis_restart_under_load_loses_nothing() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!load.is_finished(), "the load must still run after Redis is back (lengthen -n)");
-    assert!(keys.len() >= 10, "live allocations' status SET again after reconnect: {keys:?}");
-    assert!(keys.iter().all(|(_, ttl)| *ttl > 0 && *ttl <= 3600), "status keys carry EX: {keys:?}");
+    assert!(
+        !load.is_finished(),
+        "the load must still run after Redis is back (lengthen -n)"
+    );
+    assert!(
+        keys.len() >= 10,
+        "live allocations' status SET again after reconnect: {keys:?}"
+    );
+    assert!(
+        keys.iter().all(|(_, ttl)| *ttl > 0 && *ttl <= 3600),
+        "status keys carry EX: {keys:?}"
+    );
     sub.wait_subscribed(2);
     let (code, out) = load.join().unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(number_after(&out, "tot_recv_msgs="), Some(4000), "{out}");
     assert_eq!(number_after(&out, "Total lost packets"), Some(0), "{out}");
-    let messages = sub.wait_for("totals of the 10 data allocations", Duration::from_secs(15), |m| {
-        m.iter()
-            .filter(|(c, p)| c.ends_with("/total_traffic") && p != &traffic(0, 0, 0, 0))
-            .count()
-            >= 10
-    });
+    let messages = sub.wait_for(
+        "totals of the 10 data allocations",
+        Duration::from_secs(15),
+        |m| {
+            m.iter()
+                .filter(|(c, p)| c.ends_with("/total_traffic") && p != &traffic(0, 0, 0, 0))
+                .count()
+                >= 10
+        },
+    );
     for (base, msgs) in by_allocation(&messages) {
         if !msgs.iter().any(|(s, _)| s == "total_traffic") {
             continue;
@@ -197,7 +273,11 @@ fn redis_restart_under_load_loses_nothing() {
             assert_eq!(peer_side, traffic(400, 400 * 170, 400, 400 * 170), "{base}");
         }
     }
-    assert!(server.log_text().contains("Redis reconnected"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("Redis reconnected"),
+        "{}",
+        server.log_text()
+    );
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -206,30 +286,67 @@ fn redis_absent_at_start_then_connects() {
     let mut redis = RedisServer::start();
     redis.kill();
     let started = Instant::now();
-    let mut server = Uturn::start("io-uring", &["--allow-loopback-peers", "--redis-statsdb", &format!("ip=127.0.0.1 port={} dbname=0 connect_timeout=1", redis.port)]);
+    let mut server = Uturn::start(
+        "io-uring",
+        &[
+            "--allow-loopback-peers",
+            "--redis-statsdb",
+            &format!(
+                "ip=127.0.0.1 port={} dbname=0 connect_timeout=1",
+                redis.port
+            ),
+        ],
+    );
     let peer = Peer::start();
-    let (code, out) = uclient(server.port, peer.port, &["-m", "1", "-n", "50", "-l", "100"], Duration::from_secs(60));
+    let (code, out) = uclient(
+        server.port,
+        peer.port,
+        &["-m", "1", "-n", "50", "-l", "100"],
+        Duration::from_secs(60),
+    );
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(number_after(&out, "Total lost packets"), Some(0), "relaying does not wait for Redis: {out}");
+    assert_eq!(
+        number_after(&out, "Total lost packets"),
+        Some(0),
+        "relaying does not wait for Redis: {out}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     let log = server.log_text();
     let failures = log.matches("Redis unavailable").count();
     let secs = started.elapsed().as_secs_f64();
     // Backoff from 0.2 s doubling to 2 s: one line per attempt, not one per batch.
     assert!(failures >= 1, "the failure is logged:\n{log}");
-    assert!((failures as f64) <= 4.0 + secs / 2.0, "{failures} failures logged in {secs:.1} s:\n{log}");
+    assert!(
+        (failures as f64) <= 4.0 + secs / 2.0,
+        "{failures} failures logged in {secs:.1} s:\n{log}"
+    );
     redis.restart();
     let sub = Subscriber::start(redis.url(), PATTERN);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !server.log_text().contains("Redis connected") {
-        assert!(Instant::now() < deadline, "did not connect:\n{}", server.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "did not connect:\n{}",
+            server.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (code, out) = uclient(server.port, peer.port, &["-m", "1", "-n", "50", "-l", "100"], Duration::from_secs(60));
+    let (code, out) = uclient(
+        server.port,
+        peer.port,
+        &["-m", "1", "-n", "50", "-l", "100"],
+        Duration::from_secs(60),
+    );
     assert_eq!(code, Some(0), "{out}");
-    sub.wait_for("status and totals after connecting", Duration::from_secs(10), |m| {
-        m.iter().any(|(_, p)| p.starts_with("new "))
-            && m.iter().any(|(c, p)| c.ends_with("/total_traffic") && p == &traffic(50, 50 * 104, 50, 50 * 104))
-    });
+    sub.wait_for(
+        "status and totals after connecting",
+        Duration::from_secs(10),
+        |m| {
+            m.iter().any(|(_, p)| p.starts_with("new "))
+                && m.iter().any(|(c, p)| {
+                    c.ends_with("/total_traffic") && p == &traffic(50, 50 * 104, 50, 50 * 104)
+                })
+        },
+    );
     assert_eq!(server.stop(), Some(0));
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, ChannelData, Class, Message, MessageBuilder, Method};
 use uturn::turn::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig,
-    PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, PEER_HEADROOM,
+    PEER_TAILROOM,
 };
 
 const REALM: &str = "example.org";
@@ -298,7 +298,13 @@ fn config(epoch: Instant) -> ServerConfig {
         pending_auth_timeout: Duration::from_secs(5),
         stats_packet_trigger: 8,
         stats_interval: Duration::from_secs(30),
-        ..ServerConfig::new(REALM, "192.0.2.10".parse().unwrap(), FIRST_PORT..=LAST_PORT, [7; 32], epoch)
+        ..ServerConfig::new(
+            REALM,
+            "192.0.2.10".parse().unwrap(),
+            FIRST_PORT..=LAST_PORT,
+            [7; 32],
+            epoch,
+        )
     }
 }
 

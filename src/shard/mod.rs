@@ -103,7 +103,12 @@ impl Core {
                     relayed_to_peer = c.relayed_to_peer,
                     relayed_to_client = c.relayed_to_client,
                     unauthenticated = c.unauthenticated,
-                    dropped = c.no_allocation + c.no_permission + c.no_channel + c.rate_limited + c.malformed + c.not_stun,
+                    dropped = c.no_allocation
+                        + c.no_permission
+                        + c.no_channel
+                        + c.rate_limited
+                        + c.malformed
+                        + c.not_stun,
                     refused = c.peer_refused + c.quota_refused + c.ports_exhausted,
                     send_errors = self.io.send_errors,
                     "shard summary"
@@ -116,7 +121,8 @@ impl Core {
 
     pub fn take_auth_results(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
         while let Ok((ticket, decision)) = self.auth_rx.try_recv() {
-            self.server.handle_auth_result(now, ticket, decision, sockets);
+            self.server
+                .handle_auth_result(now, ticket, decision, sockets);
         }
     }
 }
@@ -251,7 +257,11 @@ pub fn port_slices(min: u16, max: u16, n: usize) -> Vec<(u16, u16)> {
     (0..n)
         .map(|i| {
             let start = u32::from(min) + i * per;
-            let end = if i == n - 1 { u32::from(max) } else { start + per - 1 };
+            let end = if i == n - 1 {
+                u32::from(max)
+            } else {
+                start + per - 1
+            };
             (start as u16, end as u16)
         })
         .collect()
@@ -349,7 +359,9 @@ pub fn start(
     };
     policy.allowed.shrink_to_fit();
     if config.no_tcp || config.no_tls || config.no_dtls {
-        tracing::info!("uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing");
+        tracing::info!(
+            "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
+        );
     }
     tracing::info!(
         shards = cores.len(),
@@ -440,11 +452,19 @@ type Ready = mpsc::Sender<io::Result<(Wake, &'static str)>>;
 fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
     if let Some(id) = spec.core_id {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            tracing::warn!(shard = spec.index, core = id, "could not pin shard to its core");
+            tracing::warn!(
+                shard = spec.index,
+                core = id,
+                "could not pin shard to its core"
+            );
         }
     }
     let (auth_tx, auth_rx) = mpsc::channel();
-    let mut server = Server::new(spec.server.clone(), spec.observer.clone(), spec.quotas.clone());
+    let mut server = Server::new(
+        spec.server.clone(),
+        spec.observer.clone(),
+        spec.quotas.clone(),
+    );
     let core_fn = |server: Server| Core {
         server,
         observer: spec.observer.clone(),
@@ -471,7 +491,10 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
                 return report(spec.index, "io-uring", &core);
             }
             Err(e) if spec.backend == Backend::IoUring => {
-                let _ = ready.send(Err(io::Error::new(e.kind(), format!("io_uring unavailable: {e}"))));
+                let _ = ready.send(Err(io::Error::new(
+                    e.kind(),
+                    format!("io_uring unavailable: {e}"),
+                )));
                 return ShardReport::default();
             }
             Err(e) => {

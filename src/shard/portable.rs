@@ -67,7 +67,8 @@ impl Shard {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(listen.len());
         for (i, addr) in listen.iter().enumerate() {
-            let mut socket = UdpSocket::from_std(bind_udp(*addr, true, super::LISTEN_SOCKET_BUFFER)?);
+            let mut socket =
+                UdpSocket::from_std(bind_udp(*addr, true, super::LISTEN_SOCKET_BUFFER)?);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
             listeners.push((*addr, socket));
@@ -108,7 +109,9 @@ impl Shard {
                 match event.token() {
                     WAKER => {}
                     Token(i) if i < RELAY_BASE => self.drain_listener(i, core, now, &mut buf),
-                    Token(t) => self.drain_relay(RelayId((t - RELAY_BASE) as u32), core, now, &mut buf),
+                    Token(t) => {
+                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), core, now, &mut buf)
+                    }
                 }
                 flush_transmits(&self.listeners, core);
             }
@@ -141,7 +144,12 @@ impl Shard {
             let action = core
                 .server
                 .handle_client(now, client, local, &buf[..n], &mut self.relays);
-            if let ClientAction::ToPeer { relay, peer, payload } = action {
+            if let ClientAction::ToPeer {
+                relay,
+                peer,
+                payload,
+            } = action
+            {
                 let sent = self
                     .relays
                     .sockets
@@ -157,7 +165,11 @@ impl Shard {
     fn drain_relay(&mut self, relay: RelayId, core: &mut Core, now: Instant, buf: &mut [u8]) {
         let payload_room = buf.len() - PEER_TAILROOM;
         loop {
-            let Some(socket) = self.relays.sockets.get(relay.0 as usize).and_then(Option::as_ref)
+            let Some(socket) = self
+                .relays
+                .sockets
+                .get(relay.0 as usize)
+                .and_then(Option::as_ref)
             else {
                 return;
             };
@@ -168,10 +180,15 @@ impl Shard {
                 Err(_) => continue,
             };
             core.io.received += 1;
-            let action = core
-                .server
-                .handle_peer(now, relay, peer, buf, PEER_HEADROOM..PEER_HEADROOM + n);
-            if let PeerAction::ToClient { local, client, range } = action {
+            let action =
+                core.server
+                    .handle_peer(now, relay, peer, buf, PEER_HEADROOM..PEER_HEADROOM + n);
+            if let PeerAction::ToClient {
+                local,
+                client,
+                range,
+            } = action
+            {
                 let sent = self
                     .listeners
                     .iter()
@@ -181,18 +198,17 @@ impl Shard {
             }
         }
     }
-
 }
 
 /// Sends the core's responses from the listening socket each names.
 fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], core: &mut Core) {
-        while let Some(t) = core.server.poll_transmit() {
-            let sent = listeners
-                .iter()
-                .find(|(addr, _)| *addr == t.local)
-                .map(|(_, s)| s.send_to(&t.data, t.remote));
-            count_send(core, sent);
-        }
+    while let Some(t) = core.server.poll_transmit() {
+        let sent = listeners
+            .iter()
+            .find(|(addr, _)| *addr == t.local)
+            .map(|(_, s)| s.send_to(&t.data, t.remote));
+        count_send(core, sent);
+    }
 }
 
 fn count_send(core: &mut Core, sent: Option<io::Result<usize>>) {

@@ -61,7 +61,11 @@ fn user_data(kind: u64, gen: u32, index: u32) -> u64 {
 }
 
 fn split(data: u64) -> (u64, u32, u32) {
-    (data >> KIND_SHIFT, ((data >> 32) & GEN_MASK) as u32, data as u32)
+    (
+        data >> KIND_SHIFT,
+        ((data >> 32) & GEN_MASK) as u32,
+        data as u32,
+    )
 }
 
 /// Anonymous, page-aligned memory shared with the kernel; unmapped on drop.
@@ -167,7 +171,9 @@ impl Buffers {
         // SAFETY: in bounds (asserted); the kernel owns only buffers that are in the ring,
         // and the caller holds `bid` from a completion, so nobody else writes it; the
         // `&mut self` borrow keeps two such slices from coexisting.
-        unsafe { std::slice::from_raw_parts_mut(self.data.ptr.add(usize::from(bid) * BUF_SIZE), BUF_SIZE) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.data.ptr.add(usize::from(bid) * BUF_SIZE), BUF_SIZE)
+        }
     }
 }
 
@@ -237,7 +243,11 @@ impl Io {
     }
 
     fn arm_relay(&mut self, index: u32) {
-        if let Some(RelaySlot { socket: Some(socket), gen }) = self.relays.get(index as usize) {
+        if let Some(RelaySlot {
+            socket: Some(socket),
+            gen,
+        }) = self.relays.get(index as usize)
+        {
             let (fd, gen) = (socket.as_raw_fd(), *gen);
             self.arm_recv(fd, user_data(KIND_RELAY, gen, index));
         }
@@ -245,7 +255,14 @@ impl Io {
 
     /// Sends from `fd` to `to` either `len` bytes at `ptr` inside provided buffer `bid`
     /// (which stays out of the ring until the send completes) or, with no `bid`, `owned`.
-    fn send(&mut self, fd: RawFd, to: SocketAddr, bid: Option<u16>, owned: Vec<u8>, (ptr, len): (*const u8, usize)) -> bool {
+    fn send(
+        &mut self,
+        fd: RawFd,
+        to: SocketAddr,
+        bid: Option<u16>,
+        owned: Vec<u8>,
+        (ptr, len): (*const u8, usize),
+    ) -> bool {
         let Some(index) = self.free_slots.pop() else {
             self.dropped_sends += 1;
             return false;
@@ -296,7 +313,10 @@ impl RelaySockets for Io {
         })?;
         let index = id.0 as usize;
         if self.relays.len() <= index {
-            self.relays.resize_with(index + 1, || RelaySlot { socket: None, gen: 0 });
+            self.relays.resize_with(index + 1, || RelaySlot {
+                socket: None,
+                gen: 0,
+            });
         }
         let slot = &mut self.relays[index];
         slot.gen = slot.gen.wrapping_add(1) & GEN_MASK as u32;
@@ -372,11 +392,17 @@ impl Shard {
         {
             Ok(ring) => (ring, "single issuer, deferred task run".to_owned()),
             Err(_) => (
-                IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES)?,
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .build(SQ_ENTRIES)?,
                 "plain setup".to_owned(),
             ),
         };
-        let batch_wait_us = if ring.params().is_feature_min_timeout() { batch_wait_us } else { 0 };
+        let batch_wait_us = if ring.params().is_feature_min_timeout() {
+            batch_wait_us
+        } else {
+            0
+        };
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
@@ -384,10 +410,16 @@ impl Shard {
         // SAFETY: the ring mapping is page aligned, BUF_COUNT entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(buffers.ring.ptr as u64, BUF_COUNT, BUF_GROUP, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.ring.ptr as u64,
+                BUF_COUNT,
+                BUF_GROUP,
+                0,
+            )?;
         }
-        features.push_str(&format!(", {BUF_COUNT} provided buffers of {BUF_SIZE} bytes"));
+        features.push_str(&format!(
+            ", {BUF_COUNT} provided buffers of {BUF_SIZE} bytes"
+        ));
         let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen {
             listeners.push((*addr, bind_udp(*addr, true, LISTEN_SOCKET_BUFFER)?));
@@ -476,7 +508,12 @@ impl Shard {
             // With a minimum wait, one wakeup gathers up to BATCH completions or whatever
             // arrived within batch_wait_us; an idle shard still sleeps until its timer.
             let (want, args) = if self.batch_wait_us > 0 {
-                (BATCH, SubmitArgs::new().timespec(&ts).min_wait_usec(self.batch_wait_us))
+                (
+                    BATCH,
+                    SubmitArgs::new()
+                        .timespec(&ts)
+                        .min_wait_usec(self.batch_wait_us),
+                )
             } else {
                 (1, SubmitArgs::new().timespec(&ts))
             };
@@ -553,7 +590,16 @@ impl Shard {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn received(&mut self, core: &mut Core, now: Instant, kind: u64, gen: u32, index: u32, result: i32, flags: u32) {
+    fn received(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        kind: u64,
+        gen: u32,
+        index: u32,
+        result: i32,
+        flags: u32,
+    ) {
         let live = kind == KIND_LISTEN
             || self
                 .io
@@ -587,31 +633,63 @@ impl Shard {
         let len = (result as usize).min(BUF_SIZE);
         let forwarded = {
             let buf = self.buffers.get(bid);
-            let parsed = RecvMsgOut::parse(&buf[..len], &self.io.recv_msghdr).ok().and_then(|out| {
-                let truncated = out.is_payload_truncated() || out.is_name_data_truncated();
-                Some((sockaddr(out.name_data())?, out.payload_data().len(), truncated))
-            });
+            let parsed = RecvMsgOut::parse(&buf[..len], &self.io.recv_msghdr)
+                .ok()
+                .and_then(|out| {
+                    let truncated = out.is_payload_truncated() || out.is_name_data_truncated();
+                    Some((
+                        sockaddr(out.name_data())?,
+                        out.payload_data().len(),
+                        truncated,
+                    ))
+                });
             match parsed {
                 Some((from, n, false)) if PAYLOAD_OFFSET + n + PEER_TAILROOM <= BUF_SIZE => {
                     if kind == KIND_LISTEN {
                         let local = self.io.listeners[index as usize].0;
                         let payload = &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + n];
-                        match core.server.handle_client(now, from, local, payload, &mut self.io) {
-                            ClientAction::ToPeer { relay, peer, payload } => {
+                        match core
+                            .server
+                            .handle_client(now, from, local, payload, &mut self.io)
+                        {
+                            ClientAction::ToPeer {
+                                relay,
+                                peer,
+                                payload,
+                            } => {
                                 let start = buf[PAYLOAD_OFFSET + payload.start..].as_ptr();
                                 self.io.relay_fd(relay).map(|fd| {
-                                    self.io.send(fd, peer, Some(bid), Vec::new(), (start, payload.len()))
+                                    self.io.send(
+                                        fd,
+                                        peer,
+                                        Some(bid),
+                                        Vec::new(),
+                                        (start, payload.len()),
+                                    )
                                 })
                             }
                             ClientAction::None => None,
                         }
                     } else {
                         let payload = PAYLOAD_OFFSET..PAYLOAD_OFFSET + n;
-                        match core.server.handle_peer(now, RelayId(index), from, buf, payload) {
-                            PeerAction::ToClient { local, client, range } => {
+                        match core
+                            .server
+                            .handle_peer(now, RelayId(index), from, buf, payload)
+                        {
+                            PeerAction::ToClient {
+                                local,
+                                client,
+                                range,
+                            } => {
                                 let start = buf[range.start..].as_ptr();
                                 self.io.listener_fd(local).map(|fd| {
-                                    self.io.send(fd, client, Some(bid), Vec::new(), (start, range.len()))
+                                    self.io.send(
+                                        fd,
+                                        client,
+                                        Some(bid),
+                                        Vec::new(),
+                                        (start, range.len()),
+                                    )
                                 })
                             }
                             PeerAction::Drop => None,
@@ -639,7 +717,10 @@ impl Shard {
                 core.io.send_errors += 1;
                 continue;
             };
-            if !self.io.send(fd, t.remote, None, t.data, (std::ptr::null(), 0)) {
+            if !self
+                .io
+                .send(fd, t.remote, None, t.data, (std::ptr::null(), 0))
+            {
                 core.io.send_errors += 1;
             }
         }
@@ -655,12 +736,15 @@ impl Shard {
                 .user_data(CANCEL);
             self.io.push(&sqe);
         }
-        let wake = opcode::AsyncCancel::new(WAKE_READ).build().user_data(CANCEL);
+        let wake = opcode::AsyncCancel::new(WAKE_READ)
+            .build()
+            .user_data(CANCEL);
         self.io.push(&wake);
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut sends_in_flight = SEND_SLOTS - self.io.free_slots.len();
         let mut wake_done = !self.wake_armed;
-        while (self.io.armed > 0 || sends_in_flight > 0 || !wake_done) && Instant::now() < deadline {
+        while (self.io.armed > 0 || sends_in_flight > 0 || !wake_done) && Instant::now() < deadline
+        {
             self.buffers.publish();
             let ts = Timespec::new().nsec(50_000_000);
             let args = SubmitArgs::new().timespec(&ts);
@@ -694,9 +778,23 @@ impl Shard {
         if self.io.armed > 0 || sends_in_flight > 0 || !wake_done {
             // The kernel may still write into the buffers: keep them mapped for the life of
             // the process rather than risk it writing into freed memory.
-            tracing::warn!("io_uring operations still in flight at shutdown; leaking the buffer memory");
-            std::mem::forget(std::mem::replace(&mut self.buffers.data, Mapping { ptr: std::ptr::null_mut(), len: 0 }));
-            std::mem::forget(std::mem::replace(&mut self.buffers.ring, Mapping { ptr: std::ptr::null_mut(), len: 0 }));
+            tracing::warn!(
+                "io_uring operations still in flight at shutdown; leaking the buffer memory"
+            );
+            std::mem::forget(std::mem::replace(
+                &mut self.buffers.data,
+                Mapping {
+                    ptr: std::ptr::null_mut(),
+                    len: 0,
+                },
+            ));
+            std::mem::forget(std::mem::replace(
+                &mut self.buffers.ring,
+                Mapping {
+                    ptr: std::ptr::null_mut(),
+                    len: 0,
+                },
+            ));
             std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
     }
@@ -715,7 +813,12 @@ fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
             let flow = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
             let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
             let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
         }
         _ => None,
     }
@@ -727,7 +830,11 @@ mod tests {
 
     #[test]
     fn user_data_round_trips() {
-        for (kind, gen, index) in [(KIND_RELAY, 5, 7), (KIND_SEND, 0, u32::MAX), (KIND_LISTEN, GEN_MASK as u32, 0)] {
+        for (kind, gen, index) in [
+            (KIND_RELAY, 5, 7),
+            (KIND_SEND, 0, u32::MAX),
+            (KIND_LISTEN, GEN_MASK as u32, 0),
+        ] {
             assert_eq!(split(user_data(kind, gen, index)), (kind, gen, index));
         }
     }
@@ -739,7 +846,9 @@ mod tests {
         for addr in [v4, v6] {
             let raw = SockAddr::from(addr);
             // SAFETY: `raw` holds `raw.len()` initialised bytes of sockaddr storage.
-            let bytes = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len() as usize) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len() as usize)
+            };
             let mut name = [0u8; 28];
             name[..bytes.len()].copy_from_slice(bytes);
             assert_eq!(sockaddr(&name), Some(addr));

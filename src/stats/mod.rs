@@ -279,7 +279,10 @@ impl Worker {
             if let Some(deadline) = stop_deadline {
                 if self.queue.is_empty() && !self.resync || Instant::now() >= deadline {
                     if !self.queue.is_empty() {
-                        tracing::warn!(items = self.queue.len(), "Redis unreachable at shutdown: statistics lost");
+                        tracing::warn!(
+                            items = self.queue.len(),
+                            "Redis unreachable at shutdown: statistics lost"
+                        );
                     }
                     return;
                 }
@@ -300,7 +303,11 @@ impl Worker {
                         expires: now + Duration::from_secs(lifetime.into()),
                     },
                 );
-                self.queue.push_back(Item::Status { info, word: "new", lifetime });
+                self.queue.push_back(Item::Status {
+                    info,
+                    word: "new",
+                    lifetime,
+                });
             }
             Event::AllocationRefreshed { info, lifetime } => {
                 if let Some(live) = self.live.get_mut(&info.id) {
@@ -359,11 +366,9 @@ impl Worker {
         self.queue = kept;
         let hard = self.options.queue_bound.saturating_mul(2);
         while self.queue.len() > hard {
-            let Some(pos) = self
-                .queue
-                .iter()
-                .position(|i| matches!(i, Item::Status { word: "refreshed", lifetime, .. } if *lifetime > 0))
-            else {
+            let Some(pos) = self.queue.iter().position(
+                |i| matches!(i, Item::Status { word: "refreshed", lifetime, .. } if *lifetime > 0),
+            ) else {
                 break;
             };
             self.queue.remove(pos);
@@ -385,7 +390,8 @@ impl Worker {
             },
         };
         let timeout = Duration::from_secs(self.target.connect_timeout_secs.clamp(1, 30));
-        let attempt = redis::Client::open(info).and_then(|c| c.get_connection_with_timeout(timeout));
+        let attempt =
+            redis::Client::open(info).and_then(|c| c.get_connection_with_timeout(timeout));
         match attempt.and_then(|c| {
             c.set_read_timeout(Some(Duration::from_secs(2)))?;
             c.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -405,7 +411,9 @@ impl Worker {
                 self.last_io = Instant::now();
             }
             Err(e) => {
-                self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     host = %self.target.host,
                     port = self.target.port,
@@ -431,7 +439,12 @@ impl Worker {
                 if left > 0 {
                     let text = status_text(live.word, &live.info, live.lifetime);
                     let key = format!("{}/status", allocation_base(&live.info));
-                    pipe.cmd("SET").arg(key).arg(text).arg("EX").arg(left).ignore();
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(text)
+                        .arg("EX")
+                        .arg(left)
+                        .ignore();
                     commands += 1;
                 }
             }
@@ -455,7 +468,9 @@ impl Worker {
                 self.queue.clear();
                 self.resync = false;
                 self.last_io = now;
-                self.counters.commands.fetch_add(commands, Ordering::Relaxed);
+                self.counters
+                    .commands
+                    .fetch_add(commands, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -472,12 +487,21 @@ impl Worker {
 fn add_item(pipe: &mut redis::Pipeline, item: &Item, now: Instant) -> u64 {
     let _ = now;
     match item {
-        Item::Status { info, word, lifetime } => {
+        Item::Status {
+            info,
+            word,
+            lifetime,
+        } => {
             let base = allocation_base(info);
             let text = status_text(word, info, *lifetime);
             let key = format!("{base}/status");
             if *lifetime > 0 {
-                pipe.cmd("SET").arg(&key).arg(&text).arg("EX").arg(*lifetime).ignore();
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(&text)
+                    .arg("EX")
+                    .arg(*lifetime)
+                    .ignore();
                 pipe.cmd("PUBLISH").arg(&key).arg(&text).ignore();
                 2
             } else {
@@ -559,7 +583,10 @@ mod tests {
             sentp: 411,
             sentb: 70524,
         };
-        assert_eq!(traffic_text(&c), "rcvp=411, rcvb=70828, sentp=411, sentb=70524");
+        assert_eq!(
+            traffic_text(&c),
+            "rcvp=411, rcvb=70828, sentp=411, sentb=70524"
+        );
     }
 
     #[test]
@@ -575,15 +602,37 @@ mod tests {
         let mut b_info = info("r");
         b_info.id += 1;
         let b = Arc::new(b_info);
-        w.take(Event::AllocationCreated { info: a.clone(), lifetime: 600 });
-        w.take(Event::AllocationCreated { info: b.clone(), lifetime: 600 });
+        w.take(Event::AllocationCreated {
+            info: a.clone(),
+            lifetime: 600,
+        });
+        w.take(Event::AllocationCreated {
+            info: b.clone(),
+            lifetime: 600,
+        });
         let one = Traffic {
-            client: Counters { rcvp: 1, rcvb: 100, sentp: 1, sentb: 90 },
-            peer: Counters { rcvp: 1, rcvb: 90, sentp: 1, sentb: 96 },
+            client: Counters {
+                rcvp: 1,
+                rcvb: 100,
+                sentp: 1,
+                sentb: 90,
+            },
+            peer: Counters {
+                rcvp: 1,
+                rcvb: 90,
+                sentp: 1,
+                sentb: 96,
+            },
         };
         for _ in 0..50 {
-            w.take(Event::Traffic { info: a.clone(), delta: one });
-            w.take(Event::Traffic { info: b.clone(), delta: one });
+            w.take(Event::Traffic {
+                info: a.clone(),
+                delta: one,
+            });
+            w.take(Event::Traffic {
+                info: b.clone(),
+                delta: one,
+            });
         }
         w.take(Event::AllocationDeleted {
             info: a.clone(),
@@ -598,7 +647,10 @@ mod tests {
         for item in &w.queue {
             match item {
                 Item::Traffic { info, delta } if info.id == a.id => {
-                    assert!(!deleted_after_traffic, "a's traffic stays before its deletion");
+                    assert!(
+                        !deleted_after_traffic,
+                        "a's traffic stays before its deletion"
+                    );
                     sum_a.add(delta);
                 }
                 Item::Deleted { .. } => deleted_after_traffic = true,
@@ -609,7 +661,10 @@ mod tests {
         assert_eq!(sum_a.client.rcvb, 5000);
         assert_eq!(counters.merged.load(Ordering::Relaxed), 98);
         assert_eq!(
-            w.queue.iter().filter(|i| matches!(i, Item::Status { .. })).count(),
+            w.queue
+                .iter()
+                .filter(|i| matches!(i, Item::Status { .. }))
+                .count(),
             2,
             "status events are kept"
         );

@@ -84,7 +84,9 @@ impl PortPool {
     /// Takes an even port; with `reserve_next` also its successor (which must be free).
     pub fn take_even(&mut self, reserve_next: bool) -> Option<u16> {
         let port = self.queue.iter().copied().find(|&p| {
-            p % 2 == 0 && self.is_free(p) && (!reserve_next || (p < u16::MAX && self.is_free(p + 1)))
+            p % 2 == 0
+                && self.is_free(p)
+                && (!reserve_next || (p < u16::MAX && self.is_free(p + 1)))
         })?;
         self.mark_taken(port);
         if reserve_next {
@@ -204,7 +206,9 @@ mod tests {
         assert_eq!(pool.free_count(), 8);
         // Only odd ports left after taking all even ones with reservation.
         while pool.take_even(true).is_some() {}
-        assert!((50000..=50009).filter(|p| pool.is_free(*p)).all(|p| p % 2 == 1));
+        assert!((50000..=50009)
+            .filter(|p| pool.is_free(*p))
+            .all(|p| p % 2 == 1));
         assert_eq!(pool.take_even(false), None);
     }
 
@@ -222,7 +226,11 @@ mod tests {
         pool.release(1050);
         pool.release(1050);
         assert_eq!(pool.take(), Some(1050));
-        assert_eq!(pool.take(), None, "a double release gives the port out once");
+        assert_eq!(
+            pool.take(),
+            None,
+            "a double release gives the port out once"
+        );
     }
 
     #[test]

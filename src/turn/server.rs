@@ -1025,7 +1025,8 @@ impl Server {
         self.slots[slot as usize].expiry_at = at;
         self.wheel.schedule(at, Timer::Expiry { slot, gen, at });
         if !self.config.stats_interval.is_zero() {
-            let next = self.now_tick(now) + self.config.stats_interval.as_secs().max(1) * TICKS_PER_SEC;
+            let next =
+                self.now_tick(now) + self.config.stats_interval.as_secs().max(1) * TICKS_PER_SEC;
             self.wheel.schedule(next, Timer::Stats { slot, gen });
         }
         self.by_tuple.insert((req.client, req.local), slot);
@@ -1392,7 +1393,10 @@ impl Server {
         if self.wheel.is_empty() {
             None
         } else {
-            Some(self.config.epoch + Duration::from_nanos((self.wheel.current() + 1) * NANOS_PER_TICK))
+            Some(
+                self.config.epoch
+                    + Duration::from_nanos((self.wheel.current() + 1) * NANOS_PER_TICK),
+            )
         }
     }
 

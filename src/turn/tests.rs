@@ -48,7 +48,13 @@ pub(crate) fn config(epoch: Instant) -> ServerConfig {
         max_channels_per_allocation: 8,
         max_pending_auth: 4,
         pending_auth_timeout: Duration::from_secs(5),
-        ..ServerConfig::new(REALM, "192.0.2.10".parse().unwrap(), 50000..=50009, [3; 32], epoch)
+        ..ServerConfig::new(
+            REALM,
+            "192.0.2.10".parse().unwrap(),
+            50000..=50009,
+            [3; 32],
+            epoch,
+        )
     }
 }
 

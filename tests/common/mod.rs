@@ -234,17 +234,34 @@ pub fn number_after(text: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-
 /// Runs `turnutils_uclient` against `server_port` with echo peer `peer_port`, user
 /// alice/secret, plus `args` (e.g. `-m 10 -n 300 -l 170`); returns (exit code, output).
-pub fn uclient(server_port: u16, peer_port: u16, args: &[&str], limit: Duration) -> (Option<i32>, String) {
+pub fn uclient(
+    server_port: u16,
+    peer_port: u16,
+    args: &[&str],
+    limit: Duration,
+) -> (Option<i32>, String) {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend(
-        ["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-u", "alice", "-w", "secret"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            "alice",
+            "-w",
+            "secret",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
-    all.extend(["-p".to_string(), server_port.to_string(), "127.0.0.1".to_string()]);
+    all.extend([
+        "-p".to_string(),
+        server_port.to_string(),
+        "127.0.0.1".to_string(),
+    ]);
     run_bounded(Command::new(tool("turnutils_uclient")).args(&all), limit)
 }
 
@@ -335,7 +352,12 @@ impl Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let subscribed = Arc::new(AtomicU64::new(0));
-        let (m, s, sub, pattern) = (messages.clone(), stop.clone(), subscribed.clone(), pattern.to_owned());
+        let (m, s, sub, pattern) = (
+            messages.clone(),
+            stop.clone(),
+            subscribed.clone(),
+            pattern.to_owned(),
+        );
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let Ok(mut conn) = redis::Client::open(url.as_str())
@@ -354,7 +376,9 @@ impl Subscriber {
                     match pubsub.get_message() {
                         Ok(msg) => {
                             let payload: String = msg.get_payload().unwrap_or_default();
-                            m.lock().unwrap().push((msg.get_channel_name().to_owned(), payload));
+                            m.lock()
+                                .unwrap()
+                                .push((msg.get_channel_name().to_owned(), payload));
                         }
                         Err(e) if e.is_timeout() => {}
                         Err(_) => break,
@@ -386,7 +410,12 @@ impl Subscriber {
     }
 
     /// Waits until `pred` holds on the messages so far.
-    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&[(String, String)]) -> bool,
+    ) -> Vec<(String, String)> {
         let deadline = Instant::now() + limit;
         loop {
             let snap = self.snapshot();
@@ -394,7 +423,13 @@ impl Subscriber {
                 return snap;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; messages:\n{}", snap.iter().map(|(c, p)| format!("{c} {p}")).collect::<Vec<_>>().join("\n"));
+                panic!(
+                    "timed out waiting for {what}; messages:\n{}",
+                    snap.iter()
+                        .map(|(c, p)| format!("{c} {p}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -413,7 +448,10 @@ impl Drop for Subscriber {
 /// The configuration in-process tests start from: listening and relaying on 127.0.0.1,
 /// realm example.org, user alice/secret, loopback peers allowed, `shards` shards (all on
 /// core 0), then `tweak`.
-pub fn loopback_config(shards: usize, tweak: impl FnOnce(&mut uturn::config::Config)) -> uturn::config::Config {
+pub fn loopback_config(
+    shards: usize,
+    tweak: impl FnOnce(&mut uturn::config::Config),
+) -> uturn::config::Config {
     let mut c = uturn::config::Config {
         listening_ips: vec!["127.0.0.1".parse().unwrap()],
         relay_ips: vec!["127.0.0.1".parse().unwrap()],

@@ -57,7 +57,8 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
                     else {
                         continue;
                     };
-                    let mut socket = UdpSocket::from_std(bind(SocketAddr::new(listen.ip(), 0), false)?);
+                    let mut socket =
+                        UdpSocket::from_std(bind(SocketAddr::new(listen.ip(), 0), false)?);
                     let index = relays.len();
                     poll.registry()
                         .register(&mut socket, Token(index), Interest::READABLE)?;
@@ -98,7 +99,11 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Asks a forwarder for a relay toward `peer`; returns the relay address.
-pub fn hello(socket: &std::net::UdpSocket, server: SocketAddr, peer: SocketAddr) -> io::Result<SocketAddr> {
+pub fn hello(
+    socket: &std::net::UdpSocket,
+    server: SocketAddr,
+    peer: SocketAddr,
+) -> io::Result<SocketAddr> {
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut buf = [0u8; 128];
     for _ in 0..5 {
@@ -113,5 +118,8 @@ pub fn hello(socket: &std::net::UdpSocket, server: SocketAddr, peer: SocketAddr)
             }
         }
     }
-    Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the forwarder"))
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no answer from the forwarder",
+    ))
 }

@@ -5,7 +5,9 @@ use crate::forward;
 use crate::hist::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -112,27 +114,32 @@ impl Peers {
                 Ok(s)
             })
             .collect::<io::Result<_>>()?;
-        let addrs = sockets.iter().map(|s| s.local_addr()).collect::<io::Result<_>>()?;
+        let addrs = sockets
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<io::Result<_>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("bench-peers".into()).spawn(move || {
-            pin(core);
-            let mut poll = Poll::new().expect("epoll");
-            for (i, s) in sockets.iter().enumerate() {
-                poll.registry()
-                    .register(&mut SourceFd(&s.as_raw_fd()), Token(i), Interest::READABLE)
-                    .expect("register");
-            }
-            let mut events = Events::with_capacity(256);
-            let mut echo = Echo::new();
-            while !flag.load(Ordering::Relaxed) {
-                let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
-                for e in events.iter() {
-                    let fd = sockets[e.token().0].as_raw_fd();
-                    while echo.batch(fd) > 0 {}
+        let thread = std::thread::Builder::new()
+            .name("bench-peers".into())
+            .spawn(move || {
+                pin(core);
+                let mut poll = Poll::new().expect("epoll");
+                for (i, s) in sockets.iter().enumerate() {
+                    poll.registry()
+                        .register(&mut SourceFd(&s.as_raw_fd()), Token(i), Interest::READABLE)
+                        .expect("register");
                 }
-            }
-        })?;
+                let mut events = Events::with_capacity(256);
+                let mut echo = Echo::new();
+                while !flag.load(Ordering::Relaxed) {
+                    let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
+                    for e in events.iter() {
+                        let fd = sockets[e.token().0].as_raw_fd();
+                        while echo.batch(fd) > 0 {}
+                    }
+                }
+            })?;
         Ok(Peers {
             addrs,
             stop,
@@ -179,9 +186,18 @@ impl Echo {
         self.lens.clear();
         self.addrs.clear();
         {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-                self.bufs.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
-            let Ok(got) = recvmmsg(fd, &mut self.recv, iovs.iter_mut().map(|v| &*v), MsgFlags::MSG_DONTWAIT, None) else {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
+                .bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(&mut b[..])])
+                .collect();
+            let Ok(got) = recvmmsg(
+                fd,
+                &mut self.recv,
+                iovs.iter_mut().map(|v| &*v),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) else {
                 return 0;
             };
             for m in got {
@@ -198,7 +214,14 @@ impl Echo {
                 .map(|(b, &len)| [IoSlice::new(&b[..len])])
                 .collect();
             let no_cmsgs: [ControlMessage<'_>; 0] = [];
-            let _ = sendmmsg(fd, &mut self.send, iovs.iter(), &self.addrs, no_cmsgs, MsgFlags::MSG_DONTWAIT);
+            let _ = sendmmsg(
+                fd,
+                &mut self.send,
+                iovs.iter(),
+                &self.addrs,
+                no_cmsgs,
+                MsgFlags::MSG_DONTWAIT,
+            );
         }
         n
     }
@@ -268,9 +291,13 @@ fn try_setup_one(spec: &Spec, i: usize, peer: SocketAddr) -> Result<Alloc, Strin
         Mode::ChannelData | Mode::SendIndication => {
             let (user, password) = credentials(&spec.credentials, i);
             let mut client = Client::with_socket(socket, spec.server, &user, &password);
-            client.allocate(None).map_err(|e| format!("allocate: {e}"))?;
+            client
+                .allocate(None)
+                .map_err(|e| format!("allocate: {e}"))?;
             if spec.mode == Mode::ChannelData {
-                client.channel_bind(CHANNEL, peer).map_err(|e| format!("channel bind: {e}"))?;
+                client
+                    .channel_bind(CHANNEL, peer)
+                    .map_err(|e| format!("channel bind: {e}"))?;
                 template.extend_from_slice(&CHANNEL.to_be_bytes());
                 template.extend_from_slice(&(spec.size as u16).to_be_bytes());
                 stamp_at = 4;
@@ -353,7 +380,14 @@ struct Shared {
 
 /// Runs one step: `warmup`, then `duration` measured at `rate` round trips per second in
 /// all, then a short drain.
-pub fn run_step(spec: &Spec, allocs: &[Alloc], step: u16, rate: f64, warmup: Duration, duration: Duration) -> Step {
+pub fn run_step(
+    spec: &Spec,
+    allocs: &[Alloc],
+    step: u16,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+) -> Step {
     let threads = spec.threads.clamp(1, allocs.len().max(1));
     let epoch = Instant::now();
     let shared = Shared {
@@ -376,7 +410,17 @@ pub fn run_step(spec: &Spec, allocs: &[Alloc], step: u16, rate: f64, warmup: Dur
                 let mode = spec.mode;
                 scope.spawn(move || {
                     pin(core);
-                    worker(mine, mode, step, worker_rate, epoch, measure_from, measure_to, drain, shared)
+                    worker(
+                        mine,
+                        mode,
+                        step,
+                        worker_rate,
+                        epoch,
+                        measure_from,
+                        measure_to,
+                        drain,
+                        shared,
+                    )
                 })
             })
             .collect();
@@ -389,7 +433,9 @@ pub fn run_step(spec: &Spec, allocs: &[Alloc], step: u16, rate: f64, warmup: Dur
         cpu.0 = spec.server_pid.and_then(process_cpu);
         let mut last_print = Instant::now();
         while epoch.elapsed() < measure_to {
-            std::thread::sleep(Duration::from_millis(50).min(measure_to.saturating_sub(epoch.elapsed())));
+            std::thread::sleep(
+                Duration::from_millis(50).min(measure_to.saturating_sub(epoch.elapsed())),
+            );
             if spec.progress && last_print.elapsed() >= Duration::from_secs(1) {
                 last_print = Instant::now();
                 let s = shared.sent.load(Ordering::Relaxed);
@@ -455,7 +501,11 @@ fn worker(
     let mut poll = Poll::new().expect("epoll");
     for (i, a) in allocs.iter().enumerate() {
         poll.registry()
-            .register(&mut SourceFd(&a.socket.as_raw_fd()), Token(i), Interest::READABLE)
+            .register(
+                &mut SourceFd(&a.socket.as_raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )
             .expect("register");
     }
     let mut events = Events::with_capacity(1024);
@@ -481,9 +531,11 @@ fn worker(
                 out[..len].copy_from_slice(&a.template);
                 let at = a.stamp_at;
                 out[at + 4..at + 6].copy_from_slice(&step.to_be_bytes());
-                out[at + 6..at + 8].copy_from_slice(&(if measured { MEASURED } else { 0 }).to_be_bytes());
+                out[at + 6..at + 8]
+                    .copy_from_slice(&(if measured { MEASURED } else { 0 }).to_be_bytes());
                 out[at + 8..at + 16].copy_from_slice(&sent_total.to_be_bytes());
-                out[at + 16..at + 24].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+                out[at + 16..at + 24]
+                    .copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
                 // A full socket buffer is loss the server never saw: count it as sent.
                 let _ = a.socket.send(&out[..len]);
                 sent_total += 1;
@@ -495,7 +547,9 @@ fn worker(
         }
         let timeout = if now < measure_to {
             let next_at = Duration::from_secs_f64((sent_total + 1) as f64 / rate);
-            next_at.saturating_sub(epoch.elapsed()).min(Duration::from_millis(1))
+            next_at
+                .saturating_sub(epoch.elapsed())
+                .min(Duration::from_millis(1))
         } else {
             Duration::from_millis(10)
         };
@@ -528,12 +582,16 @@ fn worker(
         }
         if pending_sent + pending_received >= 256 {
             shared.sent.fetch_add(pending_sent, Ordering::Relaxed);
-            shared.received.fetch_add(pending_received, Ordering::Relaxed);
+            shared
+                .received
+                .fetch_add(pending_received, Ordering::Relaxed);
             pending_sent = 0;
             pending_received = 0;
         }
     }
     shared.sent.fetch_add(pending_sent, Ordering::Relaxed);
-    shared.received.fetch_add(pending_received, Ordering::Relaxed);
+    shared
+        .received
+        .fetch_add(pending_received, Ordering::Relaxed);
     (sent_measured, received_measured, corrupt, hist)
 }

@@ -20,7 +20,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "uturn-bench", version, about = "TURN load generator and null forwarder")]
+#[command(
+    name = "uturn-bench",
+    version,
+    about = "TURN load generator and null forwarder"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -41,7 +45,11 @@ struct Target {
     #[arg(long, default_value_t = 50)]
     allocations: usize,
     /// Local addresses for client sockets, comma-separated (several spread ports).
-    #[arg(long, default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5",
+        value_delimiter = ','
+    )]
     client_ips: Vec<IpAddr>,
     /// Threads setting allocations up.
     #[arg(long, default_value_t = 8)]
@@ -134,11 +142,22 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
     uturn::config::parse_cores(s).map(CoreList)
 }
 
-fn spec(t: &Target, mode: Mode, size: usize, peers: usize, threads: usize, cores: Vec<usize>, progress: bool) -> Result<Spec, String> {
+fn spec(
+    t: &Target,
+    mode: Mode,
+    size: usize,
+    peers: usize,
+    threads: usize,
+    cores: Vec<usize>,
+    progress: bool,
+) -> Result<Spec, String> {
     let credentials = match &t.auth_secret {
         Some(secret) => Credentials::RestSecret(secret.clone()),
         None => {
-            let (name, password) = t.user.split_once(':').ok_or("--user must be NAME:PASSWORD")?;
+            let (name, password) = t
+                .user
+                .split_once(':')
+                .ok_or("--user must be NAME:PASSWORD")?;
             Credentials::User {
                 name: name.into(),
                 password: password.into(),
@@ -197,7 +216,17 @@ fn step_json(label: &str, kind: &str, spec: &Spec, s: &Step) -> String {
 fn print_table(label: &str, spec: &Spec, steps: &[Step]) {
     println!(
         "{:<14} {:>6} {:>5} {:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>9} {:>10}",
-        "server", "allocs", "size", "offered/s", "back/s", "loss%", "p50us", "p99us", "p99.9us", "cpu s", "cpu us/pkt"
+        "server",
+        "allocs",
+        "size",
+        "offered/s",
+        "back/s",
+        "loss%",
+        "p50us",
+        "p99us",
+        "p99.9us",
+        "cpu s",
+        "cpu us/pkt"
     );
     for s in steps {
         println!(
@@ -221,7 +250,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Forward { listen, cores } => {
-            let cores = if cores.0.is_empty() { vec![usize::MAX] } else { cores.0 };
+            let cores = if cores.0.is_empty() {
+                vec![usize::MAX]
+            } else {
+                cores.0
+            };
             let handles: Vec<_> = cores
                 .iter()
                 .map(|&core| {
@@ -231,7 +264,10 @@ fn main() -> ExitCode {
                     })
                 })
                 .collect();
-            eprintln!("uturn-bench: null forwarder on {listen} ({} threads)", handles.len());
+            eprintln!(
+                "uturn-bench: null forwarder on {listen} ({} threads)",
+                handles.len()
+            );
             for h in handles {
                 if let Ok(Err(e)) = h.join() {
                     eprintln!("uturn-bench: forwarder: {e}");
@@ -260,7 +296,9 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_millis(300));
             let rss_after = spec.server_pid.and_then(load::process_rss_kib);
             let per_alloc = match (rss_before, rss_after) {
-                (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / allocs.len() as f64),
+                (Some(a), Some(b)) => {
+                    Some((b.saturating_sub(a)) as f64 * 1024.0 / allocs.len() as f64)
+                }
                 _ => None,
             };
             let rate = allocs.len() as f64 / took.as_secs_f64();
@@ -316,12 +354,19 @@ fn main() -> ExitCode {
                 (false, true) => Mode::SendIndication,
                 (false, false) => Mode::ChannelData,
             };
-            if !(0.1..=240.0).contains(&duration) || !(0.0..=60.0).contains(&warmup) || rate <= 0.0 {
-                eprintln!("uturn-bench: --duration must be 0.1..=240 s, --warmup 0..=60 s, --rate > 0");
+            if !(0.1..=240.0).contains(&duration) || !(0.0..=60.0).contains(&warmup) || rate <= 0.0
+            {
+                eprintln!(
+                    "uturn-bench: --duration must be 0.1..=240 s, --warmup 0..=60 s, --rate > 0"
+                );
                 return ExitCode::from(2);
             }
             let mut cores = cores.0;
-            let peer_core = if cores.len() > 1 { cores.pop() } else { cores.first().copied() };
+            let peer_core = if cores.len() > 1 {
+                cores.pop()
+            } else {
+                cores.first().copied()
+            };
             let spec = match spec(&target, mode, size, peers, threads, cores, !quiet) {
                 Ok(s) => s,
                 Err(e) => {
@@ -364,7 +409,14 @@ fn main() -> ExitCode {
                 let mut step_id = 0u16;
                 while begin.elapsed() + per_step < budget {
                     step_id += 1;
-                    let s = load::run_step(&spec, &allocs, step_id, r, warm.min(Duration::from_millis(500)), measure.min(Duration::from_secs(3)));
+                    let s = load::run_step(
+                        &spec,
+                        &allocs,
+                        step_id,
+                        r,
+                        warm.min(Duration::from_millis(500)),
+                        measure.min(Duration::from_secs(3)),
+                    );
                     let ok = s.loss_pct() < 0.1;
                     steps.push(s);
                     if ok {
