@@ -377,7 +377,7 @@ const OPTIONS: &[(&str, Option<char>, Arity, &str)] = &[
         "batch-wait-us",
         None,
         Arity::Value,
-        "io_uring: after a wakeup, wait up to this many microseconds for more completions, trading latency for CPU (default 200, 0 = off; needs kernel 6.12+)",
+        "io_uring: under load, a woken shard waits up to this many microseconds for more completions, trading latency for CPU (default 200, 0 = off; kernel 6.12+)",
     ),
     (
         "log-level",

@@ -351,8 +351,48 @@ pub(crate) struct Shard {
     wake_buf: Box<u64>,
     wake_armed: bool,
     features: String,
+    /// When to wait for a batch of completions.
+    pacer: Pacer,
+}
+
+/// Batched wakeups only pay while completions come often enough that a wait of `wait_us`
+/// gathers more than one; below that rate waiting would only add latency. The rate is
+/// measured over windows of 100 ms.
+struct Pacer {
     /// Minimum-wait timeout in µs (0: the kernel has none, or it is off).
-    batch_wait_us: u32,
+    wait_us: u32,
+    window_start: Instant,
+    window_count: usize,
+    on: bool,
+}
+
+impl Pacer {
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    fn new(wait_us: u32) -> Pacer {
+        Pacer {
+            wait_us,
+            window_start: Instant::now(),
+            window_count: 0,
+            on: false,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.on && self.wait_us > 0
+    }
+
+    fn count(&mut self, now: Instant, completions: usize) {
+        self.window_count += completions;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Self::WINDOW {
+            // Completions expected within one wait: rate (per µs) × wait (µs).
+            let per_wait = self.window_count as f64 * f64::from(self.wait_us) / elapsed.as_micros() as f64;
+            self.on = per_wait >= 1.0;
+            self.window_start = now;
+            self.window_count = 0;
+        }
+    }
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -466,7 +506,7 @@ impl Shard {
             wake_buf: Box::new(0),
             wake_armed: false,
             features,
-            batch_wait_us,
+            pacer: Pacer::new(batch_wait_us),
         };
         for i in 0..shard.io.listeners.len() {
             shard.io.arm_listener(i as u32);
@@ -507,12 +547,12 @@ impl Shard {
                 .nsec(timeout.subsec_nanos());
             // With a minimum wait, one wakeup gathers up to BATCH completions or whatever
             // arrived within batch_wait_us; an idle shard still sleeps until its timer.
-            let (want, args) = if self.batch_wait_us > 0 {
+            let (want, args) = if self.pacer.waiting() {
                 (
                     BATCH,
                     SubmitArgs::new()
                         .timespec(&ts)
-                        .min_wait_usec(self.batch_wait_us),
+                        .min_wait_usec(self.pacer.wait_us),
                 )
             } else {
                 (1, SubmitArgs::new().timespec(&ts))
@@ -534,6 +574,7 @@ impl Shard {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             let now = Instant::now();
+            self.pacer.count(now, completions.len());
             for &(data, result, flags) in &completions {
                 self.complete(core, now, data, result, flags);
             }
@@ -827,6 +868,25 @@ fn sockaddr(name: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacer_waits_only_when_it_gathers_a_batch() {
+        let start = Instant::now();
+        let mut p = Pacer::new(200);
+        assert!(!p.waiting(), "off until a rate is measured");
+        // 100 completions in 100 ms: 0.2 per 200 µs wait: not worth waiting.
+        p.count(start + Duration::from_millis(100), 100);
+        assert!(!p.waiting());
+        // 10,000 in 100 ms: 20 per wait.
+        p.count(start + Duration::from_millis(200), 10_000);
+        assert!(p.waiting());
+        // Traffic drops: waiting stops.
+        p.count(start + Duration::from_millis(300), 3);
+        assert!(!p.waiting());
+        let mut off = Pacer::new(0);
+        off.count(start + Duration::from_millis(100), 1_000_000);
+        assert!(!off.waiting(), "0 disables batching");
+    }
 
     #[test]
     fn user_data_round_trips() {
