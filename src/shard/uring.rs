@@ -212,11 +212,13 @@ impl Io {
     /// Queues an SQE, submitting what is queued first if the submission queue is full.
     fn push(&mut self, sqe: &squeue::Entry) {
         loop {
-            // SAFETY: every pointer an SQE carries (msghdr, iovec, address, buffers,
-            // eventfd read target) lives in `Shard`/`Io` heap storage that outlives the
-            // operation: send slots are freed only on their completion, receive msghdr and
-            // buffers live until the ring is dropped after all receives are cancelled.
-            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            // Every pointer an SQE carries (msghdr, iovec, address, buffers, eventfd read
+            // target) lives in `Shard`/`Io` heap storage that outlives the operation: send
+            // slots are freed only on their completion, the receive msghdr and the buffers
+            // live until the ring is dropped after all receives are cancelled.
+            // SAFETY: see above; the entry itself is copied into the ring.
+            let pushed = unsafe { self.ring.submission().push(sqe) };
+            if pushed.is_ok() {
                 return;
             }
             if let Err(e) = self.ring.submit() {
@@ -387,7 +389,8 @@ impl Pacer {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= Self::WINDOW {
             // Completions expected within one wait: rate (per µs) × wait (µs).
-            let per_wait = self.window_count as f64 * f64::from(self.wait_us) / elapsed.as_micros() as f64;
+            let per_wait =
+                self.window_count as f64 * f64::from(self.wait_us) / elapsed.as_micros() as f64;
             self.on = per_wait >= 1.0;
             self.window_start = now;
             self.window_count = 0;
