@@ -212,27 +212,7 @@ impl Client {
         for _attempt in 0..3 {
             self.socket.send_to(out, self.server)?;
             let deadline = Instant::now() + self.timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                self.socket.set_read_timeout(Some(left))?;
-                let (n, from) = match self.socket.recv_from(&mut self.buf) {
-                    Ok(r) => r,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if from != self.server {
-                    continue;
-                }
+            while let Some(n) = self.recv_from_server(deadline)? {
                 if let Ok(msg) = Message::parse(&self.buf[..n]) {
                     if msg.transaction_id() == tid {
                         return Ok(Response {
@@ -323,29 +303,34 @@ impl Client {
 
     /// Waits up to `timeout` for a datagram from the server and decodes it.
     pub fn recv(&mut self, timeout: Duration) -> Result<Incoming, ClientError> {
-        let deadline = Instant::now() + timeout;
+        match self.recv_from_server(Instant::now() + timeout)? {
+            Some(n) => Ok(decode_incoming(&self.buf[..n])),
+            None => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    /// The next datagram from the server into `self.buf` (its length), or `None` once
+    /// `deadline` passes; datagrams from anyone else are skipped.
+    fn recv_from_server(&mut self, deadline: Instant) -> Result<Option<usize>, ClientError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ClientError::Timeout(timeout));
+                return Ok(None);
             }
             self.socket.set_read_timeout(Some(left))?;
-            let (n, from) = match self.socket.recv_from(&mut self.buf) {
-                Ok(r) => r,
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((n, from)) if from == self.server => return Ok(Some(n)),
+                Ok(_) => continue,
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(ClientError::Timeout(timeout))
+                    return Ok(None)
                 }
                 Err(e) => return Err(e.into()),
-            };
-            if from != self.server {
-                continue;
             }
-            return Ok(decode_incoming(&self.buf[..n]));
         }
     }
 }
