@@ -27,30 +27,14 @@ fn stunclient(backend: &str) {
     assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
 }
 
-fn uclient(backend: &str, send_indications: bool) {
+fn uclient_relays(backend: &str, send_indications: bool) {
     let mut server = Uturn::start(backend, &["--allow-loopback-peers"]);
     let peer = Peer::start();
-    let mut args = vec!["-m", "10", "-n", "300", "-l", "170", "-e", "127.0.0.1"];
+    let mut args = vec!["-m", "10", "-n", "300", "-l", "170"];
     if send_indications {
         args.push("-s");
     }
-    let peer_port = peer.port.to_string();
-    let port = server.port.to_string();
-    args.extend([
-        "-r",
-        &peer_port,
-        "-u",
-        "alice",
-        "-w",
-        "secret",
-        "-p",
-        &port,
-        "127.0.0.1",
-    ]);
-    let (code, out) = run_bounded(
-        Command::new(tool("turnutils_uclient")).args(&args),
-        Duration::from_secs(60),
-    );
+    let (code, out) = uclient(server.port, peer.port, &args, Duration::from_secs(60));
     let log = server.log_text();
     assert_eq!(code, Some(0), "uclient failed:\n{out}\nserver log:\n{log}");
     assert_eq!(number_after(&out, "tot_send_msgs="), Some(3000), "{out}");
@@ -63,26 +47,10 @@ fn uclient(backend: &str, send_indications: bool) {
 fn loopback_peer_refused(backend: &str) {
     let server = Uturn::start(backend, &[]);
     let peer = Peer::start();
-    let (_, out) = run_bounded(
-        Command::new(tool("turnutils_uclient")).args([
-            "-m",
-            "1",
-            "-n",
-            "5",
-            "-l",
-            "100",
-            "-e",
-            "127.0.0.1",
-            "-r",
-            &peer.port.to_string(),
-            "-u",
-            "alice",
-            "-w",
-            "secret",
-            "-p",
-            &server.port.to_string(),
-            "127.0.0.1",
-        ]),
+    let (_, out) = uclient(
+        server.port,
+        peer.port,
+        &["-m", "1", "-n", "5", "-l", "100"],
         Duration::from_secs(30),
     );
     assert!(
@@ -234,8 +202,8 @@ macro_rules! both_backends {
 
 both_backends! {
     stunclient_gets_reflexive_address => stunclient;
-    uclient_channel_data_zero_loss => |b| uclient(b, false);
-    uclient_send_indications_zero_loss => |b| uclient(b, true);
+    uclient_channel_data_zero_loss => |b| uclient_relays(b, false);
+    uclient_send_indications_zero_loss => |b| uclient_relays(b, true);
     uclient_loopback_peer_refused_without_option => loopback_peer_refused;
     webrtc_rs_client_allocates_and_relays => webrtc_client;
     hostile_datagrams_leave_server_answering => hostile_datagrams;

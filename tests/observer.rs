@@ -199,26 +199,12 @@ fn not_authorized_is_401_and_quota_reached_is_486() {
 fn uclient_gets_401_for_an_unknown_user() {
     let server = Uturn::start("io-uring", &["--allow-loopback-peers"]);
     let peer = Peer::start();
-    let (_, out) = run_bounded(
-        std::process::Command::new(tool("turnutils_uclient")).args([
-            "-m",
-            "1",
-            "-n",
-            "5",
-            "-l",
-            "100",
-            "-e",
-            "127.0.0.1",
-            "-r",
-            &peer.port.to_string(),
-            "-u",
-            "mallory",
-            "-w",
-            "guess",
-            "-p",
-            &server.port.to_string(),
-            "127.0.0.1",
-        ]),
+    let (_, out) = uclient(
+        server.port,
+        peer.port,
+        &[
+            "-m", "1", "-n", "5", "-l", "100", "-u", "mallory", "-w", "guess",
+        ],
         Duration::from_secs(30),
     );
     assert!(out.contains("Cannot complete Allocation"), "{out}");
@@ -277,26 +263,12 @@ fn rest_api_credentials_with_uclient_and_expired_ones_refused() {
         ],
     );
     let peer = Peer::start();
-    let (code, out) = run_bounded(
-        std::process::Command::new(tool("turnutils_uclient")).args([
-            "-m",
-            "1",
-            "-n",
-            "50",
-            "-l",
-            "100",
-            "-e",
-            "127.0.0.1",
-            "-r",
-            &peer.port.to_string(),
-            "-u",
-            "bob",
-            "-W",
-            secret,
-            "-p",
-            &server.port.to_string(),
-            "127.0.0.1",
-        ]),
+    let (code, out) = uclient(
+        server.port,
+        peer.port,
+        &[
+            "-m", "1", "-n", "50", "-l", "100", "-u", "bob", "-W", secret,
+        ],
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(0), "{out}");

@@ -234,8 +234,9 @@ pub fn number_after(text: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Runs `turnutils_uclient` against `server_port` with echo peer `peer_port`, user
-/// alice/secret, plus `args` (e.g. `-m 10 -n 300 -l 170`); returns (exit code, output).
+/// Runs `turnutils_uclient` against `server_port` with echo peer `peer_port` and `args`
+/// (e.g. `-m 10 -n 300 -l 170`), as user alice/secret unless `args` names a user (`-u`);
+/// returns (exit code, output).
 pub fn uclient(
     server_port: u16,
     peer_port: u16,
@@ -243,20 +244,10 @@ pub fn uclient(
     limit: Duration,
 ) -> (Option<i32>, String) {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(
-        [
-            "-e",
-            "127.0.0.1",
-            "-r",
-            &peer_port.to_string(),
-            "-u",
-            "alice",
-            "-w",
-            "secret",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
+    all.extend(["-e", "127.0.0.1", "-r", &peer_port.to_string()].map(String::from));
+    if !args.contains(&"-u") {
+        all.extend(["-u", "alice", "-w", "secret"].map(String::from));
+    }
     all.extend([
         "-p".to_string(),
         server_port.to_string(),
