@@ -46,32 +46,37 @@ fn check(lines: &[String], allocations: f64) {
     );
 }
 
+/// A short, gentle `uturn-bench relay` run against `server` (pid `pid`) plus `extra`;
+/// checks it and its numbers.
+fn relay(server: &str, pid: u32, allocations: u32, extra: &[&str]) {
+    let (allocs, pid) = (allocations.to_string(), pid.to_string());
+    let mut args = vec![
+        "relay",
+        "--server",
+        server,
+        "--allocations",
+        &allocs,
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--server-pid",
+        &pid,
+        "--json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    check(&bench(&args), f64::from(allocations));
+}
+
 #[test]
 fn channel_data_and_send_indications_against_uturn() {
     let server = Uturn::start("io-uring", &["--allow-loopback-peers"]);
     let addr = server.addr().to_string();
-    let pid = server.pid().to_string();
-    for extra in [&[][..], &["--send-indications"][..]] {
-        let mut args = vec![
-            "relay",
-            "--server",
-            &addr,
-            "--allocations",
-            "10",
-            "--rate-per-allocation",
-            "50",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--server-pid",
-            &pid,
-            "--json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        check(&bench(&args), 10.0);
-    }
+    relay(&addr, server.pid(), 10, &["--rate-per-allocation", "50"]);
+    relay(&addr, server.pid(), 10, &["--send-indications"]);
 }
 
 #[test]
@@ -85,29 +90,11 @@ fn rest_credentials_against_uturn() {
             "s3",
         ],
     );
-    let addr = server.addr().to_string();
-    let pid = server.pid().to_string();
-    check(
-        &bench(&[
-            "relay",
-            "--server",
-            &addr,
-            "--auth-secret",
-            "s3",
-            "--allocations",
-            "5",
-            "--rate",
-            "500",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--server-pid",
-            &pid,
-            "--json",
-            "--quiet",
-        ]),
-        5.0,
+    relay(
+        &server.addr().to_string(),
+        server.pid(),
+        5,
+        &["--auth-secret", "s3"],
     );
 }
 
@@ -125,26 +112,11 @@ fn null_forwarder_relays_too() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let pid = forwarder.id().to_string();
-    let lines = bench(&[
-        "relay",
-        "--null",
-        "--server",
-        &listen,
-        "--allocations",
-        "10",
-        "--rate",
-        "500",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--server-pid",
-        &pid,
-        "--json",
-        "--quiet",
-    ]);
+    let pid = forwarder.id();
+    let result = std::panic::catch_unwind(|| relay(&listen, pid, 10, &["--null"]));
     let _ = forwarder.kill();
     let _ = forwarder.wait();
-    check(&lines, 10.0);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

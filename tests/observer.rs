@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use uturn::auth::{AuthDecision, AuthRequest, Observer, RestApiSecret, StaticUsers};
 use uturn::client::Client;
 use uturn::config::Config;
-use uturn::shard::{self, Running};
+use uturn::shard::Running;
 use uturn::stun::long_term_key;
 use uturn::turn::{AllocationInfo, Traffic};
 
@@ -22,23 +22,7 @@ fn config(shards: usize, tweak: impl FnOnce(&mut Config)) -> Config {
 }
 
 fn start(config: Config, observer: Arc<dyn Observer>) -> Running {
-    for attempt in 0..20u16 {
-        let mut c = config.clone();
-        c.listening_port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Below the ephemeral port range, so no client socket holds a relay port.
-        c.min_port = 14500 + ((std::process::id() as u16 % 40) * 250 + attempt * 1300) % 4000;
-        c.max_port = c.min_port + 199;
-        match shard::start(&c, observer.clone(), None) {
-            Ok(r) => return r,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("start: {e}"),
-        }
-    }
-    panic!("no free ports");
+    start_in_process(&config, Some(observer), None, 14500..18700, 200)
 }
 
 /// Users: alice answered at once; `slow` answered after 50 ms from another thread;

@@ -3,13 +3,13 @@
 //! several shards each allocating from its own slice of the relay port range.
 
 mod common;
-use common::loopback_config;
+use common::{loopback_config, start_in_process};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uturn::client::{Client, Incoming};
 use uturn::config::{Backend, Config};
-use uturn::shard::{self, Running};
+use uturn::shard::Running;
 use uturn::stats::EventSink;
 use uturn::turn::{DeleteReason, Event};
 
@@ -55,27 +55,15 @@ fn config(backend: Backend, shards: usize, tweak: impl FnOnce(&mut Config)) -> C
     })
 }
 
-/// Starts a server on a free listening port and a free-looking relay range.
+/// Starts a server on a free listening port and a free relay range.
 fn start(config: Config, events: &Arc<Events>) -> Running {
-    for attempt in 0..20u16 {
-        let mut c = config.clone();
-        c.listening_port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Below the ephemeral port range, so no client socket holds a relay port.
-        let base = 10000 + ((std::process::id() as u16 % 50) * 200 + attempt * 1429) % 4000;
-        c.min_port = base;
-        c.max_port = base + 99;
-        let observer = uturn::observer_from_config(&c);
-        match shard::start(&c, observer, Some(events.clone() as Arc<dyn EventSink>)) {
-            Ok(r) => return r,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("start: {e}"),
-        }
-    }
-    panic!("no free ports");
+    start_in_process(
+        &config,
+        None,
+        Some(events.clone() as Arc<dyn EventSink>),
+        10000..14100,
+        100,
+    )
 }
 
 fn peer() -> UdpSocket {

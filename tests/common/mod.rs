@@ -455,3 +455,35 @@ pub fn loopback_config(
     tweak(&mut c);
     c
 }
+
+/// Starts an in-process server from `config` on a free listening port and a relay range of
+/// `ports` ports inside `area` (a block below the ephemeral port range, so no client socket
+/// holds a relay port), trying other ranges while ports are in use.
+pub fn start_in_process(
+    config: &uturn::config::Config,
+    observer: Option<std::sync::Arc<dyn uturn::auth::Observer>>,
+    sink: Option<std::sync::Arc<dyn uturn::stats::EventSink>>,
+    area: std::ops::Range<u16>,
+    ports: u16,
+) -> uturn::shard::Running {
+    let span = area.end - area.start - ports;
+    for attempt in 0..20u16 {
+        let mut c = config.clone();
+        c.listening_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        c.min_port = area.start + ((std::process::id() as u16 % 50) * 200 + attempt * 1429) % span;
+        c.max_port = c.min_port + ports - 1;
+        let observer = observer
+            .clone()
+            .unwrap_or_else(|| uturn::observer_from_config(&c));
+        match uturn::shard::start(&c, observer, sink.clone()) {
+            Ok(r) => return r,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    panic!("no free ports");
+}
