@@ -450,7 +450,7 @@ impl Worker {
             }
         }
         for item in &self.queue {
-            commands += add_item(&mut pipe, item, now);
+            commands += add_item(&mut pipe, item);
         }
         if commands == 0 {
             if now.duration_since(self.last_io) >= self.options.keepalive {
@@ -484,8 +484,7 @@ impl Worker {
 }
 
 /// Adds the commands of one item; returns how many.
-fn add_item(pipe: &mut redis::Pipeline, item: &Item, now: Instant) -> u64 {
-    let _ = now;
+fn add_item(pipe: &mut redis::Pipeline, item: &Item) -> u64 {
     match item {
         Item::Status {
             info,
