@@ -77,10 +77,19 @@ pub struct Config {
     /// `--stats-interval SECONDS` (uturn): also publish traffic of active allocations this
     /// often (0, the default: only coturn's 4096-packet trigger and at deletion).
     pub stats_interval: u64,
-    /// `--no-tcp`, `--no-tls`, `--no-dtls`: accepted; uturn is UDP-only for now.
+    /// `--no-udp`, `--no-tcp`, `--no-tls`: turn a client transport off; `--no-dtls` is
+    /// accepted (uturn has no DTLS).
+    pub no_udp: bool,
     pub no_tcp: bool,
     pub no_tls: bool,
     pub no_dtls: bool,
+    /// `--tls-listening-port` (5349): TLS clients, when `--cert` and `--pkey` are given.
+    pub tls_listening_port: u16,
+    /// `--cert FILE`, `--pkey FILE`: PEM certificate chain and private key for TLS.
+    pub cert: Option<PathBuf>,
+    pub pkey: Option<PathBuf>,
+    /// `--max-connections N`: TCP/TLS connections per shard (0: the default cap).
+    pub max_connections: usize,
     /// `--cores LIST`: one shard per listed core. Empty: one per available core.
     pub cores: Vec<usize>,
     /// `--backend auto|io-uring|portable`.
@@ -128,9 +137,14 @@ impl Default for Config {
             stale_nonce: 600,
             redis: None,
             stats_interval: 0,
+            no_udp: false,
             no_tcp: false,
             no_tls: false,
             no_dtls: false,
+            tls_listening_port: 5349,
+            cert: None,
+            pkey: None,
+            max_connections: 0,
             cores: Vec::new(),
             backend: Backend::Auto,
             batch_wait_us: 200,
@@ -337,23 +351,23 @@ const OPTIONS: &[(&str, Option<char>, Arity, &str)] = &[
         Arity::Value,
         "also publish traffic of active allocations this often, seconds (0: only every 4096 packets and at deletion, like coturn)",
     ),
+    ("no-udp", None, Arity::Flag, "no UDP clients"),
+    ("no-tcp", None, Arity::Flag, "no TCP clients"),
+    ("no-tls", None, Arity::Flag, "no TLS clients"),
+    ("no-dtls", None, Arity::Flag, "accepted; uturn has no DTLS"),
     (
-        "no-tcp",
+        "tls-listening-port",
         None,
-        Arity::Flag,
-        "accepted; uturn is UDP-only for now",
+        Arity::Value,
+        "TLS clients' port (5349), when --cert and --pkey are given",
     ),
+    ("cert", None, Arity::Value, "PEM certificate chain for TLS"),
+    ("pkey", None, Arity::Value, "PEM private key for TLS"),
     (
-        "no-tls",
+        "max-connections",
         None,
-        Arity::Flag,
-        "accepted; uturn is UDP-only for now",
-    ),
-    (
-        "no-dtls",
-        None,
-        Arity::Flag,
-        "accepted; uturn is UDP-only for now",
+        Arity::Value,
+        "TCP/TLS connections per shard (0: 4096)",
     ),
     (
         "no-software-attribute",
@@ -804,7 +818,12 @@ fn apply(c: &mut Config, item: &Item) -> Result<(), Error> {
         "redis-statsdb" => c.redis = Some(parse_statsdb(&v).map_err(|e| bad(item, e))?),
         "redis-url" => c.redis = Some(parse_redis_url(&v).map_err(|e| bad(item, e))?),
         "stats-interval" => c.stats_interval = parse_num(item)?,
+        "no-udp" => c.no_udp = true,
         "no-tcp" => c.no_tcp = true,
+        "tls-listening-port" => c.tls_listening_port = parse_num(item)?,
+        "cert" => c.cert = Some(PathBuf::from(v)),
+        "pkey" => c.pkey = Some(PathBuf::from(v)),
+        "max-connections" => c.max_connections = parse_num(item)?,
         "no-tls" => c.no_tls = true,
         "no-dtls" => c.no_dtls = true,
         "no-software-attribute" => c.no_software_attribute = true,

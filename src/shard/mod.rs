@@ -7,6 +7,7 @@
 //! Must not: make protocol decisions (that is `turn`).
 
 mod portable;
+pub mod tls;
 mod uring;
 
 use crate::auth::{AuthDecision, Observer, Quotas};
