@@ -7,6 +7,8 @@
 //! Must not: make protocol decisions (that is `turn`).
 
 mod portable;
+pub mod stream;
+mod stream_conn;
 pub mod tls;
 mod uring;
 
@@ -44,6 +46,8 @@ pub(crate) struct Core {
     pub index: usize,
     pub summary_at: Instant,
     pub summary_received: u64,
+    /// The stream side's counters, copied in when the shard stops.
+    pub streams: stream::StreamCounters,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -66,7 +70,13 @@ impl Core {
 
     /// Delivers events to the observer and the stats sink.
     pub fn dispatch_events(&mut self) {
+        self.dispatch_events_with(|_| {});
+    }
+
+    /// The same, showing each event to `also` first (the stream side tracks allocations).
+    pub fn dispatch_events_with(&mut self, mut also: impl FnMut(&Event)) {
         while let Some(event) = self.server.poll_event() {
+            also(&event);
             match &event {
                 Event::AllocationCreated { info, .. } => self.observer.on_allocation_created(info),
                 Event::AllocationDeleted { info, totals, .. } => {
@@ -174,6 +184,8 @@ pub(crate) struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    pub udp: bool,
+    pub streams: stream::StreamOptions,
 }
 
 /// What a shard reports when it ends.
@@ -183,6 +195,7 @@ pub struct ShardReport {
     pub backend: &'static str,
     pub counters: ServerCounters,
     pub io: IoCounters,
+    pub streams: stream::StreamCounters,
 }
 
 /// A running server: its shards and how to stop them.
@@ -193,6 +206,7 @@ pub struct Running {
     listen: Vec<SocketAddr>,
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
+    certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl Running {
@@ -213,6 +227,15 @@ impl Running {
     /// The backend each shard runs ("io-uring" or "portable").
     pub fn backends(&self) -> &[&'static str] {
         &self.backends
+    }
+
+    /// Reads the TLS certificate and key files again (for SIGHUP); new handshakes on every
+    /// shard use them. On an error the certificate in use stays. Without TLS, nothing.
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
+        match &self.certificates {
+            Some(c) => c.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Deletes every allocation through the core (so observers and stats hear of it),
@@ -336,7 +359,7 @@ pub fn start(
     let relay_v6 = config.relay_ips.iter().copied().find(IpAddr::is_ipv6);
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
-    for addr in &listen {
+    for addr in listen.iter().filter(|_| !config.no_udp) {
         if let Err(e) = bind_udp(*addr, false, 0) {
             return Err(io::Error::new(
                 e.kind(),
@@ -359,10 +382,23 @@ pub fn start(
         denied: config.denied_peer_ips.clone(),
     };
     policy.allowed.shrink_to_fit();
-    if config.no_tcp || config.no_tls || config.no_dtls {
-        tracing::info!(
-            "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
-        );
+    let streams = stream::StreamOptions::from_config(config)?;
+    for addr in &listen {
+        let mut tcp = Vec::new();
+        if streams.tcp {
+            tcp.push(*addr);
+        }
+        if streams.tls.is_some() {
+            tcp.push(SocketAddr::new(addr.ip(), streams.tls_port));
+        }
+        for addr in tcp {
+            if let Err(e) = stream::bind_tcp(addr, false) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on TCP {addr}: {e} (is another TURN server running?)"),
+                ));
+            }
+        }
     }
     tracing::info!(
         shards = cores.len(),
@@ -377,6 +413,7 @@ pub fn start(
         listen: listen.clone(),
         port_slices: slices.clone(),
         backends: Vec::new(),
+        certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -422,6 +459,8 @@ pub fn start(
             stop: stop.clone(),
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
+            udp: !config.no_udp,
+            streams: streams.clone(),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -476,10 +515,11 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         index: spec.index,
         summary_at: Instant::now(),
         summary_received: 0,
+        streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
-        match uring::Shard::new(&spec.listen, spec.batch_wait_us) {
+        match uring::Shard::new(&spec.listen, spec.udp, &spec.streams, spec.batch_wait_us) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -505,7 +545,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
         }
     }
-    match portable::Shard::new(&spec.listen) {
+    match portable::Shard::new(&spec.listen, spec.udp, &spec.streams) {
         Ok(shard) => {
             let wake = shard.waker();
             set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -540,6 +580,7 @@ fn report(index: usize, backend: &'static str, core: &Core) -> ShardReport {
         backend,
         counters: core.server.counters().clone(),
         io: core.io.clone(),
+        streams: core.streams.clone(),
     }
 }
 

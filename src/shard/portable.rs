@@ -5,9 +5,11 @@
 //! edge-triggered and drained until `WouldBlock`; a datagram is received into one buffer
 //! with headroom, so forwarding copies nothing in user space either.
 
-use super::{bind_udp, Core, Wake, RELAY_SOCKET_BUFFER};
+use super::stream::{RelayIo, StreamOptions, Streams};
+use super::{bind_udp, Core, IoCounters, Wake, RELAY_SOCKET_BUFFER};
 use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
 use mio::net::UdpSocket;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
+/// The stream side's own epoll set turned readable.
+const STREAMS: Token = Token(usize::MAX - 1);
 /// Tokens below this are listening sockets; from it on, relay sockets by `RelayId`.
 const RELAY_BASE: usize = 1 << 16;
 /// Largest UDP payload plus the room the core needs around a peer payload.
@@ -27,6 +31,7 @@ pub(crate) struct Shard {
     waker: Arc<Waker>,
     listeners: Vec<(SocketAddr, UdpSocket)>,
     relays: Relays,
+    streams: Option<Streams>,
 }
 
 /// The relay sockets of one shard, indexed by `RelayId`.
@@ -61,17 +66,42 @@ impl RelaySockets for Relays {
     }
 }
 
+impl RelayIo for Relays {
+    fn sockets(&mut self) -> &mut dyn RelaySockets {
+        self
+    }
+
+    fn send_to_peer(&mut self, io: &mut IoCounters, relay: RelayId, peer: SocketAddr, data: &[u8]) {
+        let sent = self
+            .sockets
+            .get(relay.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|s| s.send_to(data, peer));
+        match sent {
+            Some(Ok(_)) => io.sent += 1,
+            _ => io.send_errors += 1,
+        }
+    }
+}
+
 impl Shard {
-    pub fn new(listen: &[SocketAddr]) -> io::Result<Shard> {
+    /// UDP listeners on `listen` unless `udp` is off; stream listeners as `streams` says.
+    pub fn new(listen: &[SocketAddr], udp: bool, streams: &StreamOptions) -> io::Result<Shard> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(listen.len());
-        for (i, addr) in listen.iter().enumerate() {
+        let udp_listen = if udp { listen } else { &[] };
+        for (i, addr) in udp_listen.iter().enumerate() {
             let mut socket =
                 UdpSocket::from_std(bind_udp(*addr, true, super::LISTEN_SOCKET_BUFFER)?);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
             listeners.push((*addr, socket));
+        }
+        let streams = Streams::new(listen, streams)?;
+        if let Some(s) = &streams {
+            poll.registry()
+                .register(&mut SourceFd(&s.fd()), STREAMS, Interest::READABLE)?;
         }
         let registry = poll.registry().try_clone()?;
         Ok(Shard {
@@ -82,6 +112,7 @@ impl Shard {
                 registry,
                 sockets: Vec::new(),
             },
+            streams,
         })
     }
 
@@ -97,7 +128,10 @@ impl Shard {
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
-            let timeout = core.sleep_for(now, IDLE);
+            let mut timeout = core.sleep_for(now, IDLE);
+            if let Some(s) = &self.streams {
+                timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("epoll failed: {e}");
@@ -108,31 +142,43 @@ impl Shard {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
+                    STREAMS => {
+                        if let Some(s) = self.streams.as_mut() {
+                            s.process(now, core, &mut self.relays);
+                        }
+                    }
                     Token(i) if i < RELAY_BASE => self.drain_listener(i, core, now, &mut buf),
                     Token(t) => {
                         self.drain_relay(RelayId((t - RELAY_BASE) as u32), core, now, &mut buf)
                     }
                 }
-                flush_transmits(&self.listeners, core);
+                self.flush_transmits(core);
             }
             core.end_turn(now, &mut self.relays);
-            flush_transmits(&self.listeners, core);
-            core.dispatch_events();
+            if let Some(s) = self.streams.as_mut() {
+                s.sweep(now, core, &mut self.relays);
+            }
+            self.flush_transmits(core);
+            self.dispatch_events(core);
             if core.stopping() {
                 core.server.shutdown(Instant::now(), &mut self.relays);
-                flush_transmits(&self.listeners, core);
-                core.dispatch_events();
+                self.flush_transmits(core);
+                self.dispatch_events(core);
+                if let Some(s) = self.streams.as_mut() {
+                    s.shutdown();
+                    core.streams = s.counters.clone();
+                }
                 return;
             }
         }
     }
 
     fn drain_listener(&mut self, i: usize, core: &mut Core, now: Instant, buf: &mut [u8]) {
-        let Some((local, socket)) = self.listeners.get(i) else {
-            return;
-        };
-        let local = *local;
         loop {
+            let Some((local, socket)) = self.listeners.get(i) else {
+                return;
+            };
+            let local = *local;
             let (n, client) = match socket.recv_from(buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -158,7 +204,7 @@ impl Shard {
                     .map(|s| s.send_to(&buf[payload], peer));
                 count_send(core, sent);
             }
-            flush_transmits(&self.listeners, core);
+            self.flush_transmits(core);
         }
     }
 
@@ -189,6 +235,11 @@ impl Shard {
                 range,
             } = action
             {
+                if let Some(s) = self.streams.as_mut() {
+                    if s.send_to_client(local, client, buf, range.clone()) {
+                        continue;
+                    }
+                }
                 let sent = self
                     .listeners
                     .iter()
@@ -200,14 +251,32 @@ impl Shard {
     }
 }
 
-/// Sends the core's responses from the listening socket each names.
-fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], core: &mut Core) {
-    while let Some(t) = core.server.poll_transmit() {
-        let sent = listeners
-            .iter()
-            .find(|(addr, _)| *addr == t.local)
-            .map(|(_, s)| s.send_to(&t.data, t.remote));
-        count_send(core, sent);
+impl Shard {
+    /// Sends the core's responses: to a stream client's connection, or from the listening
+    /// socket each names.
+    fn flush_transmits(&mut self, core: &mut Core) {
+        while let Some(t) = core.server.poll_transmit() {
+            let t = match self.streams.as_mut() {
+                Some(s) => match s.route(t) {
+                    Some(t) => t,
+                    None => continue,
+                },
+                None => t,
+            };
+            let sent = self
+                .listeners
+                .iter()
+                .find(|(addr, _)| *addr == t.local)
+                .map(|(_, s)| s.send_to(&t.data, t.remote));
+            count_send(core, sent);
+        }
+    }
+
+    fn dispatch_events(&mut self, core: &mut Core) {
+        match self.streams.as_mut() {
+            Some(s) => core.dispatch_events_with(|e| s.on_event(e)),
+            None => core.dispatch_events(),
+        }
     }
 }
 

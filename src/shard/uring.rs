@@ -14,7 +14,8 @@
 //!
 //! user_data: bits 62–63 the kind, 32–61 a generation (relay sockets), 0–31 an index.
 
-use super::{bind_udp, Core, Wake, LISTEN_SOCKET_BUFFER, RELAY_SOCKET_BUFFER};
+use super::stream::{RelayIo, StreamOptions, Streams};
+use super::{bind_udp, Core, IoCounters, Wake, LISTEN_SOCKET_BUFFER, RELAY_SOCKET_BUFFER};
 use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
@@ -54,6 +55,8 @@ const KIND_OTHER: u64 = 3;
 const WAKE_READ: u64 = (KIND_OTHER << KIND_SHIFT) | 1;
 /// user_data of cancellations (their completions need no handling).
 const CANCEL: u64 = (KIND_OTHER << KIND_SHIFT) | 2;
+/// user_data of the multishot poll on the stream side's epoll descriptor.
+const STREAMS_POLL: u64 = (KIND_OTHER << KIND_SHIFT) | 3;
 const GEN_MASK: u64 = (1 << 30) - 1;
 
 fn user_data(kind: u64, gen: u32, index: u32) -> u64 {
@@ -307,6 +310,24 @@ impl Io {
     }
 }
 
+/// Stream clients' payloads to peers go through the same send slots, copied: the bytes
+/// sit in a connection's read buffer, not in a provided buffer.
+impl RelayIo for Io {
+    fn sockets(&mut self) -> &mut dyn RelaySockets {
+        self
+    }
+
+    fn send_to_peer(&mut self, io: &mut IoCounters, relay: RelayId, peer: SocketAddr, data: &[u8]) {
+        let queued = self
+            .relay_fd(relay)
+            .is_some_and(|fd| self.send(fd, peer, None, data.to_vec(), (std::ptr::null(), 0)));
+        // A queued send is counted when it completes.
+        if !queued {
+            io.send_errors += 1;
+        }
+    }
+}
+
 impl RelaySockets for Io {
     fn open(&mut self, id: RelayId, addr: SocketAddr) -> io::Result<()> {
         let socket = bind_udp(addr, false, RELAY_SOCKET_BUFFER).inspect_err(|e| {
@@ -355,6 +376,8 @@ pub(crate) struct Shard {
     features: String,
     /// When to wait for a batch of completions.
     pacer: Pacer,
+    /// TCP and TLS clients, on an epoll set the ring polls.
+    streams: Option<Streams>,
 }
 
 /// Batched wakeups only pay while completions come often enough that a wait of `wait_us`
@@ -408,7 +431,12 @@ fn kernel_version() -> Option<(u32, u32)> {
 impl Shard {
     /// Sets up the ring, the buffer ring and the listening sockets. Must run on the shard's
     /// own thread (the ring is single-issuer).
-    pub fn new(listen: &[SocketAddr], batch_wait_us: u32) -> io::Result<Shard> {
+    pub fn new(
+        listen: &[SocketAddr],
+        udp: bool,
+        stream_options: &StreamOptions,
+        batch_wait_us: u32,
+    ) -> io::Result<Shard> {
         if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
             if s.trim() == "2" {
                 return Err(io::Error::new(
@@ -464,8 +492,12 @@ impl Shard {
             ", {BUF_COUNT} provided buffers of {BUF_SIZE} bytes"
         ));
         let mut listeners = Vec::with_capacity(listen.len());
-        for addr in listen {
+        for addr in listen.iter().filter(|_| udp) {
             listeners.push((*addr, bind_udp(*addr, true, LISTEN_SOCKET_BUFFER)?));
+        }
+        let streams = Streams::new(listen, stream_options)?;
+        if streams.is_some() {
+            features.push_str(", TCP/TLS clients through epoll");
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -510,11 +542,13 @@ impl Shard {
             wake_armed: false,
             features,
             pacer: Pacer::new(batch_wait_us),
+            streams,
         };
         for i in 0..shard.io.listeners.len() {
             shard.io.arm_listener(i as u32);
         }
         shard.arm_wake();
+        shard.arm_streams();
         shard.io.ring.submit()?;
         Ok(shard)
     }
@@ -539,11 +573,31 @@ impl Shard {
         self.wake_armed = true;
     }
 
+    fn arm_streams(&mut self) {
+        if let Some(fd) = self.streams.as_ref().map(Streams::fd) {
+            let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(STREAMS_POLL);
+            self.io.push(&sqe);
+        }
+    }
+
+    fn dispatch_events(&mut self, core: &mut Core) {
+        match self.streams.as_mut() {
+            Some(s) => core.dispatch_events_with(|e| s.on_event(e)),
+            None => core.dispatch_events(),
+        }
+    }
+
     pub fn run(mut self, core: &mut Core) {
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(CQ_ENTRIES as usize);
         loop {
             let now = Instant::now();
-            let timeout = core.sleep_for(now, IDLE);
+            let mut timeout = core.sleep_for(now, IDLE);
+            if let Some(s) = &self.streams {
+                timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
+            }
             self.buffers.publish();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
@@ -582,6 +636,9 @@ impl Shard {
                 self.complete(core, now, data, result, flags);
             }
             core.end_turn(now, &mut self.io);
+            if let Some(s) = self.streams.as_mut() {
+                s.sweep(now, core, &mut self.io);
+            }
             self.flush_transmits(core);
             // Taken and put back, so the list keeps its capacity (no allocation per turn).
             let mut rearm = std::mem::take(&mut self.io.rearm);
@@ -595,11 +652,15 @@ impl Shard {
             rearm.clear();
             self.io.rearm = rearm;
             core.io.send_errors += std::mem::take(&mut self.io.dropped_sends);
-            core.dispatch_events();
+            self.dispatch_events(core);
             if core.stopping() {
                 core.server.shutdown(Instant::now(), &mut self.io);
                 self.flush_transmits(core);
-                core.dispatch_events();
+                self.dispatch_events(core);
+                if let Some(s) = self.streams.as_mut() {
+                    s.shutdown();
+                    core.streams = s.counters.clone();
+                }
                 break;
             }
         }
@@ -621,6 +682,15 @@ impl Shard {
                     core.io.send_errors += 1;
                 } else {
                     core.io.sent += 1;
+                }
+            }
+            _ if data == STREAMS_POLL => {
+                if let Some(s) = self.streams.as_mut() {
+                    s.process(now, core, &mut self.io);
+                }
+                self.flush_transmits(core);
+                if !cqueue::more(flags) && !core.stopping() {
+                    self.arm_streams();
                 }
             }
             _ if data == WAKE_READ => {
@@ -724,6 +794,17 @@ impl Shard {
                                 local,
                                 client,
                                 range,
+                            } if self.streams.as_mut().is_some_and(|s| {
+                                s.send_to_client(local, client, buf, range.clone())
+                            }) =>
+                            {
+                                // Written or queued by the connection: the buffer is free.
+                                None
+                            }
+                            PeerAction::ToClient {
+                                local,
+                                client,
+                                range,
                             } => {
                                 let start = buf[range.start..].as_ptr();
                                 self.io.listener_fd(local).map(|fd| {
@@ -757,6 +838,13 @@ impl Shard {
 
     fn flush_transmits(&mut self, core: &mut Core) {
         while let Some(t) = core.server.poll_transmit() {
+            let t = match self.streams.as_mut() {
+                Some(s) => match s.route(t) {
+                    Some(t) => t,
+                    None => continue,
+                },
+                None => t,
+            };
             let Some(fd) = self.io.listener_fd(t.local) else {
                 core.io.send_errors += 1;
                 continue;
@@ -784,6 +872,12 @@ impl Shard {
             .build()
             .user_data(CANCEL);
         self.io.push(&wake);
+        if self.streams.is_some() {
+            let poll = opcode::AsyncCancel::new(STREAMS_POLL)
+                .build()
+                .user_data(CANCEL);
+            self.io.push(&poll);
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut sends_in_flight = SEND_SLOTS - self.io.free_slots.len();
         let mut wake_done = !self.wake_armed;
