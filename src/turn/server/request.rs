@@ -111,7 +111,7 @@ impl Server {
         key: Option<&LongTermKey>,
         extra: impl FnOnce(&mut MessageBuilder<'_>),
     ) {
-        tracing::debug!(client = %req.client, method = ?req.method, refusal = refusal.name(), at = %std::panic::Location::caller(), "error response");
+        tracing::debug!(client = %req.client, method = ?req.method, code = refusal.code(), refusal = refusal.name(), at = %std::panic::Location::caller(), "error response");
         self.counters.count_refusal(refusal);
         self.respond(req, Class::Error, key, |b| {
             b.add_error_code(refusal.code(), refusal.reason());
