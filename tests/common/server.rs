@@ -206,3 +206,50 @@ pub fn start_in_process(
     }
     panic!("no free ports");
 }
+
+/// Starts a server with relay ports `min..=max` (each test has its own range) on a free
+/// listening port.
+pub fn start_with_range(
+    mut config: uturn::config::Config,
+    observer: Option<std::sync::Arc<dyn uturn::auth::Observer>>,
+    sink: Option<std::sync::Arc<dyn uturn::stats::EventSink>>,
+    (min, max): (u16, u16),
+) -> uturn::shard::Running {
+    config.min_port = min;
+    config.max_port = max;
+    let observer = observer.unwrap_or_else(|| uturn::observer_from_config(&config));
+    for _ in 0..20 {
+        config.listening_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        match uturn::shard::start(&config, observer.clone(), sink.clone()) {
+            Ok(r) => return r,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    panic!("no free listening port");
+}
+
+pub fn sum(
+    reports: &[uturn::shard::ShardReport],
+    f: impl Fn(&uturn::turn::ServerCounters) -> u64,
+) -> u64 {
+    reports.iter().map(|r| f(&r.counters)).sum()
+}
+
+/// Sums `key: N` over every shard's final counters in a binary's log.
+pub fn log_counter(log: &str, key: &str) -> u64 {
+    let pat = format!("{key}: ");
+    log.match_indices(&pat)
+        .filter_map(|(at, _)| {
+            let digits: String = log[at + pat.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
+}
