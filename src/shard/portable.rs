@@ -1,4 +1,5 @@
-//! The portable backend: epoll through `mio`, one readiness loop per shard, the same core.
+//! The portable backend: epoll through `mio`, one readiness loop per shard, the same TURN core
+//! ([`crate::turn::Server`]).
 //!
 //! Used where io_uring cannot be set up (the `kernel.io_uring_disabled` sysctl, seccomp
 //! filters, kernels older than 6.0) or when `--backend portable` asks for it. Sockets are
@@ -6,7 +7,7 @@
 //! with headroom, so forwarding copies nothing in user space either.
 
 use super::stream::{RelayIo, StreamOptions, Streams};
-use super::{bind_udp, Core, IoCounters, Wake, RELAY_SOCKET_BUFFER};
+use super::{bind_udp, IoCounters, ShardState, Wake, RELAY_SOCKET_BUFFER};
 use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
@@ -123,12 +124,12 @@ impl Shard {
         })
     }
 
-    pub fn run(mut self, core: &mut Core) {
+    pub fn run(mut self, state: &mut ShardState) {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
-            let mut timeout = core.sleep_for(now, IDLE);
+            let mut timeout = state.sleep_for(now, IDLE);
             if let Some(s) = &self.streams {
                 timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
             }
@@ -144,36 +145,36 @@ impl Shard {
                     WAKER => {}
                     STREAMS => {
                         if let Some(s) = self.streams.as_mut() {
-                            s.process(now, core, &mut self.relays);
+                            s.process(now, state, &mut self.relays);
                         }
                     }
-                    Token(i) if i < RELAY_BASE => self.drain_listener(i, core, now, &mut buf),
+                    Token(i) if i < RELAY_BASE => self.drain_listener(i, state, now, &mut buf),
                     Token(t) => {
-                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), core, now, &mut buf)
+                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), state, now, &mut buf)
                     }
                 }
-                self.flush_transmits(core);
+                self.flush_transmits(state);
             }
-            core.end_turn(now, &mut self.relays);
+            state.end_turn(now, &mut self.relays);
             if let Some(s) = self.streams.as_mut() {
-                s.sweep(now, core, &mut self.relays);
+                s.sweep(now, state, &mut self.relays);
             }
-            self.flush_transmits(core);
-            self.dispatch_events(core);
-            if core.stopping() {
-                core.server.shutdown(Instant::now(), &mut self.relays);
-                self.flush_transmits(core);
-                self.dispatch_events(core);
+            self.flush_transmits(state);
+            self.dispatch_events(state);
+            if state.stopping() {
+                state.server.shutdown(Instant::now(), &mut self.relays);
+                self.flush_transmits(state);
+                self.dispatch_events(state);
                 if let Some(s) = self.streams.as_mut() {
                     s.shutdown();
-                    core.streams = s.counters.clone();
+                    state.streams = s.counters.clone();
                 }
                 return;
             }
         }
     }
 
-    fn drain_listener(&mut self, i: usize, core: &mut Core, now: Instant, buf: &mut [u8]) {
+    fn drain_listener(&mut self, i: usize, state: &mut ShardState, now: Instant, buf: &mut [u8]) {
         loop {
             let Some((local, socket)) = self.listeners.get(i) else {
                 return;
@@ -186,10 +187,11 @@ impl Shard {
                 // ICMP errors reported on the socket; nothing to do with them.
                 Err(_) => continue,
             };
-            core.io.received += 1;
-            let action = core
-                .server
-                .handle_client(now, client, local, &buf[..n], &mut self.relays);
+            state.io.received += 1;
+            let action =
+                state
+                    .server
+                    .handle_client(now, client, local, &buf[..n], &mut self.relays);
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -202,13 +204,19 @@ impl Shard {
                     .get(relay.0 as usize)
                     .and_then(Option::as_ref)
                     .map(|s| s.send_to(&buf[payload], peer));
-                count_send(core, sent);
+                count_send(state, sent);
             }
-            self.flush_transmits(core);
+            self.flush_transmits(state);
         }
     }
 
-    fn drain_relay(&mut self, relay: RelayId, core: &mut Core, now: Instant, buf: &mut [u8]) {
+    fn drain_relay(
+        &mut self,
+        relay: RelayId,
+        state: &mut ShardState,
+        now: Instant,
+        buf: &mut [u8],
+    ) {
         let payload_room = buf.len() - PEER_TAILROOM;
         loop {
             let Some(socket) = self
@@ -225,9 +233,10 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => continue,
             };
-            core.io.received += 1;
+            state.io.received += 1;
             let action =
-                core.server
+                state
+                    .server
                     .handle_peer(now, relay, peer, buf, PEER_HEADROOM..PEER_HEADROOM + n);
             if let PeerAction::ToClient {
                 local,
@@ -245,7 +254,7 @@ impl Shard {
                     .iter()
                     .find(|(addr, _)| *addr == local)
                     .map(|(_, s)| s.send_to(&buf[range], client));
-                count_send(core, sent);
+                count_send(state, sent);
             }
         }
     }
@@ -254,8 +263,8 @@ impl Shard {
 impl Shard {
     /// Sends the core's responses: to a stream client's connection, or from the listening
     /// socket each names.
-    fn flush_transmits(&mut self, core: &mut Core) {
-        while let Some(t) = core.server.poll_transmit() {
+    fn flush_transmits(&mut self, state: &mut ShardState) {
+        while let Some(t) = state.server.poll_transmit() {
             let t = match self.streams.as_mut() {
                 Some(s) => match s.route(t) {
                     Some(t) => t,
@@ -268,21 +277,21 @@ impl Shard {
                 .iter()
                 .find(|(addr, _)| *addr == t.local)
                 .map(|(_, s)| s.send_to(&t.data, t.remote));
-            count_send(core, sent);
+            count_send(state, sent);
         }
     }
 
-    fn dispatch_events(&mut self, core: &mut Core) {
+    fn dispatch_events(&mut self, state: &mut ShardState) {
         match self.streams.as_mut() {
-            Some(s) => core.dispatch_events_with(|e| s.on_event(e)),
-            None => core.dispatch_events(),
+            Some(s) => state.dispatch_events_with(|e| s.on_event(e)),
+            None => state.dispatch_events(),
         }
     }
 }
 
-fn count_send(core: &mut Core, sent: Option<io::Result<usize>>) {
+fn count_send(state: &mut ShardState, sent: Option<io::Result<usize>>) {
     match sent {
-        Some(Ok(_)) => core.io.sent += 1,
-        _ => core.io.send_errors += 1,
+        Some(Ok(_)) => state.io.sent += 1,
+        _ => state.io.send_errors += 1,
     }
 }

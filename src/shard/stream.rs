@@ -11,7 +11,7 @@
 
 use super::stream_conn::{Closed, Connection, Queued};
 use super::tls::Certificates;
-use super::{Core, IoCounters};
+use super::{IoCounters, ShardState};
 use crate::stun::framing::MAX_FRAME;
 use crate::turn::{ClientAction, Event, FiveTuple, RelayId, RelaySockets, Transmit, Transport};
 use mio::net::TcpListener;
@@ -206,7 +206,7 @@ impl Streams {
 
     /// Handles everything ready on the stream sockets. The core's responses stay queued in
     /// the core: the backend routes them with [`Streams::route`].
-    pub fn process(&mut self, now: Instant, core: &mut Core, relays: &mut dyn RelayIo) {
+    pub fn process(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
         loop {
             if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -232,10 +232,10 @@ impl Streams {
                 }
                 let slot = t - CONN_BASE;
                 if readable {
-                    self.read(slot, now, core, relays);
+                    self.read(slot, now, state, relays);
                 }
                 if writable {
-                    self.flush(slot, now, core, relays);
+                    self.flush(slot, now, state, relays);
                 }
             }
             // The outer poller is edge-triggered on this set: stop only once it is drained.
@@ -320,7 +320,13 @@ impl Streams {
         }
     }
 
-    fn read(&mut self, slot: usize, now: Instant, core: &mut Core, relays: &mut dyn RelayIo) {
+    fn read(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        state: &mut ShardState,
+        relays: &mut dyn RelayIo,
+    ) {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
@@ -328,28 +334,34 @@ impl Streams {
         let frames = &mut self.counters.frames;
         let result = conn.read(&mut self.buf, now, |frame| {
             *frames += 1;
-            core.io.received += 1;
-            let action = client_frame(core, now, tuple, frame, relays.sockets());
+            state.io.received += 1;
+            let action = client_frame(state, now, tuple, frame, relays.sockets());
             if let ClientAction::ToPeer {
                 relay,
                 peer,
                 payload,
             } = action
             {
-                relays.send_to_peer(&mut core.io, relay, peer, &frame[payload]);
+                relays.send_to_peer(&mut state.io, relay, peer, &frame[payload]);
             }
         });
         if let Err(why) = result {
-            self.close(slot, why, now, core, relays);
+            self.close(slot, why, now, state, relays);
         }
     }
 
-    fn flush(&mut self, slot: usize, now: Instant, core: &mut Core, relays: &mut dyn RelayIo) {
+    fn flush(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        state: &mut ShardState,
+        relays: &mut dyn RelayIo,
+    ) {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         if let Err(why) = conn.flush() {
-            self.close(slot, why, now, core, relays);
+            self.close(slot, why, now, state, relays);
         }
     }
 
@@ -358,7 +370,7 @@ impl Streams {
         slot: usize,
         why: Closed,
         now: Instant,
-        core: &mut Core,
+        state: &mut ShardState,
         relays: &mut dyn RelayIo,
     ) {
         let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
@@ -377,20 +389,20 @@ impl Streams {
         self.open -= 1;
         self.counters.closed += 1;
         if conn.allocated {
-            connection_closed(core, now, conn.tuple, relays.sockets());
+            connection_closed(state, now, conn.tuple, relays.sockets());
         }
     }
 
     /// Closes connections past their deadline: TLS handshakes too slow, and connections
     /// holding no allocation that have been quiet for the idle timeout.
-    pub fn sweep(&mut self, now: Instant, core: &mut Core, relays: &mut dyn RelayIo) {
+    pub fn sweep(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
         if now < self.next_sweep {
             return;
         }
         self.next_sweep = now + SWEEP_EVERY;
         self.counters.open = self.open as u64;
         self.counters.buffered_bytes = self.buffered_bytes() as u64;
-        core.streams = self.counters.clone();
+        state.streams = self.counters.clone();
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_ref() else {
                 continue;
@@ -399,12 +411,12 @@ impl Streams {
                 && now.saturating_duration_since(conn.opened_at) >= self.options.handshake_timeout
             {
                 self.counters.handshake_timeouts += 1;
-                self.close(slot, Closed::Peer, now, core, relays);
+                self.close(slot, Closed::Peer, now, state, relays);
             } else if !conn.allocated
                 && now.saturating_duration_since(conn.active_at) >= self.options.idle_timeout
             {
                 self.counters.idle_closed += 1;
-                self.close(slot, Closed::Peer, now, core, relays);
+                self.close(slot, Closed::Peer, now, state, relays);
             }
         }
     }
@@ -495,20 +507,21 @@ impl Streams {
 
 /// A frame from a stream client to the core.
 fn client_frame(
-    core: &mut Core,
+    state: &mut ShardState,
     now: Instant,
     tuple: FiveTuple,
     frame: &[u8],
     sockets: &mut dyn RelaySockets,
 ) -> ClientAction {
-    core.server
+    state
+        .server
         .handle_client(now, tuple.client, tuple.server, frame, sockets)
 }
 
 /// The connection of an allocation ended: the allocation goes with it (RFC 8656 §3.1).
 /// Waits for the core's `connection_closed`; until then the allocation expires on its own.
 fn connection_closed(
-    _core: &mut Core,
+    _core: &mut ShardState,
     _now: Instant,
     _tuple: FiveTuple,
     _sockets: &mut dyn RelaySockets,
