@@ -5,54 +5,12 @@
 //!
 //! Missing tools (coturn's package, openssl) fail the test with a message saying so.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 mod common;
+mod stream_support;
 use common::*;
-
-/// A self-signed certificate and key in a fresh directory, made with the openssl tool.
-pub fn make_cert(tag: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("uturn-stream-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl tool is needed to make a test certificate (Debian: openssl)");
-    assert!(out.status.success(), "openssl failed: {out:?}");
-    (cert, key)
-}
-
-/// A loopback TCP port free right now.
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tls_args(tag: &str) -> (Vec<String>, u16) {
-    let (cert, key) = make_cert(tag);
-    let port = free_tcp_port();
-    let args = vec![
-        "--cert".to_string(),
-        cert.display().to_string(),
-        "--pkey".to_string(),
-        key.display().to_string(),
-        "--tls-listening-port".to_string(),
-        port.to_string(),
-    ];
-    (args, port)
-}
+use stream_support::tls_args;
 
 fn uclient_over_stream(backend: &str, tls: bool, send_indications: bool) {
     let tag = format!("{backend}-{tls}-{send_indications}");
