@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The browser test: Debian's Chromium (no browser download), Node and npm for its driver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     SUDO=""
@@ -23,6 +28,11 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
     if [ "$created_policy" -eq 1 ]; then $SUDO rm -f "$policy"; fi
+fi
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    echo "test.sh: installing the browser test's npm packages (playwright-core, no browser)"
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
 export RUST_BACKTRACE=1
