@@ -12,7 +12,7 @@ mod uring;
 use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
-use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
+use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -408,7 +408,6 @@ pub fn start(
             stats_interval: Duration::from_secs(config.stats_interval),
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
-            transport: Transport::Udp,
         };
         let spec = ShardSpec {
             index,

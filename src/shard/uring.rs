@@ -15,7 +15,9 @@
 //! user_data: bits 62–63 the kind, 32–61 a generation (relay sockets), 0–31 an index.
 
 use super::{bind_udp, Core, Wake, LISTEN_SOCKET_BUFFER, RELAY_SOCKET_BUFFER};
-use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::{
+    ClientAction, FiveTuple, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM,
+};
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use socket2::SockAddr;
@@ -692,10 +694,12 @@ impl Shard {
                     if kind == KIND_LISTEN {
                         let local = self.io.listeners[index as usize].0;
                         let payload = &buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + n];
-                        match core
-                            .server
-                            .handle_client(now, from, local, payload, &mut self.io)
-                        {
+                        match core.server.handle_client(
+                            now,
+                            FiveTuple::udp(from, local),
+                            payload,
+                            &mut self.io,
+                        ) {
                             ClientAction::ToPeer {
                                 relay,
                                 peer,
@@ -724,6 +728,7 @@ impl Shard {
                                 local,
                                 client,
                                 range,
+                                ..
                             } => {
                                 let start = buf[range.start..].as_ptr();
                                 self.io.listener_fd(local).map(|fd| {
