@@ -6,6 +6,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+// Test and load-generator support: public for the tests and uturn-bench, not API.
+#[doc(hidden)]
 pub mod client;
 pub mod config;
 pub mod shard;
