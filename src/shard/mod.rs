@@ -398,7 +398,8 @@ pub fn start(
             nonce_secret,
             epoch,
             policy: policy.clone(),
-            max_allocations: (usize::from(*hi - *lo) + 1).max(1),
+            // A shard borrows ports from the others' slices when its own is empty.
+            max_allocations: usize::from(config.max_port - config.min_port) + 1,
             max_permissions_per_allocation: config.max_permissions_per_allocation,
             max_channels_per_allocation: config.max_channels_per_allocation,
             max_pending_auth: 1024,

@@ -151,8 +151,7 @@ impl Server {
     /// Whether one more allocation fits: a free port, the shard's allocation limit, the
     /// quotas (taken here; released by `delete`).
     fn admit_allocation(&mut self, username: &str, reserved: Option<u16>) -> Result<(), Refusal> {
-        self.config.port_exchange.reclaim(&mut self.ports);
-        if reserved.is_none() && self.ports.free_count() == 0 {
+        if reserved.is_none() && self.config.port_exchange.free_count() == 0 {
             return Err(Refusal::PortsExhausted);
         }
         if self.live >= self.config.max_allocations {
@@ -213,8 +212,7 @@ impl Server {
             let port = match (reserved, even) {
                 (Some(port), _) if attempt == 0 => Some(port),
                 (Some(_), _) => None,
-                (None, Some(r)) => self.ports.take_even(r),
-                (None, None) => self.ports.take(),
+                (None, even) => self.config.port_exchange.take(self.ports, even),
             };
             let Some(port) = port else { break };
             let addr = SocketAddr::new(ip, port);
@@ -359,13 +357,9 @@ impl Server {
         });
     }
 
-    /// Returns a relay port to this shard's pool, or to its owner shard through the
-    /// exchange (a port from a reservation redeemed here).
+    /// Returns a relay port to the slice it belongs to (this shard's, or the one it was
+    /// borrowed or reserved from).
     pub(super) fn release_port(&mut self, port: u16) {
-        if self.ports.range().contains(&port) {
-            self.ports.release(port);
-        } else {
-            self.config.port_exchange.give_back(port);
-        }
+        self.config.port_exchange.release(port);
     }
 }

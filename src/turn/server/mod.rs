@@ -23,7 +23,7 @@ pub use config::ServerConfig;
 
 use super::nonce;
 use super::observer::{AuthDecision, Observer};
-use super::ports::PortPool;
+use super::ports::Slice;
 use super::quotas::Quotas;
 use super::refusal::ServerCounters;
 use super::timers::TimerWheel;
@@ -111,7 +111,8 @@ pub struct Server {
     free_slots: Vec<u32>,
     live: usize,
     by_tuple: TupleMap,
-    ports: PortPool,
+    /// This shard's slice of the relay ports in the shared exchange.
+    ports: Slice,
     reservations: HashMap<u64, Reservation>,
     wheel: TimerWheel<Timer>,
     due: Vec<Timer>,
@@ -132,7 +133,7 @@ impl Server {
         let seed = u64::from_le_bytes(config.nonce_secret[..8].try_into().unwrap_or([1; 8]))
             ^ config.id_base.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ 0x5eed;
-        let ports = PortPool::new(config.ports.clone(), seed);
+        let ports = config.port_exchange.register(config.ports.clone(), seed);
         Server {
             wheel: TimerWheel::new(0),
             config,
