@@ -122,6 +122,7 @@ impl Server {
             server: req.tuple.server,
             transport: req.tuple.transport,
             ticket,
+            message: Some(msg),
         };
         let decision = self.observer.authenticate(&mut request);
         if decision != AuthDecision::Pending {
