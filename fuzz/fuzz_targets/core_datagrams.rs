@@ -328,13 +328,7 @@ impl Harness {
     /// Feeds one client datagram, checks the action and drains the outputs; remembers any
     /// NONCE the responses carry for the sender.
     fn feed(&mut self, client: SocketAddr, local: SocketAddr, data: &[u8]) {
-        let action = self.world.server.handle_client(
-            self.world.now,
-            client,
-            local,
-            data,
-            &mut self.world.sockets,
-        );
+        let action = self.world.feed(client, local, data);
         if trace() && action != ClientAction::None {
             eprintln!("  -> {action:?}");
         }

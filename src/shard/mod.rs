@@ -15,7 +15,7 @@ mod uring;
 use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
-use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
+use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -436,7 +436,8 @@ pub fn start(
             nonce_secret,
             epoch,
             policy: policy.clone(),
-            max_allocations: (usize::from(*hi - *lo) + 1).max(1),
+            // A shard borrows ports from the others' slices when its own is empty.
+            max_allocations: usize::from(config.max_port - config.min_port) + 1,
             max_permissions_per_allocation: config.max_permissions_per_allocation,
             max_channels_per_allocation: config.max_channels_per_allocation,
             max_pending_auth: 1024,
@@ -446,7 +447,7 @@ pub fn start(
             stats_interval: Duration::from_secs(config.stats_interval),
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
-            transport: Transport::Udp,
+            alternate_servers: config.alternate_servers.clone(),
         };
         let spec = ShardSpec {
             index,

@@ -8,7 +8,9 @@
 
 use super::stream::{RelayIo, StreamOptions, Streams};
 use super::{bind_udp, IoCounters, ShardState, Wake, RELAY_SOCKET_BUFFER};
-use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::{
+    ClientAction, FiveTuple, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM,
+};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -188,10 +190,12 @@ impl Shard {
                 Err(_) => continue,
             };
             state.io.received += 1;
-            let action =
-                state
-                    .server
-                    .handle_client(now, client, local, &buf[..n], &mut self.relays);
+            let action = state.server.handle_client(
+                now,
+                FiveTuple::udp(client, local),
+                &buf[..n],
+                &mut self.relays,
+            );
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -241,13 +245,15 @@ impl Shard {
             if let PeerAction::ToClient {
                 local,
                 client,
+                transport,
                 range,
             } = action
             {
-                if let Some(s) = self.streams.as_mut() {
-                    if s.send_to_client(local, client, buf, range.clone()) {
-                        continue;
+                if transport.is_stream() {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.send_to_client(local, client, &buf[range]);
                     }
+                    continue;
                 }
                 let sent = self
                     .listeners

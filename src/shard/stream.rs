@@ -117,6 +117,8 @@ pub struct StreamCounters {
     pub idle_closed: u64,
     /// Frames for a client dropped because its send queue was full.
     pub queue_drops: u64,
+    /// Frames for a connection that had closed.
+    pub no_connection: u64,
     pub frames: u64,
     /// Connections open, and user-space bytes their buffers hold, at the last sweep.
     pub open: u64,
@@ -335,7 +337,9 @@ impl Streams {
         let result = conn.read(&mut self.buf, now, |frame| {
             *frames += 1;
             state.io.received += 1;
-            let action = client_frame(state, now, tuple, frame, relays.sockets());
+            let action = state
+                .server
+                .handle_client(now, tuple, frame, relays.sockets());
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -388,9 +392,10 @@ impl Streams {
         self.free.push(slot);
         self.open -= 1;
         self.counters.closed += 1;
-        if conn.allocated {
-            connection_closed(state, now, conn.tuple, relays.sockets());
-        }
+        // The allocation goes with its connection (RFC 8656 §3.1); a no-op without one.
+        state
+            .server
+            .connection_closed(now, conn.tuple, relays.sockets());
     }
 
     /// Closes connections past their deadline: TLS handshakes too slow, and connections
@@ -423,35 +428,20 @@ impl Streams {
 
     /// Sends a core transmit meant for a stream client; gives it back when it is for UDP.
     pub fn route(&mut self, t: Transmit) -> Option<Transmit> {
-        let Some(&slot) = self.by_tuple.get(&(t.remote, t.local)) else {
+        if !t.transport.is_stream() {
             return Some(t);
-        };
-        self.send(slot, &t.data);
+        }
+        self.send_to_client(t.local, t.remote, &t.data);
         None
     }
 
-    /// Sends a frame the core built in `buf[range]` to a stream client, padding ChannelData
-    /// to 4 bytes into the tailroom (RFC 8656 §12.5); false when the client is not on a
-    /// stream (the frame is for UDP).
-    pub fn send_to_client(
-        &mut self,
-        local: SocketAddr,
-        client: SocketAddr,
-        buf: &mut [u8],
-        range: std::ops::Range<usize>,
-    ) -> bool {
-        let Some(&slot) = self.by_tuple.get(&(client, local)) else {
-            return false;
-        };
-        let pad = (4 - range.len() % 4) % 4;
-        let end = range.end + pad;
-        if crate::stun::is_channel_data(&buf[range.clone()]) && end <= buf.len() {
-            buf[range.end..end].fill(0);
-            self.send(slot, &buf[range.start..end]);
-        } else {
-            self.send(slot, &buf[range]);
+    /// Sends a frame the core built (ChannelData already padded to 4, RFC 8656 §12.5) on
+    /// the connection of (`client`, `local`); one that closed meanwhile is dropped, counted.
+    pub fn send_to_client(&mut self, local: SocketAddr, client: SocketAddr, frame: &[u8]) {
+        match self.by_tuple.get(&(client, local)) {
+            Some(&slot) => self.send(slot, frame),
+            None => self.counters.no_connection += 1,
         }
-        true
     }
 
     fn send(&mut self, slot: usize, frame: &[u8]) {
@@ -503,29 +493,6 @@ impl Streams {
             .map(Connection::buffered_capacity)
             .sum()
     }
-}
-
-/// A frame from a stream client to the core.
-fn client_frame(
-    state: &mut ShardState,
-    now: Instant,
-    tuple: FiveTuple,
-    frame: &[u8],
-    sockets: &mut dyn RelaySockets,
-) -> ClientAction {
-    state
-        .server
-        .handle_client(now, tuple.client, tuple.server, frame, sockets)
-}
-
-/// The connection of an allocation ended: the allocation goes with it (RFC 8656 §3.1).
-/// Waits for the core's `connection_closed`; until then the allocation expires on its own.
-fn connection_closed(
-    _core: &mut ShardState,
-    _now: Instant,
-    _tuple: FiveTuple,
-    _sockets: &mut dyn RelaySockets,
-) {
 }
 
 /// A nonblocking TCP listener at `addr` with a deep backlog.

@@ -449,10 +449,12 @@ impl Shard {
         let send = match op {
             Op::ListenRecv { index } => {
                 let local = self.io.listeners[index as usize].0;
-                match state
-                    .server
-                    .handle_client(now, from, local, &buf[payload], &mut self.io)
-                {
+                match state.server.handle_client(
+                    now,
+                    crate::turn::FiveTuple::udp(from, local),
+                    &buf[payload],
+                    &mut self.io,
+                ) {
                     ClientAction::ToPeer {
                         relay,
                         peer,
@@ -473,18 +475,19 @@ impl Shard {
                         local,
                         client,
                         range,
-                    } if self
-                        .streams
-                        .as_mut()
-                        .is_some_and(|s| s.send_to_client(local, client, buf, range.clone())) =>
-                    {
+                        transport,
+                    } if transport.is_stream() => {
                         // Written or queued by the connection: the buffer is free.
+                        if let Some(s) = self.streams.as_mut() {
+                            s.send_to_client(local, client, &buf[range]);
+                        }
                         None
                     }
                     PeerAction::ToClient {
                         local,
                         client,
                         range,
+                        ..
                     } => self
                         .io
                         .listener_fd(local)

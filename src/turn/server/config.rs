@@ -2,8 +2,8 @@
 //! defaults. Must not: parse options (that is `crate::config`).
 
 use crate::turn::ports::PortExchange;
-use crate::turn::{PeerPolicy, Transport};
-use std::net::IpAddr;
+use crate::turn::PeerPolicy;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +48,9 @@ pub struct ServerConfig {
     /// First allocation id of this shard; ids go up by `id_stride` (one per shard).
     pub id_base: u64,
     pub id_stride: u64,
-    pub transport: Transport,
+    /// Other servers to send clients to (ALTERNATE-SERVER with 300 Try Alternate) while
+    /// draining or when the total quota is reached (`--alternate-server`).
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -90,7 +92,7 @@ impl ServerConfig {
             stats_interval: Duration::ZERO,
             id_base: 0,
             id_stride: 1,
-            transport: Transport::Udp,
+            alternate_servers: Vec::new(),
         }
     }
 }

@@ -25,3 +25,4 @@ mod authentication;
 mod lifecycle;
 mod prop;
 mod refusals;
+mod transports;
