@@ -161,3 +161,45 @@ fn flood_of_idle_connections_does_not_stop_relaying_portable() {
 fn flood_of_idle_connections_does_not_stop_relaying_io_uring() {
     flood("auto");
 }
+
+/// A TLS connection that never finishes its handshake is closed after the handshake
+/// timeout (10 s), and one that sends garbage instead of frames at once.
+#[test]
+fn stalled_tls_handshakes_and_garbage_are_closed() {
+    use std::io::Read;
+    let (tls, tls_port) = tls_args("stalled");
+    let mut extra = vec!["--allow-loopback-peers".to_string()];
+    extra.extend(tls);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut server = Uturn::start("auto", &extra);
+    let mut stalled = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let mut garbage = TcpStream::connect(server.addr()).unwrap();
+    garbage.write_all(&[0xff; 64]).unwrap();
+    let closed = |s: &mut TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 64];
+        // EOF or a reset both mean the server let go; a timeout means it did not.
+        !matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+    };
+    assert!(
+        closed(&mut garbage, Duration::from_secs(5)),
+        "bytes that are not STUN or ChannelData must close the connection"
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        closed(&mut stalled, Duration::from_secs(15)),
+        "a stalled TLS handshake was not closed within 15 s"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8),
+        "closed too early: {waited:?}"
+    );
+    assert_eq!(server.stop(), Some(0));
+    let log = server.log_text();
+    assert_eq!(log_counter(&log, "handshake_timeouts"), 1, "{log}");
+    assert_eq!(log_counter(&log, "framing_errors"), 1, "{log}");
+}
