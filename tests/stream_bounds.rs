@@ -126,7 +126,13 @@ fn flood(backend: &str) {
         }
         held.push(s);
     }
-    let during = rss_anon(server.pid());
+    let pid = server.pid();
+    let during = wait_quiescent(
+        "server memory",
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || rss_anon(pid),
+    );
     println!(
         "flood ({backend}): 2,000 idle/half-open/stuck connections held; server anonymous RSS {before} -> {during} (+{} B, {} B per connection)",
         during.saturating_sub(before),

@@ -10,9 +10,9 @@
 
 use bytes::BytesMut;
 
-/// Largest frame the wire format allows: ChannelData with a 65,535-byte payload padded to 4
-/// (a STUN message is at most 20 + 65,532).
-pub const MAX_FRAME: usize = 4 + 65_536;
+/// Largest frame the wire format allows: a STUN message with the largest length that is a
+/// multiple of 4 (ChannelData is at most 4 + 65,535 padded to 65,536).
+pub const MAX_FRAME: usize = crate::stun::HEADER_LEN + 65_532;
 
 /// Bytes needed to know a frame's length.
 const LENGTH_PREFIX: usize = 4;
@@ -108,9 +108,9 @@ impl Reassembler {
             }
         }
         if !data.is_empty() {
-            // Both bounds hold: `data` is shorter than its frame, which is within max_frame.
-            self.partial
-                .reserve(self.checked_len(data)?.unwrap_or(LENGTH_PREFIX));
+            // `data` is shorter than its frame, which is within max_frame. The buffer grows
+            // with what arrives, not with what a header announces: a peer announcing 64 KiB
+            // and sending 10 bytes costs 10 bytes.
             self.partial.extend_from_slice(data);
         }
         Ok(())
@@ -132,7 +132,6 @@ impl Reassembler {
             return Ok(data);
         };
         let take = (n - self.partial.len()).min(data.len());
-        self.partial.reserve(n - self.partial.len());
         self.partial.extend_from_slice(&data[..take]);
         data = &data[take..];
         if self.partial.len() == n {
@@ -223,6 +222,15 @@ mod tests {
         assert_eq!(r.push(&big[..2], |_| {}), Ok(()));
         assert_eq!(r.push(&big[2..10], |_| {}), Err(FramingError::TooLong(204)));
         assert!(r.capacity() < 100);
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing() {
+        let mut r = Reassembler::default();
+        let header = stun(65_532, 0);
+        r.push(&header[..10], |_| panic!("not whole")).unwrap();
+        assert_eq!(r.pending(), 10);
+        assert!(r.capacity() < 1024, "{} bytes held for 10", r.capacity());
     }
 
     #[test]
