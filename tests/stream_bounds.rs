@@ -209,3 +209,73 @@ fn stalled_tls_handshakes_and_garbage_are_closed() {
     assert_eq!(log_counter(&log, "handshake_timeouts"), 1, "{log}");
     assert_eq!(log_counter(&log, "framing_errors"), 1, "{log}");
 }
+
+/// Starts an in-process server with one shard and the stream bounds `tweak` sets.
+fn start_streams(
+    tweak: impl Fn(&mut uturn::shard::stream::StreamOptions),
+) -> uturn::shard::Running {
+    for attempt in 0..20u16 {
+        let mut config = loopback_config(1, |_| {});
+        config.listening_port = free_tcp_port();
+        config.min_port = 18800 + (std::process::id() as u16 % 40) * 20 + attempt * 7 % 20;
+        config.max_port = config.min_port + 19;
+        let mut streams = uturn::shard::stream::StreamOptions::from_config(&config).unwrap();
+        tweak(&mut streams);
+        let observer = uturn::observer_from_config(&config);
+        match uturn::shard::start_with_streams(&config, streams, observer, None) {
+            Ok(r) => return r,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    panic!("no free ports");
+}
+
+/// Whether the server closed `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    !matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// Connections beyond `max_connections` are closed at accept; silent ones without an
+/// allocation are closed after the idle timeout; one holding an allocation stays.
+#[test]
+fn idle_connections_are_closed_and_connections_are_capped() {
+    let running = start_streams(|s| {
+        s.idle_timeout = Duration::from_secs(1);
+        s.max_connections = 4;
+    });
+    let server = running.local_addrs()[0];
+    let mut client = TcpTurn::connect(server, "alice", "secret");
+    client.allocate();
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server).unwrap())
+        .collect();
+    // The fifth is one too many.
+    let mut extra = TcpStream::connect(server).unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)),
+        "a connection over --max-connections was kept"
+    );
+    let started = std::time::Instant::now();
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "an idle connection without an allocation was kept"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // The client with an allocation is still served (a Refresh answers), after the idle
+    // ones were closed.
+    client
+        .request(uturn::stun::Method::REFRESH, &|b| {
+            b.add_u32(uturn::stun::LIFETIME, 600);
+        })
+        .expect("the connection with an allocation stays open");
+    let reports = running.stop();
+    let streams = &reports[0].streams;
+    assert_eq!(streams.refused, 1, "{streams:?}");
+    assert_eq!(streams.idle_closed, 3, "{streams:?}");
+}

@@ -332,6 +332,18 @@ pub fn start(
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
 ) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    start_with_streams(config, streams, observer, sink)
+}
+
+/// [`start`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes), for
+/// embedders and tests; the configuration's stream options are not read.
+pub fn start_with_streams(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
             Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| Some(c.id)).collect(),
@@ -382,7 +394,6 @@ pub fn start(
         denied: config.denied_peer_ips.clone(),
     };
     policy.allowed.shrink_to_fit();
-    let streams = stream::StreamOptions::from_config(config)?;
     for addr in &listen {
         let mut tcp = Vec::new();
         if streams.tcp {
