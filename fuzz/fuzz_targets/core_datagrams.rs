@@ -29,15 +29,18 @@ const CLIENTS: [&str; 5] = [
     "[::ffff:198.51.100.1]:40000",
 ];
 const LOCALS: [&str; 2] = ["192.0.2.10:3478", "[2001:db8::10]:3478"];
-/// Public, private, loopback, IPv6 and IPv4-mapped peers: some allowed, some refused.
-const PEERS: [&str; 7] = [
-    "203.0.113.1:5000",
-    "203.0.113.1:5001",
-    "203.0.113.2:5000",
+/// Public, private, loopback, IPv6 and IPv4-mapped peers: some allowed, some refused; the
+/// server's own relay address on a relay port and on another port.
+const PEERS: [&str; 9] = [
+    "203.0.114.1:5000",
+    "203.0.114.1:5001",
+    "203.0.114.2:5000",
     "10.0.0.1:5000",
     "127.0.0.1:5000",
-    "[2001:db8::1]:5000",
-    "[::ffff:203.0.113.1]:5000",
+    "[2001:db9::1]:5000",
+    "[::ffff:203.0.114.1]:5000",
+    "192.0.2.10:50001",
+    "192.0.2.10:22",
 ];
 /// (username, password): two real users and one with a wrong password.
 const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("alice", "wrong")];
