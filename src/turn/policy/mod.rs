@@ -11,8 +11,8 @@
 //! 3. One of the server's own addresses (listening, relay, external; [`PeerPolicy::judge`]
 //!    with the list): allowed as [`Verdict::Own`], unless a `--denied-peer-ip` range that no
 //!    `--allowed-peer-ip` range opens names it. The core then relays only to ports inside
-//!    the relay range on it, unless `--allowed-peer-ip` names the address (then it is an
-//!    ordinary peer). Two clients of one server reach each other's relay addresses this
+//!    the relay range on it, unless `--allowed-peer-ip` names the address, or it is loopback
+//!    and `--allow-loopback-peers` is on (then it is an ordinary peer). Two clients of one server reach each other's relay addresses this
 //!    way, also on private relay IPs, and nothing else on the relay host.
 //! 4. Loopback (`127.0.0.0/8`, `::1`): refused unless `--allow-loopback-peers` (as in coturn,
 //!    `--allowed-peer-ip` does not override this).
@@ -243,7 +243,10 @@ impl PeerPolicy {
         let allowed = self.allowed.iter().any(|r| r.contains(ip));
         let denied = !allowed && self.denied.iter().any(|r| r.contains(ip));
         if own.contains(&ip) && !denied {
-            return if allowed {
+            // Named by --allowed-peer-ip, or loopback under --allow-loopback-peers: the
+            // operator opened it fully.
+            let opened = allowed || (ip.is_loopback() && self.allow_loopback);
+            return if opened {
                 Verdict::Allowed
             } else {
                 Verdict::Own

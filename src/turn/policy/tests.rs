@@ -415,6 +415,13 @@ fn own_addresses_in_every_spelling() {
     };
     assert_eq!(denied.judge(ip("10.0.0.5"), &own), Verdict::Refused);
     assert_eq!(denied.judge(ip("127.0.0.1"), &own), Verdict::Own);
+    // --allow-loopback-peers opens an own loopback address fully, and nothing else.
+    let lo = PeerPolicy {
+        allow_loopback: true,
+        ..Default::default()
+    };
+    assert_eq!(lo.judge(ip("::ffff:127.0.0.1"), &own), Verdict::Allowed);
+    assert_eq!(lo.judge(ip("10.0.0.5"), &own), Verdict::Own);
 }
 
 #[test]
