@@ -93,16 +93,26 @@ impl Shard {
         })
     }
 
-    pub fn run(mut self, state: &mut ShardState) {
+    /// Runs until stopped (`Ok`) or until epoll fails for good (`Err`); either way every
+    /// allocation is deleted through the core first.
+    pub fn run(&mut self, state: &mut ShardState) -> io::Result<()> {
+        let result = self.serve(state);
+        state.server.shutdown(Instant::now(), &mut self.relays);
+        flush_transmits(&self.listeners, state);
+        state.dispatch_events();
+        result
+    }
+
+    fn serve(&mut self, state: &mut ShardState) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
             let timeout = state.sleep_for(now, IDLE);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            if let Err(e) = state.fault.wait_result(state.io.received, polled) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("epoll failed: {e}");
-                    break;
+                    return Err(io::Error::new(e.kind(), format!("epoll_wait failed: {e}")));
                 }
             }
             let now = Instant::now();
@@ -120,10 +130,7 @@ impl Shard {
             flush_transmits(&self.listeners, state);
             state.dispatch_events();
             if state.stopping() {
-                state.server.shutdown(Instant::now(), &mut self.relays);
-                flush_transmits(&self.listeners, state);
-                state.dispatch_events();
-                return;
+                return Ok(());
             }
         }
     }
