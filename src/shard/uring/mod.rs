@@ -155,7 +155,8 @@ impl Shard {
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
-        let buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        buffers.publish();
         // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
         unsafe {
