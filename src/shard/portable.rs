@@ -109,8 +109,13 @@ impl Shard {
         loop {
             let now = Instant::now();
             let timeout = state.sleep_for(now, IDLE);
-            let polled = self.poll.poll(&mut events, Some(timeout));
-            if let Err(e) = state.fault.wait_result(state.io.received, polled) {
+            // Sends are synchronous here, so nothing may wake the wait after the datagram
+            // that arms an injected fault: it is checked before waiting.
+            let polled = state
+                .fault
+                .wait_result(state.io.received, Ok(()))
+                .and_then(|()| self.poll.poll(&mut events, Some(timeout)));
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(io::Error::new(e.kind(), format!("epoll_wait failed: {e}")));
                 }

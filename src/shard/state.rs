@@ -39,6 +39,9 @@ pub struct IoCounters {
     pub send_errors: u64,
     pub truncated: u64,
     pub no_buffers: u64,
+    /// Loop turns that found the completion queue overflowed into the kernel's own list
+    /// (nothing lost; read on the next turn).
+    pub cq_overflowed: u64,
     /// Completions the kernel dropped (completion queue overflow it could not buffer).
     pub cq_lost: u64,
 }

@@ -276,6 +276,9 @@ impl Shard {
                 }
                 Err(e) => self.wait_failed(state, e, &mut failing_since)?,
             }
+            if self.io.ring.submission().cq_overflow() {
+                state.io.cq_overflowed += 1;
+            }
             self.check_dropped(state);
             completions.clear();
             completions.append(&mut self.io.backlog);
