@@ -34,6 +34,11 @@ use std::time::{Duration, Instant};
 const LISTEN_SOCKET_BUFFER: usize = 4 << 20;
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
 
+/// The largest datagram either backend takes, from a client or a peer: what fits an
+/// io_uring provided buffer (4,096 bytes) after the receive header and the core's
+/// headroom and tailroom. Larger ones are dropped and counted (`IoCounters::truncated`).
+pub const MAX_DATAGRAM: usize = uring::MAX_DATAGRAM;
+
 /// Wakes a shard from another thread (stop, asynchronous authentication answers).
 pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
 

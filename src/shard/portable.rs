@@ -6,7 +6,7 @@
 //! edge-triggered and drained until `WouldBlock`; a datagram is received into one buffer
 //! with headroom, so forwarding copies nothing in user space either.
 
-use super::{bind_udp, ShardState, Wake, RELAY_SOCKET_BUFFER};
+use super::{bind_udp, ShardState, Wake, MAX_DATAGRAM, RELAY_SOCKET_BUFFER};
 use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 const WAKER: Token = Token(usize::MAX);
 /// Tokens below this are listening sockets; from it on, relay sockets by `RelayId`.
 const RELAY_BASE: usize = 1 << 16;
-/// Largest UDP payload plus the room the core needs around a peer payload.
-const BUFFER: usize = PEER_HEADROOM + 65_536 + PEER_TAILROOM;
+/// The largest datagram both backends take, one byte more to tell a larger one (the kernel
+/// truncates it to the buffer), and the room the core needs around a peer payload.
+const BUFFER: usize = PEER_HEADROOM + MAX_DATAGRAM + 1 + PEER_TAILROOM;
 /// Longest sleep when the core has no timer: a stop request wakes the loop anyway.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -146,7 +147,7 @@ impl Shard {
         };
         let local = *local;
         loop {
-            let (n, client) = match socket.recv_from(buf) {
+            let (n, client) = match socket.recv_from(&mut buf[..MAX_DATAGRAM + 1]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -154,6 +155,10 @@ impl Shard {
                 Err(_) => continue,
             };
             state.io.received += 1;
+            if n > MAX_DATAGRAM {
+                state.io.truncated += 1;
+                continue;
+            }
             let action =
                 state
                     .server
@@ -183,7 +188,7 @@ impl Shard {
         now: Instant,
         buf: &mut [u8],
     ) {
-        let payload_room = buf.len() - PEER_TAILROOM;
+        let room = PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM + 1;
         loop {
             let Some(socket) = self
                 .relays
@@ -193,13 +198,17 @@ impl Shard {
             else {
                 return;
             };
-            let (n, peer) = match socket.recv_from(&mut buf[PEER_HEADROOM..payload_room]) {
+            let (n, peer) = match socket.recv_from(&mut buf[room.clone()]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => continue,
             };
             state.io.received += 1;
+            if n > MAX_DATAGRAM {
+                state.io.truncated += 1;
+                continue;
+            }
             let action =
                 state
                     .server

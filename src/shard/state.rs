@@ -37,6 +37,7 @@ pub struct IoCounters {
     pub received: u64,
     pub sent: u64,
     pub send_errors: u64,
+    /// Datagrams over [`super::MAX_DATAGRAM`] bytes, dropped.
     pub truncated: u64,
     pub no_buffers: u64,
     /// Loop turns that found the completion queue overflowed into the kernel's own list

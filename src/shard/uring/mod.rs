@@ -45,6 +45,8 @@ const BUF_COUNT: u16 = 2048;
 const RECVMSG_OUT_LEN: usize = 16;
 const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN as usize + CONTROL_LEN as usize;
 const _: () = assert!(PAYLOAD_OFFSET >= PEER_HEADROOM);
+/// The largest datagram a provided buffer holds with room for the core around it.
+pub(super) const MAX_DATAGRAM: usize = BUF_SIZE - PAYLOAD_OFFSET - PEER_TAILROOM;
 /// Sends in flight at once; beyond that a datagram is dropped and counted.
 const SEND_SLOTS: usize = 4096;
 const SQ_ENTRIES: u32 = 1024;
@@ -520,7 +522,7 @@ impl Shard {
                 ))
             });
         let (from, n) = match parsed {
-            Some((from, n, false)) if PAYLOAD_OFFSET + n + PEER_TAILROOM <= BUF_SIZE => (from, n),
+            Some((from, n, false)) if n <= MAX_DATAGRAM => (from, n),
             Some(_) => {
                 state.io.truncated += 1;
                 return Outcome::Done(lent);

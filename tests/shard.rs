@@ -1,7 +1,8 @@
-//! Failure containment of the shards, with faults injected through the test knobs
-//! (`UTURN_TEST_*`, `shard::start_with`): a shard that cannot go on stops the real binary
-//! with an error within a second, after deleting the allocations; transient errors and a
-//! completion queue overflow leave relaying working.
+//! The shards below the core, over loopback. Failure containment, with faults injected
+//! through the test knobs (`UTURN_TEST_*`, `shard::start_with`): a shard that cannot go on
+//! stops the real binary with an error within a second, after deleting the allocations;
+//! transient errors and a completion queue overflow leave relaying working. Limits: both
+//! backends take the same largest datagram and count larger ones.
 
 mod common;
 use std::net::{SocketAddr, UdpSocket};
@@ -59,10 +60,8 @@ impl Drop for Process {
 fn spawn_faulty(backend: &str, fault: &str) -> Process {
     for _attempt in 0..5 {
         let (port, min, max) = common::next_ports();
-        let log = std::env::temp_dir().join(format!(
-            "uturn-shard-failure-{}-{port}.log",
-            std::process::id()
-        ));
+        let log =
+            std::env::temp_dir().join(format!("uturn-shard-{}-{port}.log", std::process::id()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
             .args([
@@ -426,4 +425,66 @@ fn an_overflowing_completion_queue_keeps_relaying() {
         "the test did not overflow the completion queue: {:?}",
         report.io
     );
+}
+
+/// Both backends relay a datagram of `MAX_DATAGRAM` bytes either way and drop, counting
+/// it, one byte more.
+fn largest_datagram(backend: Backend) {
+    use uturn::shard::MAX_DATAGRAM;
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| c.backend = backend);
+    let running = start(config, &events, TestKnobs::default());
+    let mut relay = Relay::new(running.local_addrs()[0]);
+    relay
+        .peer
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    // Client to peer: a ChannelData datagram is 4 bytes of header and the payload.
+    let largest = vec![7u8; MAX_DATAGRAM - 4];
+    relay.client.send_channel_data(0x4000, &largest).unwrap();
+    let (n, _) = relay
+        .peer
+        .recv_from(&mut buf)
+        .expect("largest datagram relayed");
+    assert_eq!(n, largest.len());
+    relay
+        .client
+        .send_channel_data(0x4000, &vec![8u8; MAX_DATAGRAM - 3])
+        .unwrap();
+    // Peer to client.
+    relay
+        .peer
+        .send_to(&vec![9u8; MAX_DATAGRAM], relay.relayed)
+        .unwrap();
+    match relay.client.recv(Duration::from_secs(2)).unwrap() {
+        Incoming::ChannelData { data, .. } => assert_eq!(data.len(), MAX_DATAGRAM),
+        other => panic!("{other:?}"),
+    }
+    relay
+        .peer
+        .send_to(&vec![10u8; MAX_DATAGRAM + 1], relay.relayed)
+        .unwrap();
+    // The oversize ones arrive nowhere; a round trip after them proves they were handled.
+    assert!(relay.round_trip(1));
+    relay
+        .peer
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        relay.peer.recv_from(&mut buf).is_err(),
+        "an oversize datagram reached the peer"
+    );
+    let report = running.stop().remove(0);
+    assert_eq!(report.io.truncated, 2, "{:?}", report.io);
+}
+
+#[test]
+fn io_uring_takes_the_largest_datagram_and_counts_larger() {
+    largest_datagram(Backend::IoUring);
+}
+
+#[test]
+fn portable_takes_the_largest_datagram_and_counts_larger() {
+    largest_datagram(Backend::Portable);
 }
