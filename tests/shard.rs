@@ -488,3 +488,51 @@ fn io_uring_takes_the_largest_datagram_and_counts_larger() {
 fn portable_takes_the_largest_datagram_and_counts_larger() {
     largest_datagram(Backend::Portable);
 }
+
+/// With one send slot a flood from the peer drops most sends; each drop is counted once:
+/// every send the shard attempted is either sent or a send error.
+#[test]
+fn a_dropped_send_is_counted_once() {
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| c.backend = Backend::IoUring);
+    let knobs = TestKnobs {
+        send_slots: Some(1),
+        ..TestKnobs::default()
+    };
+    let running = start(config, &events, knobs);
+    // Allocate (401, then success), CreatePermission, ChannelBind: four responses.
+    let relay = Relay::new(running.local_addrs()[0]);
+    for _ in 0..2_000 {
+        let _ = relay.peer.send_to(b"flood", relay.relayed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    // Quiet once the client has read everything it will get.
+    while Instant::now() < deadline {
+        let mut buf = [0u8; 64];
+        relay
+            .client
+            .socket()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        if relay.client.socket().recv_from(&mut buf).is_err() {
+            last = Some(());
+            break;
+        }
+    }
+    assert!(last.is_some(), "the flood did not end");
+    let report = running.stop().remove(0);
+    let attempts = 4 + report.counters.relayed_to_peer + report.counters.relayed_to_client;
+    assert!(
+        report.io.send_errors > 0,
+        "no send was dropped: {:?}",
+        report.io
+    );
+    assert_eq!(
+        report.io.sent + report.io.send_errors,
+        attempts,
+        "{:?} {:?}",
+        report.io,
+        report.counters
+    );
+}
