@@ -536,3 +536,49 @@ fn a_dropped_send_is_counted_once() {
         report.counters
     );
 }
+
+/// A wildcard listener answers from the address each client sent to: Binding responses,
+/// TURN responses and relayed data, on a host with two addresses (127.0.0.1, 127.0.0.2).
+fn wildcard_listener_answers_from_the_address_used(backend: Backend) {
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| {
+        c.backend = backend;
+        c.listening_ips = vec!["0.0.0.0".parse().unwrap()];
+    });
+    let running = start(config, &events, TestKnobs::default());
+    let port = running.local_addrs()[0].port();
+    let mut buf = [0u8; 2048];
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let server: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        client.send_to(&binding_request(), server).unwrap();
+        let (_, from) = client.recv_from(&mut buf).expect("binding answered");
+        assert_eq!(from, server, "binding response source");
+    }
+    let server: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let mut relay = Relay::new(server);
+    assert!(relay.round_trip(0));
+    relay.peer.send_to(b"to the client", relay.relayed).unwrap();
+    let (_, from) = relay
+        .client
+        .socket()
+        .recv_from(&mut buf)
+        .expect("relayed data arrives");
+    assert_eq!(from, server, "relayed data source");
+    let created = events.created();
+    running.stop();
+    assert_eq!(created.len(), 1);
+}
+
+#[test]
+fn io_uring_wildcard_listener_answers_from_the_address_used() {
+    wildcard_listener_answers_from_the_address_used(Backend::IoUring);
+}
+
+#[test]
+fn portable_wildcard_listener_answers_from_the_address_used() {
+    wildcard_listener_answers_from_the_address_used(Backend::Portable);
+}

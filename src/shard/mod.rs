@@ -8,6 +8,7 @@
 
 mod failure;
 mod knobs;
+mod pktinfo;
 mod portable;
 mod state;
 mod uring;
@@ -41,6 +42,35 @@ pub const MAX_DATAGRAM: usize = uring::MAX_DATAGRAM;
 
 /// Wakes a shard from another thread (stop, asynchronous authentication answers).
 pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// A listening socket (an SO_REUSEPORT member) at `addr`; on a wildcard address it
+/// reports each datagram's destination, so replies leave from the address the client used.
+pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = bind_udp(addr, true, LISTEN_SOCKET_BUFFER)?;
+    if addr.ip().is_unspecified() {
+        pktinfo::enable(&socket, addr)?;
+    }
+    Ok(socket)
+}
+
+/// The listener that sends as `local`: the one bound there, or the wildcard listener of
+/// its port and family, with `local`'s address as the source to set.
+pub(crate) fn listener_for<S>(
+    listeners: &[(SocketAddr, S)],
+    local: SocketAddr,
+) -> Option<(&S, Option<IpAddr>)> {
+    if let Some((_, s)) = listeners.iter().find(|(addr, _)| *addr == local) {
+        return Some((s, None));
+    }
+    listeners
+        .iter()
+        .find(|(addr, _)| {
+            addr.ip().is_unspecified()
+                && addr.port() == local.port()
+                && addr.is_ipv4() == local.is_ipv4()
+        })
+        .map(|(_, s)| (s, Some(local.ip())))
+}
 
 /// Creates a nonblocking UDP socket bound at `addr`.
 pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {

@@ -6,18 +6,20 @@
 
 use super::buffers::{Buffers, Lent};
 use super::op::{Op, GEN_MASK};
+use crate::shard::pktinfo::{self, SourceControl};
 use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
 use crate::turn::{RelayId, RelaySockets};
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use socket2::SockAddr;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 pub(super) const BUF_GROUP: u16 = 0;
 pub(super) const NAME_LEN: u32 = 28;
-pub(super) const CONTROL_LEN: u32 = 20;
+/// Room for the destination address a wildcard listener's receive reports.
+pub(super) const CONTROL_LEN: u32 = pktinfo::CONTROL_LEN as u32;
 
 /// What a send carries.
 pub(super) enum SendBuf {
@@ -37,6 +39,8 @@ struct SendSlot {
     msghdr: libc::msghdr,
     iov: libc::iovec,
     addr: SockAddr,
+    /// The source address of a send from a wildcard listener.
+    control: SourceControl,
     buf: Option<SendBuf>,
 }
 
@@ -96,6 +100,7 @@ impl Io {
                     iov_len: 0,
                 },
                 addr: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                control: SourceControl([0; pktinfo::CONTROL_LEN]),
                 buf: None,
             })
             .collect::<Vec<_>>()
@@ -223,11 +228,12 @@ impl Io {
         }
     }
 
-    /// Sends `buf` from `fd` to `to`. With every send slot in use, hands `buf` back.
+    /// Sends `buf` from `fd` (from address `source`, on a wildcard listener) to `to`. With
+    /// every send slot in use, hands `buf` back.
     pub fn send(
         &mut self,
         buffers: &Buffers,
-        fd: RawFd,
+        (fd, source): (RawFd, Option<IpAddr>),
         to: SocketAddr,
         buf: SendBuf,
     ) -> Result<(), SendBuf> {
@@ -250,6 +256,18 @@ impl Io {
         slot.msghdr.msg_namelen = slot.addr.len();
         slot.msghdr.msg_iov = &mut slot.iov;
         slot.msghdr.msg_iovlen = 1;
+        match source {
+            Some(ip) => {
+                let (control, len) = pktinfo::source(ip);
+                slot.control = control;
+                slot.msghdr.msg_control = slot.control.0.as_mut_ptr().cast();
+                slot.msghdr.msg_controllen = len as _;
+            }
+            None => {
+                slot.msghdr.msg_control = std::ptr::null_mut();
+                slot.msghdr.msg_controllen = 0;
+            }
+        }
         let sqe = opcode::SendMsg::new(Fd(fd), &slot.msghdr)
             .build()
             .user_data(Op::Send { slot: index }.encode());
@@ -286,18 +304,17 @@ impl Io {
         self.slots.len() - self.free_slots.len()
     }
 
-    pub fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
-        self.listeners
-            .iter()
-            .find(|(addr, _)| *addr == local)
-            .map(|(_, s)| s.as_raw_fd())
+    /// The listener that sends as `local`: one bound there, or a wildcard listener of its
+    /// port and family, which then needs `local`'s address as the source.
+    pub fn listener_for(&self, local: SocketAddr) -> Option<(RawFd, Option<IpAddr>)> {
+        crate::shard::listener_for(&self.listeners, local).map(|(s, src)| (s.as_raw_fd(), src))
     }
 
-    pub fn relay_fd(&self, relay: RelayId) -> Option<RawFd> {
+    pub fn relay_fd(&self, relay: RelayId) -> Option<(RawFd, Option<IpAddr>)> {
         self.relays
             .get(relay.0 as usize)
             .and_then(|r| r.socket.as_ref())
-            .map(AsRawFd::as_raw_fd)
+            .map(|s| (s.as_raw_fd(), None))
     }
 }
 

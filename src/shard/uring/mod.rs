@@ -29,7 +29,7 @@ use self::buffers::{Buffers, Lent, BUF_SIZE};
 use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
-use super::{bind_udp, ShardState, TestKnobs, Wake, LISTEN_SOCKET_BUFFER};
+use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{CancelBuilder, RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
@@ -175,7 +175,7 @@ impl Shard {
         ));
         let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen {
-            listeners.push((*addr, bind_udp(*addr, true, LISTEN_SOCKET_BUFFER)?));
+            listeners.push((*addr, bind_listener(*addr)?));
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -517,12 +517,13 @@ impl Shard {
                 let truncated = out.is_payload_truncated() || out.is_name_data_truncated();
                 Some((
                     sockaddr(out.name_data())?,
+                    pktinfo::destination(out.control_data()),
                     out.payload_data().len(),
                     truncated,
                 ))
             });
-        let (from, n) = match parsed {
-            Some((from, n, false)) if n <= MAX_DATAGRAM => (from, n),
+        let (from, to, n) = match parsed {
+            Some((from, to, n, false)) if n <= MAX_DATAGRAM => (from, to, n),
             Some(_) => {
                 state.io.truncated += 1;
                 return Outcome::Done(lent);
@@ -533,7 +534,9 @@ impl Shard {
         // (descriptor, destination, offset in the buffer, length) of the send, if any.
         let send = match op {
             Op::ListenRecv { index } => {
-                let local = self.io.listeners[index as usize].0;
+                // On a wildcard listener, the address the client sent to.
+                let listener = self.io.listeners[index as usize].0;
+                let local = SocketAddr::new(to.unwrap_or(listener.ip()), listener.port());
                 match state
                     .server
                     .handle_client(now, from, local, &buf[payload], &mut self.io)
@@ -560,7 +563,7 @@ impl Shard {
                         range,
                     } => self
                         .io
-                        .listener_fd(local)
+                        .listener_for(local)
                         .map(|fd| (fd, client, range.start, range.len())),
                     PeerAction::Drop => None,
                 }
@@ -583,7 +586,7 @@ impl Shard {
 
     fn flush_transmits(&mut self, state: &mut ShardState) {
         while let Some(t) = state.server.poll_transmit() {
-            let Some(fd) = self.io.listener_fd(t.local) else {
+            let Some(fd) = self.io.listener_for(t.local) else {
                 state.io.send_errors += 1;
                 continue;
             };
