@@ -582,3 +582,35 @@ fn io_uring_wildcard_listener_answers_from_the_address_used() {
 fn portable_wildcard_listener_answers_from_the_address_used() {
     wildcard_listener_answers_from_the_address_used(Backend::Portable);
 }
+
+/// Without a listening address the server listens on IPv4 and IPv6 (this host has both,
+/// or the test fails saying so) and answers each family from the address used.
+#[test]
+fn default_listening_covers_ipv4_and_ipv6() {
+    assert!(
+        UdpSocket::bind("[::1]:0").is_ok(),
+        "NOT RUN: this host has no IPv6 loopback; the test needs it"
+    );
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| c.listening_ips = Vec::new());
+    let running = start(config, &events, TestKnobs::default());
+    let addrs = running.local_addrs().to_vec();
+    assert!(
+        addrs.iter().any(|a| a.ip().is_unspecified() && a.is_ipv4())
+            && addrs.iter().any(|a| a.ip().is_unspecified() && a.is_ipv6()),
+        "{addrs:?}"
+    );
+    let port = addrs[0].port();
+    let mut buf = [0u8; 2048];
+    for (bind, server) in [("127.0.0.1:0", "127.0.0.2"), ("[::1]:0", "[::1]")] {
+        let server: SocketAddr = format!("{server}:{port}").parse().unwrap();
+        let client = UdpSocket::bind(bind).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        client.send_to(&binding_request(), server).unwrap();
+        let (_, from) = client.recv_from(&mut buf).expect("binding answered");
+        assert_eq!(from, server);
+    }
+    running.stop();
+}

@@ -24,7 +24,7 @@ use crate::stats::EventSink;
 use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -206,6 +206,34 @@ fn default_relay_ip(listen: IpAddr) -> IpAddr {
     }
 }
 
+/// Where to listen without `--listening-ip`: every IPv4 address and, where the host has
+/// IPv6, every IPv6 address (as coturn does).
+fn default_listen_ips() -> Vec<IpAddr> {
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+    let has_ipv6 = std::fs::read_to_string("/proc/net/if_inet6")
+        .is_ok_and(|s| !s.trim().is_empty())
+        && UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok();
+    if has_ipv6 {
+        ips.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+    ips
+}
+
+/// The IPv6 relay address when none is given: a specific IPv6 listening address, else the
+/// host's primary global IPv6 address (found by routing, no packet sent), else none (IPv6
+/// relays refused with 440).
+fn default_relay_ip_v6(listen: IpAddr) -> Option<IpAddr> {
+    if !listen.is_unspecified() {
+        return Some(listen);
+    }
+    let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok()?;
+    // connect() on UDP only consults the routing table; nothing is sent.
+    s.connect("[2001:db8::1]:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    (!ip.is_unspecified() && !ip.is_loopback() && !link_local).then_some(ip)
+}
+
 /// Splits `min..=max` into `n` disjoint contiguous slices.
 pub fn port_slices(min: u16, max: u16, n: usize) -> Vec<(u16, u16)> {
     let total = u32::from(max) - u32::from(min) + 1;
@@ -286,7 +314,7 @@ pub fn start_with(
         config.cores.iter().map(|&c| Some(c)).collect()
     };
     let listen_ips = if config.listening_ips.is_empty() {
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        default_listen_ips()
     } else {
         config.listening_ips.clone()
     };
@@ -301,7 +329,19 @@ pub fn start_with(
         .find(IpAddr::is_ipv4)
         .or_else(|| config.relay_ips.first().copied())
         .unwrap_or_else(|| default_relay_ip(listen_ips[0]));
-    let relay_v6 = config.relay_ips.iter().copied().find(IpAddr::is_ipv6);
+    let relay_v6 = config
+        .relay_ips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv6)
+        .or_else(|| {
+            let listen_v6 = listen_ips.iter().copied().find(IpAddr::is_ipv6)?;
+            config
+                .relay_ips
+                .is_empty()
+                .then(|| default_relay_ip_v6(listen_v6))
+                .flatten()
+        });
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
     for addr in &listen {
@@ -335,6 +375,7 @@ pub fn start_with(
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
+        relay_v6 = ?relay_v6,
         listen = ?listen,
         "starting"
     );
