@@ -614,3 +614,82 @@ fn default_listening_covers_ipv4_and_ipv6() {
     }
     running.stop();
 }
+
+/// CPU time (user + system, clock ticks) of this process's thread named `name`.
+fn thread_ticks(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        return Some(utime + stime);
+    }
+    None
+}
+
+/// A peer floods a client that never reads, through a shard with 16 provided buffers:
+/// receives run out of buffers again and again, yet another client keeps relaying, and
+/// once the flood is over the shard sleeps (no re-arming spin).
+#[test]
+fn buffer_exhaustion_neither_blocks_other_clients_nor_spins() {
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| c.backend = Backend::IoUring);
+    let knobs = TestKnobs {
+        buffers: Some(16),
+        ..TestKnobs::default()
+    };
+    let running = start(config, &events, knobs);
+    let server = running.local_addrs()[0];
+    let flooded = Relay::new(server);
+    let mut other = Relay::new(server);
+    let flood = flooded.peer.try_clone().unwrap();
+    let target = flooded.relayed;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flooding = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let payload = [0u8; 1200];
+            while !stop.load(Ordering::Relaxed) && sent.load(Ordering::Relaxed) < 5_000_000 {
+                let _ = flood.send_to(&payload, target);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    assert!(
+        wait_until(Instant::now() + Duration::from_secs(5), || sent
+            .load(Ordering::Relaxed)
+            >= 20_000),
+        "the flood did not start"
+    );
+    for i in 0..20 {
+        assert!(other.round_trip(i), "round trip {i} during the flood");
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooding.join().unwrap();
+    // Quiet: a shard that keeps re-arming starved receives burns its core.
+    let name = "uturn-shard-0";
+    let before = thread_ticks(name).expect("shard thread");
+    std::thread::sleep(Duration::from_secs(1));
+    let used = thread_ticks(name).expect("shard thread") - before;
+    assert!(other.round_trip(100), "relaying after the flood");
+    drop(flooded);
+    let report = running.stop().remove(0);
+    assert!(
+        report.io.no_buffers > 0,
+        "the flood never ran the buffers out: {:?}",
+        report.io
+    );
+    assert!(
+        used <= 10,
+        "the idle shard used {used} clock ticks in one second"
+    );
+}

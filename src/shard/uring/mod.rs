@@ -391,8 +391,10 @@ impl Shard {
     fn rearm(&mut self) {
         let count = usize::from(self.buffers.count());
         if !self.io.starved.is_empty() && self.buffers.lent() <= count - count / 8 {
+            // The first to starve is most likely the socket a flood keeps full, which takes
+            // every buffer as soon as it is armed: armed last, so the others get theirs.
             let starved = std::mem::take(&mut self.io.starved);
-            self.io.rearm.extend(starved);
+            self.io.rearm.extend(starved.into_iter().rev());
         }
         // Taken and put back, so the list keeps its capacity (no allocation per turn);
         // an arm that cannot be queued lands in the fresh list, for the next turn.
