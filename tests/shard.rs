@@ -5,6 +5,7 @@
 //! backends take the same largest datagram and count larger ones.
 
 mod common;
+use common::wait_until;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,18 +16,6 @@ use uturn::shard::{Fault, FaultKind, Running, ShardReport, TestKnobs};
 use uturn::stats::EventSink;
 use uturn::stun::{Class, MessageBuilder, Method};
 use uturn::turn::{DeleteReason, Event};
-
-fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn binding_request() -> Vec<u8> {
     let mut req = Vec::new();
