@@ -34,7 +34,6 @@ impl Uturn {
             let (port, min, max) = next_ports();
             let log = std::env::temp_dir()
                 .join(format!("uturn-interop-{}-{port}.log", std::process::id()));
-            let file = std::fs::File::create(&log).unwrap();
             let mut args: Vec<String> = [
                 "--listening-ip",
                 "127.0.0.1",
@@ -60,13 +59,7 @@ impl Uturn {
             .map(|s| s.to_string())
             .collect();
             args.extend(extra.iter().map(|s| s.to_string()));
-            let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
-                .args(&args)
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .spawn()
-                .expect("spawn uturn");
-            let mut server = Uturn { child, port, log };
+            let mut server = Uturn::launch(&args, port, log);
             if server.wait_ready(Duration::from_secs(10)) {
                 return server;
             }
@@ -77,6 +70,19 @@ impl Uturn {
             }
         }
         panic!("could not find free ports for uturn");
+    }
+
+    /// Starts `uturn` with exactly `args`, expected to listen on 127.0.0.1:`port`, logging
+    /// to `log`; does not wait.
+    pub fn launch(args: &[String], port: u16, log: PathBuf) -> Uturn {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn uturn");
+        Uturn { child, port, log }
     }
 
     pub fn addr(&self) -> SocketAddr {
