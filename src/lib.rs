@@ -13,6 +13,9 @@ pub mod config;
 pub mod shard;
 pub mod stats;
 pub mod stun;
+/// Test, fuzz and bench support (a simulated world for the core); not API.
+#[doc(hidden)]
+pub mod testing;
 pub mod turn;
 
 pub use auth::{AuthDecision, AuthRequest, Observer, Ticket};
