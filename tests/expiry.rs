@@ -162,7 +162,9 @@ fn allocations_expire_on_time_and_give_their_ports_back() {
         addrs: 2,
         sockets: 100,
         spread: 3,
-        ports: 220,
+        // SO_REUSEPORT spreads 200 clients over 2 shards unevenly: 150 ports per shard
+        // leave room for that, and still too few for a second round without the first's.
+        ports: 300,
         min_round_trips: 100,
     });
 }
@@ -367,7 +369,10 @@ fn expiry_under_load(size: Size) {
         "the second round and the three relays end at shutdown"
     );
     assert_eq!(sum(&reports, |c| c.ports_exhausted), 0);
-    // Each shard had 5,500 ports and about 5,000 allocations per round: the second round
-    // could only succeed with the first round's ports back in the pools.
-    assert!(reused > TOTAL / 2, "only {reused} ports reused");
+    // Two rounds need more ports than the range has: the second round could only succeed
+    // with the first round's ports back in the pools, at least this many of them.
+    assert!(
+        reused >= 2 * TOTAL - usize::from(size.ports),
+        "only {reused} ports reused"
+    );
 }
