@@ -147,7 +147,7 @@ fn allocate_many(
 const EXPIRY_SLACK: f64 = 0.5;
 
 /// How many allocations, from how many sockets over how many listening addresses, with
-/// lifetimes 2 to `2 + spread - 1` seconds, in a relay range of `ports` ports from 8000.
+/// lifetimes 2 to `2 + spread - 1` seconds, in a relay range of `ports` ports.
 struct Size {
     addrs: usize,
     sockets: usize,
@@ -185,7 +185,7 @@ fn proof_ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
 fn expiry_under_load(size: Size) {
     let (ADDRS, SOCKETS) = (size.addrs, size.sockets);
     let TOTAL: usize = ADDRS * SOCKETS;
-    let RANGE: (u16, u16) = (8000, 8000 + size.ports - 1);
+    let RANGE: (u16, u16) = free_port_block(size.ports);
     let spread = size.spread;
     let _heavy = heavy();
     need_files((SOCKETS + TOTAL + 1000) as u64);

@@ -336,7 +336,7 @@ fn binding_marker(sock: &UdpSocket, server: SocketAddr) -> (i64, i64) {
 
 fn channel_data_flood(FLOOD: u64, NO_ALLOC_FLOOD: u64, min_round_trips: u64) {
     let _heavy = heavy();
-    let running = start_with_range(loopback_config(2, |_| {}), None, None, (19000, 19099));
+    let running = start_with_range(loopback_config(2, |_| {}), None, None, free_port_block(100));
     let server = running.local_addrs()[0];
     let echo = EchoPeer::start(true);
     let bystander = EchoPeer::start(false);
