@@ -45,7 +45,7 @@ fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
 }
 
 fn forwarding(c: &mut Criterion) {
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let (world, relay) = setup("203.0.113.5:40000", peer);
     let World {
         mut server,
@@ -90,7 +90,7 @@ fn forwarding(c: &mut Criterion) {
 /// `REDIS_URL` if set, else an address where nothing listens (the thread queues and merges).
 fn stats_on_off(c: &mut Criterion) {
     let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let target = std::env::var("REDIS_URL")
         .ok()
         .and_then(|u| uturn::config::parse_redis_url(&u).ok())

@@ -214,15 +214,20 @@ fn stalled_tls_handshakes_and_garbage_are_closed() {
 fn start_streams(
     tweak: impl Fn(&mut uturn::shard::stream::StreamOptions),
 ) -> uturn::shard::Running {
-    for attempt in 0..20u16 {
+    for _ in 0..20 {
         let mut config = loopback_config(1, |_| {});
-        config.listening_port = free_tcp_port();
-        config.min_port = 18800 + (std::process::id() as u16 % 40) * 20 + attempt * 7 % 20;
-        config.max_port = config.min_port + 19;
+        config.listening_port = free_listen_port();
+        (config.min_port, config.max_port) = free_port_block(20);
         let mut streams = uturn::shard::stream::StreamOptions::from_config(&config).unwrap();
         tweak(&mut streams);
         let observer = uturn::observer_from_config(&config);
-        match uturn::shard::start_with_streams(&config, streams, observer, None) {
+        match uturn::shard::start_with_streams(
+            &config,
+            streams,
+            observer,
+            None,
+            uturn::shard::TestKnobs::default(),
+        ) {
             Ok(r) => return r,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
             Err(e) => panic!("start: {e}"),

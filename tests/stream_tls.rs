@@ -117,7 +117,7 @@ fn certificates_are_replaced_without_a_restart() {
         c.pkey = Some(key.clone());
         c.tls_listening_port = tls_port;
     });
-    let running = start_in_process(&config, None, None, 14500..18700, 200);
+    let running = start_in_process(&config, None, None, 200);
     let server = SocketAddr::from(([127, 0, 0, 1], tls_port));
     let first = leaf_of(&cert);
     // Several connections, so both shards' listeners answer.

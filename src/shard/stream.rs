@@ -103,6 +103,38 @@ impl StreamOptions {
     }
 }
 
+impl StreamOptions {
+    /// The stream listeners' addresses for the listening addresses `listen`.
+    fn addresses(&self, listen: &[SocketAddr]) -> Vec<(SocketAddr, Transport)> {
+        let mut addrs = Vec::new();
+        if self.tcp {
+            addrs.extend(listen.iter().map(|a| (*a, Transport::Tcp)));
+        }
+        if self.tls.is_some() {
+            addrs.extend(
+                listen
+                    .iter()
+                    .map(|a| (SocketAddr::new(a.ip(), self.tls_port), Transport::Tls)),
+            );
+        }
+        addrs
+    }
+
+    /// Refuses ports another process listens on: SO_REUSEPORT would silently split the
+    /// clients between it and this server.
+    pub(crate) fn check_free(&self, listen: &[SocketAddr]) -> io::Result<()> {
+        for (addr, _) in self.addresses(listen) {
+            if let Err(e) = bind_tcp(addr, false) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on TCP {addr}: {e} (is another TURN server running?)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Stream-side events and drops of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamCounters {
@@ -158,17 +190,7 @@ impl Streams {
     /// Binds this shard's stream listeners (SO_REUSEPORT members) for the UDP listening
     /// addresses `listen`; `None` when neither TCP nor TLS is on.
     pub fn new(listen: &[SocketAddr], options: &StreamOptions) -> io::Result<Option<Streams>> {
-        let mut addrs = Vec::new();
-        if options.tcp {
-            addrs.extend(listen.iter().map(|a| (*a, Transport::Tcp)));
-        }
-        if options.tls.is_some() {
-            addrs.extend(
-                listen
-                    .iter()
-                    .map(|a| (SocketAddr::new(a.ip(), options.tls_port), Transport::Tls)),
-            );
-        }
+        let addrs = options.addresses(listen);
         if addrs.is_empty() {
             return Ok(None);
         }

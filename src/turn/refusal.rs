@@ -189,6 +189,8 @@ causes! {
         RateLimited => rate_limited;
         /// A parked request whose asynchronous answer did not come in time.
         PendingAuthExpired => pending_auth_expired;
+        /// To or from one of the server's own addresses on a port outside the relay range.
+        OwnAddressPort => own_address_port;
     }
 }
 

@@ -298,12 +298,7 @@ impl Server {
         let Some(alloc) = self.allocation(slot) else {
             return;
         };
-        let relay = match self.config.external_ip {
-            Some(ip) if ip.is_ipv4() == alloc.info.relay.is_ipv4() => {
-                SocketAddr::new(ip, alloc.info.relay.port())
-            }
-            _ => alloc.info.relay,
-        };
+        let relay = self.config.advertised(alloc.info.relay);
         let remaining = alloc.expires.saturating_duration_since(req.now).as_secs() as u32;
         let token = alloc.reservation_token;
         let key = alloc.key;

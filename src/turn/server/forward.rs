@@ -78,8 +78,12 @@ impl Server {
             Leg::Send(peer) => (peer, None),
             Leg::FromPeer(peer) => (peer, alloc.channel_by_peer(peer, now).map(|c| c.number)),
         };
-        if !alloc.has_permission(peer.ip(), now) {
-            return Err(Dropped::NoPermission);
+        let own = alloc
+            .permission(peer.ip(), now)
+            .ok_or(Dropped::NoPermission)?
+            .own;
+        if own && !self.config.relay_range.contains(&peer.port()) {
+            return Err(Dropped::OwnAddressPort);
         }
         let from_peer = matches!(leg, Leg::FromPeer(_));
         // What leaves: the payload toward a peer, the framed payload toward the client.

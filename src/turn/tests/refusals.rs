@@ -116,7 +116,7 @@ fn error_paths() {
         None,
         "rebinding the same pair refreshes"
     );
-    assert_eq!(bind(&mut c, &mut w, 0x4000, "198.51.100.8:1"), Some(400));
+    assert_eq!(bind(&mut c, &mut w, 0x4000, "203.0.114.8:1"), Some(400));
     assert_eq!(bind(&mut c, &mut w, 0x4001, PEER), Some(400));
     // 400 unknown method.
     let req = c.build(Method(0x0055), true, |_| {});
@@ -140,7 +140,7 @@ fn capacity_limits_give_508() {
     assert_eq!(w.server.counters().ports_exhausted, 1);
     // Permissions beyond the cap: 508.
     let many: Vec<SocketAddr> = (1..=9)
-        .map(|i| format!("198.51.100.{i}:1").parse().unwrap())
+        .map(|i| format!("203.0.114.{i}:1").parse().unwrap())
         .collect();
     let resp = a.authed(&mut w, Method::CREATE_PERMISSION, |m| {
         for p in &many {
