@@ -155,3 +155,32 @@ fn closing_the_connection_tells_the_observer_once() {
     let closed: u64 = reports.iter().map(|r| r.streams.closed).sum();
     assert_eq!((accepted, closed), (3, 3), "{reports:?}");
 }
+
+/// A request followed at once by the client's FIN: the server answers and then sees the end
+/// (it does not wait for the idle timeout to notice the connection is gone).
+#[test]
+fn a_request_and_the_end_arriving_together_are_both_seen() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use uturn::stun::{Class, MessageBuilder, Method};
+    let config = loopback_config(1, |_| {});
+    let running = start_in_process(&config, None, None, 20);
+    let server = running.local_addrs()[0];
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(server).unwrap();
+        let mut out = Vec::new();
+        MessageBuilder::new(&mut out, Class::Request, Method::BINDING, &[3; 12]);
+        s.write_all(&out).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        // read_to_end returns only once the server closed its side.
+        s.read_to_end(&mut answer)
+            .expect("the server closes the connection after the client's end");
+        let msg = uturn::stun::Message::parse(&answer).expect("a Binding response");
+        assert_eq!(msg.class(), Class::Success);
+    }
+    let reports = running.stop();
+    assert_eq!(reports[0].streams.closed, 20, "{:?}", reports[0].streams);
+    assert_eq!(reports[0].streams.idle_closed, 0);
+}

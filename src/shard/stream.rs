@@ -182,6 +182,8 @@ pub(crate) struct Streams {
     options: StreamOptions,
     tls: Option<Arc<rustls::ServerConfig>>,
     buf: Box<[u8]>,
+    /// Connections whose client ended its side this turn, closed at its end.
+    ending: Vec<usize>,
     next_sweep: Instant,
     pub counters: StreamCounters,
 }
@@ -213,6 +215,7 @@ impl Streams {
             tls: options.tls.as_ref().map(Certificates::server_config),
             options: options.clone(),
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            ending: Vec::new(),
             next_sweep: Instant::now() + SWEEP_EVERY,
             counters: StreamCounters::default(),
         }))
@@ -238,25 +241,23 @@ impl Streams {
                 }
                 return;
             }
-            let ready: Vec<(Token, bool, bool)> = self
+            // (token, readable, the peer closed or failed, writable)
+            let ready: Vec<(Token, bool, bool, bool)> = self
                 .events
                 .iter()
                 .map(|e| {
-                    (
-                        e.token(),
-                        e.is_readable() || e.is_read_closed() || e.is_error(),
-                        e.is_writable(),
-                    )
+                    let ended = e.is_read_closed() || e.is_error();
+                    (e.token(), e.is_readable() || ended, ended, e.is_writable())
                 })
                 .collect();
-            for &(Token(t), readable, writable) in &ready {
+            for &(Token(t), readable, ended, writable) in &ready {
                 if t < CONN_BASE {
                     self.accept(t, now);
                     continue;
                 }
                 let slot = t - CONN_BASE;
                 if readable {
-                    self.read(slot, now, state, relays);
+                    self.read(slot, ended, now, state, relays);
                 }
                 if writable {
                     self.flush(slot, now, state, relays);
@@ -347,6 +348,7 @@ impl Streams {
     fn read(
         &mut self,
         slot: usize,
+        to_end: bool,
         now: Instant,
         state: &mut ShardState,
         relays: &mut dyn RelayIo,
@@ -354,9 +356,12 @@ impl Streams {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
+        if conn.ended {
+            return;
+        }
         let tuple = conn.tuple;
         let frames = &mut self.counters.frames;
-        let result = conn.read(&mut self.buf, now, |frame| {
+        let result = conn.read(&mut self.buf, to_end, now, |frame| {
             *frames += 1;
             state.io.received += 1;
             let action = state
@@ -371,8 +376,15 @@ impl Streams {
                 relays.send_to_peer(&mut state.io, relay, peer, &frame[payload]);
             }
         });
-        if let Err(why) = result {
-            self.close(slot, why, now, state, relays);
+        match result {
+            Ok(()) => {}
+            // The client's end may come with its last requests: their answers are still
+            // in the core's queue, so the close waits for the end of this turn.
+            Err(Closed::Peer) => {
+                conn.ended = true;
+                self.ending.push(slot);
+            }
+            Err(why) => self.close(slot, why, now, state, relays),
         }
     }
 
@@ -420,9 +432,13 @@ impl Streams {
             .connection_closed(now, conn.tuple, relays.sockets());
     }
 
-    /// Closes connections past their deadline: TLS handshakes too slow, and connections
-    /// holding no allocation that have been quiet for the idle timeout.
+    /// End of a loop turn: closes the connections their clients ended (their answers are
+    /// written by now), and those past a deadline: TLS handshakes too slow, connections
+    /// holding no allocation quiet for the idle timeout.
     pub fn sweep(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
+        for slot in std::mem::take(&mut self.ending) {
+            self.close(slot, Closed::Peer, now, state, relays);
+        }
         if now < self.next_sweep {
             return;
         }

@@ -53,6 +53,9 @@ pub(crate) struct Connection {
     pub opened_at: Instant,
     /// An allocation lives on this connection's 5-tuple.
     pub allocated: bool,
+    /// The client ended its side: nothing more is read, the connection closes once the
+    /// answers to what it sent last have been written.
+    pub ended: bool,
 }
 
 impl Connection {
@@ -74,6 +77,7 @@ impl Connection {
             active_at: now,
             opened_at: now,
             allocated: false,
+            ended: false,
         }
     }
 
@@ -86,16 +90,18 @@ impl Connection {
         self.out.capacity() + self.frames.capacity()
     }
 
-    /// Reads until the socket would block, passing every whole frame to `frame`, and
-    /// writes what TLS has to say in return (handshake, alerts).
+    /// Reads until the socket would block (`to_end`: until it reports its end, as the
+    /// peer closed it), passing every whole frame to `frame`, and writes what TLS has to
+    /// say in return (handshake, alerts).
     pub fn read(
         &mut self,
         buf: &mut [u8],
+        to_end: bool,
         now: Instant,
         mut frame: impl FnMut(&[u8]),
     ) -> Result<(), Closed> {
         let result = match self.tls.as_mut() {
-            None => read_plain(&mut self.socket, &mut self.frames, buf, &mut frame),
+            None => read_plain(&mut self.socket, &mut self.frames, buf, to_end, &mut frame),
             Some(tls) => read_tls(tls, &mut self.socket, &mut self.frames, buf, &mut frame),
         };
         self.active_at = now;
@@ -167,8 +173,9 @@ impl Connection {
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
             take_records(tls, &mut self.out);
-            let _ = self.flush();
         }
+        // Best effort: what the socket does not take now is lost with the connection.
+        let _ = self.flush();
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -187,14 +194,23 @@ fn read_plain(
     socket: &mut TcpStream,
     frames: &mut Reassembler,
     buf: &mut [u8],
+    to_end: bool,
     frame: &mut impl FnMut(&[u8]),
 ) -> Result<(), Closed> {
     loop {
         match socket.read(buf) {
             Ok(0) => return Err(Closed::Peer),
-            Ok(n) => frames
-                .push(&buf[..n], &mut *frame)
-                .map_err(Closed::Framing)?,
+            Ok(n) => {
+                frames
+                    .push(&buf[..n], &mut *frame)
+                    .map_err(Closed::Framing)?;
+                // A short read emptied the socket's buffer; later bytes raise a new edge
+                // (epoll(7)), so the read that would only say "would block" is saved,
+                // unless the peer's end came with this edge and must still be read.
+                if n < buf.len() && !to_end {
+                    return Ok(());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(Closed::Peer),
