@@ -173,6 +173,8 @@ struct Listener {
 pub(crate) struct Streams {
     poll: Poll,
     events: Events,
+    /// This wakeup's events: (token, readable, the peer closed or failed, writable).
+    ready: Vec<(Token, bool, bool, bool)>,
     listeners: Vec<Listener>,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
@@ -207,6 +209,7 @@ impl Streams {
         Ok(Some(Streams {
             poll,
             events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
             listeners,
             conns: Vec::new(),
             free: Vec::new(),
@@ -241,15 +244,13 @@ impl Streams {
                 }
                 return;
             }
-            // (token, readable, the peer closed or failed, writable)
-            let ready: Vec<(Token, bool, bool, bool)> = self
-                .events
-                .iter()
-                .map(|e| {
-                    let ended = e.is_read_closed() || e.is_error();
-                    (e.token(), e.is_readable() || ended, ended, e.is_writable())
-                })
-                .collect();
+            // Taken and put back, so it keeps its capacity (no allocation per wakeup).
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(self.events.iter().map(|e| {
+                let ended = e.is_read_closed() || e.is_error();
+                (e.token(), e.is_readable() || ended, ended, e.is_writable())
+            }));
             for &(Token(t), readable, ended, writable) in &ready {
                 if t < CONN_BASE {
                     self.accept(t, now);
@@ -264,7 +265,9 @@ impl Streams {
                 }
             }
             // The outer poller is edge-triggered on this set: stop only once it is drained.
-            if ready.len() < self.events.capacity() {
+            let drained = ready.len() < self.events.capacity();
+            self.ready = ready;
+            if drained {
                 return;
             }
         }
