@@ -22,6 +22,16 @@ enum Leg {
     FromPeer(SocketAddr),
 }
 
+/// A datagram at the forwarding check: the allocation it names (if any), how it names its
+/// peer, its size as received and its application data's size.
+#[derive(Copy, Clone)]
+struct Hop {
+    slot: Option<u32>,
+    leg: Leg,
+    received: usize,
+    payload: usize,
+}
+
 /// Where a datagram that passed goes.
 struct Route {
     peer: SocketAddr,
@@ -33,31 +43,19 @@ struct Route {
 impl Server {
     /// The one forwarding check. `received` is the datagram as it arrived, `payload` the
     /// application data in it. Counts the drop and returns `None` when it fails.
-    fn pass(
-        &mut self,
-        now: Instant,
-        slot: Option<u32>,
-        leg: Leg,
-        received: usize,
-        payload: usize,
-    ) -> Option<Route> {
-        match self.check(now, slot, leg, received, payload) {
-            Ok(route) => Some(route),
-            Err(cause) => {
-                self.counters.count_drop(cause);
-                None
-            }
-        }
+    fn pass(&mut self, now: Instant, hop: Hop) -> Option<Route> {
+        self.check(now, hop)
+            .map_err(|cause| self.counters.count_drop(cause))
+            .ok()
     }
 
-    fn check(
-        &mut self,
-        now: Instant,
-        slot: Option<u32>,
-        leg: Leg,
-        received: usize,
-        payload: usize,
-    ) -> Result<Route, Dropped> {
+    fn check(&mut self, now: Instant, hop: Hop) -> Result<Route, Dropped> {
+        let Hop {
+            slot,
+            leg,
+            received,
+            payload,
+        } = hop;
         let slot = slot.ok_or(Dropped::NoAllocation)?;
         let max_bps = self.config.max_bps;
         let alloc = self
@@ -140,7 +138,15 @@ impl Server {
         let len = cd.payload.len();
         match (
             slot,
-            self.pass(now, slot, Leg::Channel(cd.number), buf.len(), len),
+            self.pass(
+                now,
+                Hop {
+                    slot,
+                    leg: Leg::Channel(cd.number),
+                    received: buf.len(),
+                    payload: len,
+                },
+            ),
         ) {
             (Some(slot), Some(route)) => ClientAction::ToPeer {
                 relay: RelayId(slot),
@@ -167,7 +173,13 @@ impl Server {
             return ClientAction::None;
         };
         let received = msg.as_bytes().len();
-        match self.pass(now, Some(slot), Leg::Send(peer), received, data.value.len()) {
+        let hop = Hop {
+            slot: Some(slot),
+            leg: Leg::Send(peer),
+            received,
+            payload: data.value.len(),
+        };
+        match self.pass(now, hop) {
             Some(route) => {
                 let start = data.value_offset();
                 ClientAction::ToPeer {
@@ -180,7 +192,10 @@ impl Server {
         }
     }
 
-    pub(super) fn peer_datagram(
+    /// A datagram from `peer` received on relay socket `relay`. The payload is
+    /// `buf[payload]`; `payload.start >= PEER_HEADROOM` and
+    /// `buf.len() >= payload.end + PEER_TAILROOM` must hold, else the datagram is dropped.
+    pub fn handle_peer(
         &mut self,
         now: Instant,
         relay: RelayId,
@@ -197,7 +212,13 @@ impl Server {
         }
         let tid_seed = self.random();
         let len = payload.len();
-        let Some(route) = self.pass(now, Some(relay.0), Leg::FromPeer(peer), len, len) else {
+        let hop = Hop {
+            slot: Some(relay.0),
+            leg: Leg::FromPeer(peer),
+            received: len,
+            payload: len,
+        };
+        let Some(route) = self.pass(now, hop) else {
             return PeerAction::Drop;
         };
         let range = match route.channel {
