@@ -1,6 +1,7 @@
 //! Forwarding (RFC 8656 §11, §12.4–12.5): ChannelData and Send indications from clients,
-//! datagrams from peers, through ONE check ([`Server::pass`]): allocation → expiry →
-//! channel → permission → size → bandwidth → counters.
+//! datagrams from peers, through ONE check (`Server::pass`): allocation → expiry →
+//! channel → permission (and, on the server's own addresses, relay ports only) → size →
+//! bandwidth → counters.
 //!
 //! Owns: the hot path. Must not: allocate, hash more than the 5-tuple, or log per packet.
 
