@@ -126,7 +126,7 @@ use Initial::{Note, Value};
 
 /// Every option uturn implements, in help order.
 pub(crate) const UTURN: &[Opt] = &[
-    list("listening-ip", Some('L'), "IP", Note("0.0.0.0"), "listen address (repeatable)", |c, i| {
+    list("listening-ip", Some('L'), "IP", Note("0.0.0.0 and ::"), "listen address (repeatable; default: every IPv4 address, and every IPv6 one where the host has IPv6)", |c, i| {
         c.listening_ips.push(i.ip()?);
         Ok(())
     }),
@@ -286,7 +286,7 @@ pub(crate) const UTURN: &[Opt] = &[
             Ok(())
         }),
     },
-    list("alternate-server", None, "IP[:PORT]", Note("–"), "ALTERNATE-SERVER offered (300) while draining or at the total quota; port 3478 when none (repeatable; not used yet)", |c, i| {
+    list("alternate-server", None, "IP[:PORT]", Note("–"), "ALTERNATE-SERVER offered (300) while draining or at the total quota; port 3478 when none (repeatable)", |c, i| {
         let a = i.with(|v| parse_endpoint(v, 3478))?;
         c.alternate_servers.push(a);
         Ok(())
