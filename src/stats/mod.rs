@@ -14,8 +14,11 @@
 //! - at deletion: last `traffic` and `traffic/peer`, DEL of the status key, `status`
 //!   `deleted`, then `total_traffic` and `total_traffic/peer` with whole-life totals.
 
+mod connect;
+
 use crate::config::RedisTarget;
 use crate::turn::{AllocationInfo, Counters, Event, Traffic};
+pub use connect::connect;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -380,23 +383,7 @@ impl Worker {
         if self.conn.is_some() || Instant::now() < self.next_attempt {
             return;
         }
-        let info = redis::ConnectionInfo {
-            addr: redis::ConnectionAddr::Tcp(self.target.host.clone(), self.target.port),
-            redis: redis::RedisConnectionInfo {
-                db: self.target.db,
-                username: None,
-                password: self.target.password.clone(),
-                ..Default::default()
-            },
-        };
-        let timeout = Duration::from_secs(self.target.connect_timeout_secs.clamp(1, 30));
-        let attempt =
-            redis::Client::open(info).and_then(|c| c.get_connection_with_timeout(timeout));
-        match attempt.and_then(|c| {
-            c.set_read_timeout(Some(Duration::from_secs(2)))?;
-            c.set_write_timeout(Some(Duration::from_secs(2)))?;
-            Ok(c)
-        }) {
+        match connect::connect(&self.target) {
             Ok(conn) => {
                 if self.ever_connected {
                     self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
