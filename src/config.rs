@@ -4,7 +4,7 @@
 //! Owns: [`Config`], parsing and validation. Must not: start anything.
 
 use crate::turn::IpRange;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 /// Which data-path backend the shards run.
@@ -93,6 +93,12 @@ pub struct Config {
     pub log_level: String,
     /// `--software NAME`? uturn sends `uturn/<version>` unless `--no-software-attribute`.
     pub no_software_attribute: bool,
+    /// `--redis-userdb` (same string as `--redis-statsdb`): coturn's Redis user database.
+    pub redis_userdb: Option<RedisTarget>,
+    /// `--prometheus`, `--prometheus-port` (9641), `--prometheus-address` (127.0.0.1).
+    pub prometheus: bool,
+    pub prometheus_port: u16,
+    pub prometheus_address: IpAddr,
     /// `-c FILE` used, if any.
     pub config_file: Option<PathBuf>,
     /// coturn options that were given and are accepted without effect (logged at start).
@@ -136,6 +142,10 @@ impl Default for Config {
             batch_wait_us: 200,
             log_level: "info".to_owned(),
             no_software_attribute: false,
+            redis_userdb: None,
+            prometheus: false,
+            prometheus_port: 9641,
+            prometheus_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             config_file: None,
             ignored: Vec::new(),
         }
@@ -355,6 +365,15 @@ const OPTIONS: &[(&str, Option<char>, Arity, &str)] = &[
         Arity::Flag,
         "accepted; uturn is UDP-only for now",
     ),
+    (
+        "redis-userdb",
+        Some('N'),
+        Arity::Value,
+        "Redis user database (coturn's keys), same syntax as --redis-statsdb",
+    ),
+    ("prometheus", None, Arity::Flag, "serve /metrics, /healthz, /readyz"),
+    ("prometheus-port", None, Arity::Value, "metrics port (default 9641)"),
+    ("prometheus-address", None, Arity::Value, "metrics address (default 127.0.0.1)"),
     (
         "no-software-attribute",
         None,
@@ -808,6 +827,10 @@ fn apply(c: &mut Config, item: &Item) -> Result<(), Error> {
         "no-tls" => c.no_tls = true,
         "no-dtls" => c.no_dtls = true,
         "no-software-attribute" => c.no_software_attribute = true,
+        "redis-userdb" => c.redis_userdb = Some(parse_statsdb(&v).map_err(|e| bad(item, e))?),
+        "prometheus" => c.prometheus = true,
+        "prometheus-port" => c.prometheus_port = parse_num(item)?,
+        "prometheus-address" => c.prometheus_address = parse_ip(item)?,
         "cores" => c.cores = parse_cores(&v).map_err(|e| bad(item, e))?,
         "batch-wait-us" => c.batch_wait_us = parse_num(item)?,
         "backend" => {
@@ -839,13 +862,13 @@ fn validate(c: &Config) -> Result<(), Error> {
     if c.listening_port == 0 {
         return invalid("--listening-port must not be 0");
     }
-    if c.users.is_empty() && !c.use_auth_secret {
+    if c.users.is_empty() && !c.use_auth_secret && c.redis_userdb.is_none() {
         return invalid("no credentials: give --user NAME:PASSWORD or --use-auth-secret with --static-auth-secret (every Allocate would fail)");
     }
     if c.realm.is_empty() {
         return invalid("--realm is required with long-term credentials");
     }
-    if c.use_auth_secret && c.static_auth_secrets.is_empty() {
+    if c.use_auth_secret && c.static_auth_secrets.is_empty() && c.redis_userdb.is_none() {
         return invalid("--use-auth-secret needs --static-auth-secret");
     }
     if c.max_allocate_lifetime == 0

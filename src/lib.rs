@@ -20,8 +20,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 /// The observer the command line asks for: static users (`--user`), the TURN REST API
-/// secret (`--use-auth-secret --static-auth-secret`), or both (static users first).
+/// secret (`--use-auth-secret --static-auth-secret`), the Redis user database
+/// (`--redis-userdb`, its side thread started here), in that order.
 pub fn observer_from_config(config: &Config) -> Arc<dyn Observer> {
+    observer_and_userdb(config).0
+}
+
+/// [`observer_from_config`], plus the Redis user database's counters when there is one.
+pub fn observer_and_userdb(
+    config: &Config,
+) -> (Arc<dyn Observer>, Option<Arc<auth::userdb::UserDbCounters>>) {
     let mut chain: Vec<Arc<dyn Observer>> = Vec::new();
     if !config.users.is_empty() {
         let mut users = auth::StaticUsers::new();
@@ -37,21 +45,39 @@ pub fn observer_from_config(config: &Config) -> Arc<dyn Observer> {
         }
         chain.push(Arc::new(rest));
     }
-    if chain.len() == 1 {
-        return chain.pop().expect("one observer");
+    let mut userdb_counters = None;
+    if let Some(target) = &config.redis_userdb {
+        let options = auth::userdb::CacheOptions::default();
+        match auth::userdb::RedisUserDb::start(
+            target.clone(),
+            &config.realm,
+            config.use_auth_secret,
+            options,
+        ) {
+            Ok(db) => {
+                userdb_counters = Some(db.counters());
+                chain.push(Arc::new(db));
+            }
+            Err(e) => tracing::error!("cannot start the Redis user database thread: {e}"),
+        }
     }
-    Arc::new(
-        chain
-            .into_iter()
-            .fold(auth::Chain::new(), auth::Chain::push),
-    )
+    let observer: Arc<dyn Observer> = if chain.len() == 1 {
+        chain.pop().expect("one observer")
+    } else {
+        Arc::new(
+            chain
+                .into_iter()
+                .fold(auth::Chain::new(), auth::Chain::push),
+        )
+    };
+    (observer, userdb_counters)
 }
 
 /// Runs the server until SIGINT or SIGTERM: shards, the stats thread when Redis is
 /// configured, then a clean stop that deletes every allocation through the core.
 pub fn run(config: Config) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let observer = observer_from_config(&config);
+    let (observer, _userdb) = observer_and_userdb(&config);
     let stats = match &config.redis {
         Some(target) => Some(stats::Publisher::start(
             target.clone(),

@@ -5,6 +5,8 @@
 //! Must not: parse STUN or touch sockets. Observers are called on shard threads: they must
 //! answer quickly or return [`AuthDecision::Pending`] and answer through a [`Ticket`].
 
+pub mod userdb;
+
 use crate::stun::{long_term_key, LongTermKey, Method};
 use crate::turn::{AllocationInfo, Traffic, Transport};
 use base64::Engine;

@@ -277,6 +277,10 @@ impl RedisServer {
     /// (Re)starts the server on the same port and waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        // Its own directory: `turnadmin` makes Redis SAVE, and a dump.rdb in a shared
+        // directory would be loaded by every later redis-server started there.
+        let dir = std::env::temp_dir().join(format!("uturn-redis-{}", self.port));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -287,6 +291,8 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                &dir.to_string_lossy(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -310,6 +316,14 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server and forgets what it saved.
+    pub fn kill_and_wipe(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("uturn-redis-{}", self.port)),
+        );
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
@@ -324,7 +338,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.kill();
+        self.kill_and_wipe();
     }
 }
 
