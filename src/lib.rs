@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod shard;
 pub mod stats;
 pub mod stun;
@@ -74,10 +75,11 @@ pub fn observer_and_userdb(
 }
 
 /// Runs the server until SIGINT or SIGTERM: shards, the stats thread when Redis is
-/// configured, then a clean stop that deletes every allocation through the core.
+/// configured, the metrics endpoint when asked for, then a clean stop that deletes every
+/// allocation through the core.
 pub fn run(config: Config) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let (observer, _userdb) = observer_and_userdb(&config);
+    let (mut observer, userdb) = observer_and_userdb(&config);
     let stats = match &config.redis {
         Some(target) => Some(stats::Publisher::start(
             target.clone(),
@@ -88,7 +90,22 @@ pub fn run(config: Config) -> ExitCode {
             None
         }
     };
-    let sink = stats.as_ref().map(|p| p.sink());
+    let mut sink = stats.as_ref().map(|p| p.sink());
+    let mut sources = metrics::Sources {
+        stats: stats.as_ref().map(|p| p.shared_counters()),
+        userdb,
+        ..Default::default()
+    };
+    if config.prometheus {
+        observer = Arc::new(metrics::CountingObserver {
+            inner: observer,
+            counters: sources.auth.clone(),
+        });
+        sink = Some(Arc::new(metrics::TrafficTap {
+            inner: sink,
+            totals: sources.traffic.clone(),
+        }));
+    }
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => {
@@ -103,6 +120,28 @@ pub fn run(config: Config) -> ExitCode {
             eprintln!("uturn: cannot start: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    sources.shards = running.metrics().to_vec();
+    sources
+        .health
+        .listening
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let endpoint = if config.prometheus {
+        let addr = std::net::SocketAddr::new(config.prometheus_address, config.prometheus_port);
+        match metrics::Endpoint::start(addr, Arc::new(sources)) {
+            Ok(e) => {
+                tracing::info!(address = %e.local_addr(), "metrics on /metrics, probes on /healthz and /readyz");
+                Some(e)
+            }
+            Err(e) => {
+                tracing::error!(%addr, "cannot serve metrics: {e}");
+                eprintln!("uturn: cannot serve metrics on {addr}: {e}");
+                running.stop();
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
     };
     tracing::info!(
         listen = ?running.local_addrs(),
@@ -120,5 +159,6 @@ pub fn run(config: Config) -> ExitCode {
     if let Some(stats) = stats {
         stats.stop(std::time::Duration::from_secs(3));
     }
+    drop(endpoint);
     ExitCode::SUCCESS
 }

@@ -43,6 +43,8 @@ pub(crate) struct Core {
     pub index: usize,
     pub summary_at: Instant,
     pub summary_received: u64,
+    /// Published once per turn for the metrics endpoint (relaxed atomic stores).
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -93,6 +95,11 @@ impl Core {
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now, sockets);
         }
+        self.metrics.publish(
+            self.server.counters(),
+            &self.io,
+            self.server.allocation_count(),
+        );
         if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
             if self.io.received != self.summary_received {
                 let c = self.server.counters();
@@ -173,6 +180,7 @@ pub(crate) struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
 }
 
 /// What a shard reports when it ends.
@@ -192,6 +200,7 @@ pub struct Running {
     listen: Vec<SocketAddr>,
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
+    metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
 }
 
 impl Running {
@@ -207,6 +216,11 @@ impl Running {
     /// Each shard's relay port range (inclusive), by shard index.
     pub fn port_slices(&self) -> &[(u16, u16)] {
         &self.port_slices
+    }
+
+    /// What each shard publishes for the metrics endpoint, by shard index.
+    pub fn metrics(&self) -> &[Arc<crate::metrics::ShardMetrics>] {
+        &self.metrics
     }
 
     /// The backend each shard runs ("io-uring" or "portable").
@@ -376,6 +390,7 @@ pub fn start(
         listen: listen.clone(),
         port_slices: slices.clone(),
         backends: Vec::new(),
+        metrics: Vec::new(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -421,7 +436,9 @@ pub fn start(
             stop: stop.clone(),
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
+            metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
         };
+        running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("uturn-shard-{index}"))
@@ -475,6 +492,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         index: spec.index,
         summary_at: Instant::now(),
         summary_received: 0,
+        metrics: spec.metrics.clone(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {

@@ -77,6 +77,10 @@ pub struct StatsCounters {
     pub reconnects: AtomicU64,
     /// Failed connection attempts.
     pub connect_failures: AtomicU64,
+    /// 1 while a connection to Redis is up (metrics).
+    pub connected: AtomicU64,
+    /// Items waiting to be written to Redis (metrics).
+    pub queue_depth: AtomicU64,
 }
 
 enum Msg {
@@ -134,6 +138,11 @@ impl Publisher {
 
     pub fn counters(&self) -> &StatsCounters {
         &self.counters
+    }
+
+    /// The counters, to be read from another thread (metrics).
+    pub fn shared_counters(&self) -> Arc<StatsCounters> {
+        self.counters.clone()
     }
 
     /// Publishes what is queued (trying for up to `timeout` if Redis is away), then ends
@@ -279,6 +288,12 @@ impl Worker {
             if self.conn.is_some() {
                 self.flush();
             }
+            self.counters
+                .connected
+                .store(u64::from(self.conn.is_some()), Ordering::Relaxed);
+            self.counters
+                .queue_depth
+                .store(self.queue.len() as u64, Ordering::Relaxed);
             if let Some(deadline) = stop_deadline {
                 if self.queue.is_empty() && !self.resync || Instant::now() >= deadline {
                     if !self.queue.is_empty() {
