@@ -6,12 +6,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+// Test and load-generator support: public for the tests and uturn-bench, not API.
+#[doc(hidden)]
 pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod shard;
 pub mod stats;
 pub mod stun;
+/// Test, fuzz and bench support (a simulated world for the core); not API.
+#[doc(hidden)]
+pub mod testing;
 pub mod turn;
 
 pub use auth::{AuthDecision, AuthRequest, Observer, Ticket};

@@ -111,7 +111,9 @@ fn null_forwarder_relays_too() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the forwarder to bind", Duration::from_secs(10), || {
+        udp_bound(listen.parse().unwrap())
+    });
     let pid = forwarder.id();
     let result = std::panic::catch_unwind(|| relay(&listen, pid, 10, &["--null"]));
     let _ = forwarder.kill();

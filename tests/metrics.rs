@@ -5,22 +5,11 @@
 use prometheus_parse::{Scrape, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uturn::client::{Client, Incoming};
 
 mod common;
 use common::*;
-
-fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -108,13 +97,13 @@ fn metrics_count_the_traffic_sent_and_probes_answer() {
     assert_eq!(before.get("turn_total_traffic_rcvp", &[]), 0);
     assert!(before.sum("uturn_shard_allocations", &[]).is_some());
     assert!(
-        wait_until(Duration::from_secs(5), || Metrics::scrape(http)
+        wait_until(within(Duration::from_secs(5)), || Metrics::scrape(http)
             .get("uturn_stats_redis_connected", &[])
             == 1),
         "stats connection never shown as up"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || Metrics::scrape(http)
+        wait_until(within(Duration::from_secs(5)), || Metrics::scrape(http)
             .get("uturn_userdb_redis_connected", &[])
             == 1),
         "user database connection never shown as up"
@@ -150,7 +139,7 @@ fn metrics_count_the_traffic_sent_and_probes_answer() {
     }
     // Live: the per-shard packet counters show every relayed packet at once.
     assert!(
-        wait_until(Duration::from_secs(5), || {
+        wait_until(within(Duration::from_secs(5)), || {
             let m = Metrics::scrape(http);
             m.get("uturn_relayed_packets_total", &[("direction", "to_peer")]) == N
                 && m.get("uturn_relayed_packets_total", &[("direction", "to_client")]) == N
@@ -171,7 +160,7 @@ fn metrics_count_the_traffic_sent_and_probes_answer() {
         ("turn_total_traffic_peer_sentb", N * PAYLOAD as u64),
     ];
     assert!(
-        wait_until(Duration::from_secs(5), || {
+        wait_until(within(Duration::from_secs(5)), || {
             let m = Metrics::scrape(http);
             m.get("turn_total_allocations", &[]) == 0
                 && expect.iter().all(|(name, v)| m.get(name, &[]) == *v)

@@ -12,17 +12,6 @@ use uturn::stun::{self, Class, MessageBuilder, Method};
 mod common;
 use common::*;
 
-fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
-
 fn userdb_arg(redis: &RedisServer) -> String {
     format!(
         "ip=127.0.0.1 port={} dbname=0 connect_timeout=1",
@@ -126,7 +115,7 @@ fn turnadmin_users_allocate_through_uclient_and_unknown_ones_do_not() {
     // A user added later is found once the negative cache entry expires (10 s).
     add_user(&redis, "dave", "davepw");
     assert!(
-        wait_until(Duration::from_secs(20), || allocate(
+        wait_until(within(Duration::from_secs(20)), || allocate(
             server.addr(),
             "dave",
             "davepw"
@@ -275,7 +264,7 @@ fn redis_away_keeps_allocations_relaying_refuses_new_users_and_recovers() {
 
     redis.kill();
     assert!(
-        wait_until(Duration::from_secs(10), || server
+        wait_until(within(Duration::from_secs(10)), || server
             .log_text()
             .contains("Redis user database unavailable")),
         "no log line about Redis going away:\n{}",
@@ -300,7 +289,7 @@ fn redis_away_keeps_allocations_relaying_refuses_new_users_and_recovers() {
     redis.restart();
     add_user(&redis, "dave", "davepw");
     assert!(
-        wait_until(Duration::from_secs(20), || allocate(
+        wait_until(within(Duration::from_secs(20)), || allocate(
             server.addr(),
             "dave",
             "davepw"

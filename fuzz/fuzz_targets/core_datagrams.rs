@@ -8,16 +8,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, ChannelData, Class, Message, MessageBuilder, Method};
-use uturn::turn::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, PEER_HEADROOM,
-    PEER_TAILROOM,
-};
+use uturn::testing::{peer_buffer, World};
+use uturn::turn::{ClientAction, PeerAction, RelayId, Server, ServerConfig};
 
 const REALM: &str = "example.org";
 const MAX_ALLOCATIONS: usize = 3;
@@ -248,35 +245,10 @@ fn trace() -> bool {
     *TRACE.get_or_init(|| std::env::var_os("UTURN_FUZZ_TRACE").is_some())
 }
 
-#[derive(Default)]
-struct FakeSockets {
-    open: HashSet<RelayId>,
-    busy: HashSet<u16>,
-}
-
-impl RelaySockets for FakeSockets {
-    fn open(&mut self, id: RelayId, addr: SocketAddr) -> std::io::Result<()> {
-        assert!(
-            (FIRST_PORT..=LAST_PORT).contains(&addr.port()),
-            "relay port {} outside the configured range",
-            addr.port()
-        );
-        if self.busy.contains(&addr.port()) {
-            return Err(std::io::ErrorKind::AddrInUse.into());
-        }
-        assert!(self.open.insert(id), "relay id {id:?} opened twice");
-        Ok(())
-    }
-
-    fn close(&mut self, id: RelayId) {
-        assert!(self.open.remove(&id), "relay id {id:?} closed but not open");
-    }
-}
-
 struct Harness {
-    server: Server,
-    sockets: FakeSockets,
-    now: Instant,
+    /// The core, the fake relay sockets (which check the port range and open/close
+    /// pairing) and the clock.
+    world: World,
     /// Last NONCE the server gave each client address.
     nonces: [Option<String>; CLIENTS.len()],
     clients: Vec<SocketAddr>,
@@ -315,10 +287,10 @@ impl Harness {
         users.add("alice", "secret", REALM);
         users.add("bob", "hunter2", REALM);
         let server = Server::new(config(now), Arc::new(users), Arc::new(Quotas::new(2, 3)));
+        let mut world = World::from_server(server, now);
+        world.sockets.range = Some(FIRST_PORT..=LAST_PORT);
         Harness {
-            server,
-            sockets: FakeSockets::default(),
-            now,
+            world,
             nonces: Default::default(),
             clients: CLIENTS.iter().map(|s| s.parse().unwrap()).collect(),
             locals: LOCALS.iter().map(|s| s.parse().unwrap()).collect(),
@@ -356,16 +328,20 @@ impl Harness {
     /// Feeds one client datagram, checks the action and drains the outputs; remembers any
     /// NONCE the responses carry for the sender.
     fn feed(&mut self, client: SocketAddr, local: SocketAddr, data: &[u8]) {
-        let action = self
-            .server
-            .handle_client(self.now, client, local, data, &mut self.sockets);
+        let action = self.world.server.handle_client(
+            self.world.now,
+            client,
+            local,
+            data,
+            &mut self.world.sockets,
+        );
         if trace() && action != ClientAction::None {
             eprintln!("  -> {action:?}");
         }
         if let ClientAction::ToPeer { relay, payload, .. } = action {
             assert!(payload.start <= payload.end && payload.end <= data.len());
             assert!(
-                self.sockets.open.contains(&relay),
+                self.world.sockets.open.contains(&relay),
                 "forward on closed {relay:?}"
             );
         }
@@ -375,7 +351,7 @@ impl Harness {
     /// Takes every queued transmit and event; checks each transmit is STUN and records
     /// NONCEs.
     fn drain(&mut self) {
-        while let Some(t) = self.server.poll_transmit() {
+        while let Some(t) = self.world.server.poll_transmit() {
             let msg = Message::parse(&t.data)
                 .unwrap_or_else(|e| panic!("transmit does not parse ({e}): {:02x?}", t.data));
             assert!(
@@ -400,8 +376,8 @@ impl Harness {
                 }
             }
         }
-        while self.server.poll_event().is_some() {}
-        assert!(self.server.allocation_count() <= MAX_ALLOCATIONS);
+        while self.world.server.poll_event().is_some() {}
+        assert!(self.world.server.allocation_count() <= MAX_ALLOCATIONS);
     }
 
     /// Sends an authenticated request built by `attrs`, first getting a nonce (401) when
@@ -453,13 +429,11 @@ impl Harness {
     fn peer_datagram(&mut self, relay: u8, peer: u8, data: &[u8], extra_head: u8) {
         let relay = RelayId(u32::from(relay) % (MAX_ALLOCATIONS as u32 + 2));
         let peer = self.peer(peer);
-        let start = PEER_HEADROOM + usize::from(extra_head % 8);
-        let end = start + data.len();
-        let mut buf = vec![0u8; end + PEER_TAILROOM];
-        buf[start..end].copy_from_slice(data);
+        let (mut buf, payload) = peer_buffer(data, usize::from(extra_head % 8));
         let action = self
+            .world
             .server
-            .handle_peer(self.now, relay, peer, &mut buf, start..end);
+            .handle_peer(self.world.now, relay, peer, &mut buf, payload);
         if trace() {
             eprintln!("  -> {action:?}");
         }
@@ -485,20 +459,9 @@ impl Harness {
     fn advance(&mut self, secs: u16, millis: u16, stepwise: bool) {
         let step = Duration::from_secs(u64::from(secs % 701))
             + Duration::from_millis(u64::from(millis % 1000));
-        let target = self.now + step;
-        if stepwise {
-            // As a shard does: wake at each poll_timeout up to the target.
-            while let Some(at) = self.server.poll_timeout() {
-                if at > target {
-                    break;
-                }
-                self.now = self.now.max(at);
-                self.server.handle_timeout(self.now, &mut self.sockets);
-                self.drain();
-            }
-        }
-        self.now = target;
-        self.server.handle_timeout(self.now, &mut self.sockets);
+        // Stepwise as a shard does: wake at each poll_timeout up to the target.
+        let target = self.world.now + step;
+        self.world.advance_to(target, stepwise);
         self.drain();
     }
 
@@ -629,8 +592,8 @@ impl Harness {
             } => self.advance(secs, millis, stepwise),
             Op::Busy { port } => {
                 let port = FIRST_PORT + u16::from(port % 8);
-                if !self.sockets.busy.remove(&port) {
-                    self.sockets.busy.insert(port);
+                if !self.world.sockets.busy.remove(&port) {
+                    self.world.sockets.busy.insert(port);
                 }
             }
         }
@@ -642,16 +605,16 @@ fuzz_target!(|input: &[u8]| {
     for op in decode(input).into_iter().take(64) {
         h.run(op);
     }
-    h.server.shutdown(h.now, &mut h.sockets);
+    h.world.server.shutdown(h.world.now, &mut h.world.sockets);
     h.drain();
     assert_eq!(
-        h.server.allocation_count(),
+        h.world.server.allocation_count(),
         0,
         "allocations left after shutdown"
     );
     assert!(
-        h.sockets.open.is_empty(),
+        h.world.sockets.open.is_empty(),
         "relay sockets left open after shutdown: {:?}",
-        h.sockets.open
+        h.world.sockets.open
     );
 });

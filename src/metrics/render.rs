@@ -2,7 +2,8 @@
 //! `turn_total_traffic_*`), `uturn_*` for the rest. Counters end in `_total` where they
 //! are uturn's own.
 
-use super::{Sources, DROPS, REFUSALS};
+use super::Sources;
+use crate::turn::{Dropped, Refusal};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -144,11 +145,11 @@ pub fn render(s: &Sources) -> String {
         "counter",
         "Requests answered with an error, by reason (with its STUN code).",
     );
-    for (i, (reason, code)) in REFUSALS.iter().enumerate() {
+    for (i, r) in Refusal::ALL.iter().enumerate() {
         let v: u64 = shards.iter().map(|s| s.refused[i]).sum();
         o.value(
             "uturn_refused_total",
-            &format!("reason=\"{reason}\",code=\"{code}\""),
+            &format!("reason=\"{}\",code=\"{}\"", r.name(), r.code()),
             v,
         );
     }
@@ -157,9 +158,9 @@ pub fn render(s: &Sources) -> String {
         "counter",
         "Datagrams dropped without an answer, by cause.",
     );
-    for (i, cause) in DROPS.iter().enumerate() {
+    for (i, d) in Dropped::ALL.iter().enumerate() {
         let v: u64 = shards.iter().map(|s| s.dropped[i]).sum();
-        o.value("uturn_dropped_total", &format!("cause=\"{cause}\""), v);
+        o.value("uturn_dropped_total", &format!("cause=\"{}\"", d.name()), v);
     }
 
     o.head(

@@ -29,9 +29,9 @@ const RELAY_SOCKET_BUFFER: usize = 1 << 20;
 /// Wakes a shard from another thread (stop, asynchronous authentication answers).
 pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
 
-/// What every backend shares: the core, the observer, the stats sink, the answers of
-/// asynchronous authentication and the stop flag.
-pub(crate) struct Core {
+/// The part of a shard every backend shares: the TURN core ([`Server`]), the observer,
+/// the stats sink, the answers of asynchronous authentication and the stop flag.
+pub(crate) struct ShardState {
     pub server: Server,
     pub observer: Arc<dyn Observer>,
     pub sink: Option<Arc<dyn EventSink>>,
@@ -60,7 +60,7 @@ pub struct IoCounters {
     pub no_buffers: u64,
 }
 
-impl Core {
+impl ShardState {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -482,7 +482,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         spec.observer.clone(),
         spec.quotas.clone(),
     );
-    let core_fn = |server: Server| Core {
+    let state_fn = |server: Server| ShardState {
         server,
         observer: spec.observer.clone(),
         sink: spec.sink.clone(),
@@ -504,9 +504,9 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
                     tracing::info!("data path backend: io_uring ({})", shard.describe());
                 }
                 let _ = ready.send(Ok((wake, "io-uring")));
-                let mut core = core_fn(server);
-                shard.run(&mut core);
-                return report(spec.index, "io-uring", &core);
+                let mut state = state_fn(server);
+                shard.run(&mut state);
+                return report(spec.index, "io-uring", &state);
             }
             Err(e) if spec.backend == Backend::IoUring => {
                 let _ = ready.send(Err(io::Error::new(
@@ -530,9 +530,9 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
                 tracing::info!("data path backend: portable (epoll)");
             }
             let _ = ready.send(Ok((wake, "portable")));
-            let mut core = core_fn(server);
-            shard.run(&mut core);
-            report(spec.index, "portable", &core)
+            let mut state = state_fn(server);
+            shard.run(&mut state);
+            report(spec.index, "portable", &state)
         }
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -551,12 +551,12 @@ fn set_ticket_sink(server: &mut Server, tx: mpsc::Sender<(u64, AuthDecision)>, w
     }));
 }
 
-fn report(index: usize, backend: &'static str, core: &Core) -> ShardReport {
+fn report(index: usize, backend: &'static str, state: &ShardState) -> ShardReport {
     ShardReport {
         index,
         backend,
-        counters: core.server.counters().clone(),
-        io: core.io.clone(),
+        counters: state.server.counters().clone(),
+        io: state.io.clone(),
     }
 }
 

@@ -1,11 +1,12 @@
-//! The portable backend: epoll through `mio`, one readiness loop per shard, the same core.
+//! The portable backend: epoll through `mio`, one readiness loop per shard, the same TURN core
+//! ([`crate::turn::Server`]).
 //!
 //! Used where io_uring cannot be set up (the `kernel.io_uring_disabled` sysctl, seccomp
 //! filters, kernels older than 6.0) or when `--backend portable` asks for it. Sockets are
 //! edge-triggered and drained until `WouldBlock`; a datagram is received into one buffer
 //! with headroom, so forwarding copies nothing in user space either.
 
-use super::{bind_udp, Core, Wake, RELAY_SOCKET_BUFFER};
+use super::{bind_udp, ShardState, Wake, RELAY_SOCKET_BUFFER};
 use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -92,12 +93,12 @@ impl Shard {
         })
     }
 
-    pub fn run(mut self, core: &mut Core) {
+    pub fn run(mut self, state: &mut ShardState) {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
-            let timeout = core.sleep_for(now, IDLE);
+            let timeout = state.sleep_for(now, IDLE);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("epoll failed: {e}");
@@ -108,26 +109,26 @@ impl Shard {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(i) if i < RELAY_BASE => self.drain_listener(i, core, now, &mut buf),
+                    Token(i) if i < RELAY_BASE => self.drain_listener(i, state, now, &mut buf),
                     Token(t) => {
-                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), core, now, &mut buf)
+                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), state, now, &mut buf)
                     }
                 }
-                flush_transmits(&self.listeners, core);
+                flush_transmits(&self.listeners, state);
             }
-            core.end_turn(now, &mut self.relays);
-            flush_transmits(&self.listeners, core);
-            core.dispatch_events();
-            if core.stopping() {
-                core.server.shutdown(Instant::now(), &mut self.relays);
-                flush_transmits(&self.listeners, core);
-                core.dispatch_events();
+            state.end_turn(now, &mut self.relays);
+            flush_transmits(&self.listeners, state);
+            state.dispatch_events();
+            if state.stopping() {
+                state.server.shutdown(Instant::now(), &mut self.relays);
+                flush_transmits(&self.listeners, state);
+                state.dispatch_events();
                 return;
             }
         }
     }
 
-    fn drain_listener(&mut self, i: usize, core: &mut Core, now: Instant, buf: &mut [u8]) {
+    fn drain_listener(&mut self, i: usize, state: &mut ShardState, now: Instant, buf: &mut [u8]) {
         let Some((local, socket)) = self.listeners.get(i) else {
             return;
         };
@@ -140,10 +141,11 @@ impl Shard {
                 // ICMP errors reported on the socket; nothing to do with them.
                 Err(_) => continue,
             };
-            core.io.received += 1;
-            let action = core
-                .server
-                .handle_client(now, client, local, &buf[..n], &mut self.relays);
+            state.io.received += 1;
+            let action =
+                state
+                    .server
+                    .handle_client(now, client, local, &buf[..n], &mut self.relays);
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -156,13 +158,19 @@ impl Shard {
                     .get(relay.0 as usize)
                     .and_then(Option::as_ref)
                     .map(|s| s.send_to(&buf[payload], peer));
-                count_send(core, sent);
+                count_send(state, sent);
             }
-            flush_transmits(&self.listeners, core);
+            flush_transmits(&self.listeners, state);
         }
     }
 
-    fn drain_relay(&mut self, relay: RelayId, core: &mut Core, now: Instant, buf: &mut [u8]) {
+    fn drain_relay(
+        &mut self,
+        relay: RelayId,
+        state: &mut ShardState,
+        now: Instant,
+        buf: &mut [u8],
+    ) {
         let payload_room = buf.len() - PEER_TAILROOM;
         loop {
             let Some(socket) = self
@@ -179,9 +187,10 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => continue,
             };
-            core.io.received += 1;
+            state.io.received += 1;
             let action =
-                core.server
+                state
+                    .server
                     .handle_peer(now, relay, peer, buf, PEER_HEADROOM..PEER_HEADROOM + n);
             if let PeerAction::ToClient {
                 local,
@@ -194,26 +203,26 @@ impl Shard {
                     .iter()
                     .find(|(addr, _)| *addr == local)
                     .map(|(_, s)| s.send_to(&buf[range], client));
-                count_send(core, sent);
+                count_send(state, sent);
             }
         }
     }
 }
 
 /// Sends the core's responses from the listening socket each names.
-fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], core: &mut Core) {
-    while let Some(t) = core.server.poll_transmit() {
+fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], state: &mut ShardState) {
+    while let Some(t) = state.server.poll_transmit() {
         let sent = listeners
             .iter()
             .find(|(addr, _)| *addr == t.local)
             .map(|(_, s)| s.send_to(&t.data, t.remote));
-        count_send(core, sent);
+        count_send(state, sent);
     }
 }
 
-fn count_send(core: &mut Core, sent: Option<io::Result<usize>>) {
+fn count_send(state: &mut ShardState, sent: Option<io::Result<usize>>) {
     match sent {
-        Some(Ok(_)) => core.io.sent += 1,
-        _ => core.io.send_errors += 1,
+        Some(Ok(_)) => state.io.sent += 1,
+        _ => state.io.send_errors += 1,
     }
 }

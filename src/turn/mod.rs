@@ -1,23 +1,31 @@
 //! The TURN core (RFC 8656, RFC 5766), sans-IO: one [`Server`] per shard.
 //!
 //! Owns: allocations, permissions, channel bindings, lifetimes and their expiry, nonces,
-//! long-term authentication, peer address policy, relay port choice within the shard's range,
-//! quotas. Input: datagrams with their addresses and the current time. Output: datagrams to
-//! send and [`Event`]s for stats and the observer.
+//! long-term authentication and the interface observers implement ([`observer`]), the
+//! allocation quota ledger ([`quotas`]), peer address policy, relay port choice within the
+//! shard's range, and every refusal and drop with its counter ([`refusal`]). Input:
+//! datagrams with their addresses and the current time. Output: datagrams to send and
+//! [`Event`]s for stats and the observer.
 //! Must not: read the clock, touch sockets or spawn threads. Relay sockets are opened and
 //! closed through the [`RelaySockets`] trait the caller provides.
 
 pub mod allocation;
 pub mod nonce;
+pub mod observer;
 pub mod policy;
 pub mod ports;
+pub mod quotas;
+pub mod refusal;
 pub mod server;
 pub mod timers;
 
+pub use observer::{AuthDecision, AuthRequest, Observer, Ticket};
 pub use policy::{IpRange, PeerPolicy};
+pub use quotas::{QuotaExceeded, Quotas};
+pub use refusal::{Dropped, Refusal, ServerCounters};
 pub use server::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, ServerCounters,
-    TicketSink, Transmit, PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, TicketSink, Transmit,
+    PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use std::net::SocketAddr;

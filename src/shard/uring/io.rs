@@ -1,0 +1,255 @@
+//! The ring's submission side: sockets, multishot receives, send slots, and the
+//! [`RelaySockets`] the core opens and closes relay sockets through.
+//!
+//! Owns every pointer an SQE carries (msghdrs, iovecs, addresses) and keeps it alive until
+//! the operation's completion; must not look at completions' payloads (that is `mod.rs`).
+
+use super::buffers::{Buffers, Lent};
+use super::op::{Op, GEN_MASK};
+use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
+use crate::turn::{RelayId, RelaySockets};
+use io_uring::types::Fd;
+use io_uring::{opcode, squeue, IoUring};
+use socket2::SockAddr;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+pub(super) const BUF_GROUP: u16 = 0;
+pub(super) const NAME_LEN: u32 = 28;
+pub(super) const CONTROL_LEN: u32 = 20;
+
+/// What a send carries.
+pub(super) enum SendBuf {
+    /// `len` bytes at `offset` of a buffer a receive lent (zero-copy forwarding).
+    Lent {
+        buf: Lent,
+        offset: usize,
+        len: usize,
+    },
+    /// Bytes the core built (a response).
+    Owned(Vec<u8>),
+}
+
+/// One send in flight: the msghdr, iovec and address the kernel reads, and what keeps the
+/// bytes alive until the completion.
+struct SendSlot {
+    msghdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: SockAddr,
+    buf: Option<SendBuf>,
+}
+
+/// A relay socket and the generation that tags its completions.
+pub(super) struct RelaySlot {
+    pub socket: Option<UdpSocket>,
+    pub gen: u32,
+}
+
+pub(super) struct Io {
+    pub ring: IoUring,
+    pub recv_msghdr: Box<libc::msghdr>,
+    pub relays: Vec<RelaySlot>,
+    pub listeners: Vec<(SocketAddr, UdpSocket)>,
+    slots: Box<[SendSlot]>,
+    free_slots: Vec<u32>,
+    /// Receives whose multishot ended and that must be armed again (with the generation
+    /// they were armed for).
+    pub rearm: Vec<Op>,
+    /// Receives armed and not yet finished (to drain at shutdown).
+    pub armed: usize,
+}
+
+impl Io {
+    pub fn new(ring: IoUring, listeners: Vec<(SocketAddr, UdpSocket)>, send_slots: usize) -> Io {
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut recv_msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_msghdr.msg_namelen = NAME_LEN;
+        recv_msghdr.msg_controllen = CONTROL_LEN as _;
+        let slots = (0..send_slots)
+            .map(|_| SendSlot {
+                // SAFETY: as above, all-zero is a valid msghdr.
+                msghdr: unsafe { std::mem::zeroed() },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                addr: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                buf: None,
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Io {
+            ring,
+            recv_msghdr,
+            relays: Vec::new(),
+            listeners,
+            slots,
+            free_slots: (0..send_slots as u32).rev().collect(),
+            rearm: Vec::with_capacity(64),
+            armed: 0,
+        }
+    }
+
+    /// Queues an SQE, submitting what is queued first if the submission queue is full.
+    pub fn push(&mut self, sqe: &squeue::Entry) {
+        loop {
+            // Every pointer an SQE carries (msghdr, iovec, address, buffers, eventfd read
+            // target) lives in `Shard`/`Io` heap storage that outlives the operation: send
+            // slots are freed only on their completion, the receive msghdr and the buffers
+            // live until the ring is dropped after all receives are cancelled.
+            // SAFETY: see above; the entry itself is copied into the ring.
+            let pushed = unsafe { self.ring.submission().push(sqe) };
+            if pushed.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn arm_recv(&mut self, fd: RawFd, op: Op) {
+        let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msghdr, BUF_GROUP)
+            .build()
+            .user_data(op.encode());
+        self.push(&sqe);
+        self.armed += 1;
+    }
+
+    /// Arms the receive `op` names if its socket is still the one it names.
+    pub fn arm(&mut self, op: Op) {
+        let fd = match op {
+            Op::ListenRecv { index } => self
+                .listeners
+                .get(index as usize)
+                .map(|(_, s)| s.as_raw_fd()),
+            Op::RelayRecv { index, gen } => self.live_relay_fd(index, gen),
+            _ => None,
+        };
+        if let Some(fd) = fd {
+            self.arm_recv(fd, op);
+        }
+    }
+
+    /// The descriptor of relay `index` if it is open as generation `gen`.
+    pub fn live_relay_fd(&self, index: u32, gen: u32) -> Option<RawFd> {
+        match self.relays.get(index as usize) {
+            Some(RelaySlot {
+                socket: Some(socket),
+                gen: current,
+            }) if *current == gen => Some(socket.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Sends `buf` from `fd` to `to`. With every send slot in use, hands `buf` back.
+    pub fn send(
+        &mut self,
+        buffers: &Buffers,
+        fd: RawFd,
+        to: SocketAddr,
+        buf: SendBuf,
+    ) -> Result<(), SendBuf> {
+        let Some(index) = self.free_slots.pop() else {
+            return Err(buf);
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.addr = SockAddr::from(to);
+        let (ptr, len) = match &buf {
+            SendBuf::Lent { buf, offset, len } => (buffers.send_ptr(buf, *offset), *len),
+            SendBuf::Owned(bytes) => (bytes.as_ptr(), bytes.len()),
+        };
+        // The bytes of an owned Vec do not move when the Vec itself moves into the slot.
+        slot.buf = Some(buf);
+        slot.iov = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        slot.msghdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
+        slot.msghdr.msg_namelen = slot.addr.len();
+        slot.msghdr.msg_iov = &mut slot.iov;
+        slot.msghdr.msg_iovlen = 1;
+        let sqe = opcode::SendMsg::new(Fd(fd), &slot.msghdr)
+            .build()
+            .user_data(Op::Send { slot: index }.encode());
+        self.push(&sqe);
+        Ok(())
+    }
+
+    /// The completion of send slot `index` arrived: the slot is free again, and what it
+    /// carried is the caller's (a lent buffer goes back to the ring).
+    pub fn finish_send(&mut self, index: u32) -> Option<SendBuf> {
+        let buf = self.slots.get_mut(index as usize)?.buf.take()?;
+        self.free_slots.push(index);
+        Some(buf)
+    }
+
+    /// Sends whose completion has not arrived.
+    pub fn sends_in_flight(&self) -> usize {
+        self.slots.len() - self.free_slots.len()
+    }
+
+    pub fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
+        self.listeners
+            .iter()
+            .find(|(addr, _)| *addr == local)
+            .map(|(_, s)| s.as_raw_fd())
+    }
+
+    pub fn relay_fd(&self, relay: RelayId) -> Option<RawFd> {
+        self.relays
+            .get(relay.0 as usize)
+            .and_then(|r| r.socket.as_ref())
+            .map(AsRawFd::as_raw_fd)
+    }
+}
+
+impl RelaySockets for Io {
+    fn open(&mut self, id: RelayId, addr: SocketAddr) -> io::Result<()> {
+        let socket = bind_udp(addr, false, RELAY_SOCKET_BUFFER).inspect_err(|e| {
+            tracing::debug!(%addr, "relay socket: {e}");
+            crate::shard::note_relay_open_error(e);
+        })?;
+        let index = id.0 as usize;
+        if self.relays.len() <= index {
+            self.relays.resize_with(index + 1, || RelaySlot {
+                socket: None,
+                gen: 0,
+            });
+        }
+        let slot = &mut self.relays[index];
+        slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+        slot.socket = Some(socket);
+        let gen = slot.gen;
+        self.arm(Op::RelayRecv { index: id.0, gen });
+        Ok(())
+    }
+
+    fn close(&mut self, id: RelayId) {
+        let Some(slot) = self.relays.get_mut(id.0 as usize) else {
+            return;
+        };
+        let Some(socket) = slot.socket.take() else {
+            return;
+        };
+        let op = Op::RelayRecv {
+            index: id.0,
+            gen: slot.gen,
+        };
+        slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+        self.push(
+            &opcode::AsyncCancel::new(op.encode())
+                .build()
+                .user_data(Op::Cancel.encode()),
+        );
+        // The receive must reach the kernel (which then holds its own reference to the
+        // socket) before the descriptor is closed and its number possibly reused.
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!("io_uring submit failed while closing a relay socket: {e}");
+        }
+        drop(socket);
+    }
+}
