@@ -10,6 +10,7 @@ pub mod auth;
 #[doc(hidden)]
 pub mod client;
 pub mod config;
+pub mod lifecycle;
 pub mod metrics;
 pub mod shard;
 pub mod stats;
@@ -29,13 +30,33 @@ use std::sync::Arc;
 /// secret (`--use-auth-secret --static-auth-secret`), the Redis user database
 /// (`--redis-userdb`, its side thread started here), in that order.
 pub fn observer_from_config(config: &Config) -> Arc<dyn Observer> {
-    observer_and_userdb(config).0
+    let userdb = start_userdb(config);
+    auth_chain(config, userdb.as_ref())
 }
 
-/// [`observer_from_config`], plus the Redis user database's counters when there is one.
-pub fn observer_and_userdb(
+/// Starts the Redis user database's side thread when `--redis-userdb` is given.
+fn start_userdb(config: &Config) -> Option<Arc<auth::userdb::RedisUserDb>> {
+    let target = config.redis_userdb.as_ref()?;
+    let options = auth::userdb::CacheOptions::default();
+    match auth::userdb::RedisUserDb::start(
+        target.clone(),
+        &config.realm,
+        config.use_auth_secret,
+        options,
+    ) {
+        Ok(db) => Some(Arc::new(db)),
+        Err(e) => {
+            tracing::error!("cannot start the Redis user database thread: {e}");
+            None
+        }
+    }
+}
+
+/// Static users, then REST secrets, then the user database, as the configuration says.
+fn auth_chain(
     config: &Config,
-) -> (Arc<dyn Observer>, Option<Arc<auth::userdb::UserDbCounters>>) {
+    userdb: Option<&Arc<auth::userdb::RedisUserDb>>,
+) -> Arc<dyn Observer> {
     let mut chain: Vec<Arc<dyn Observer>> = Vec::new();
     if !config.users.is_empty() {
         let mut users = auth::StaticUsers::new();
@@ -51,40 +72,37 @@ pub fn observer_and_userdb(
         }
         chain.push(Arc::new(rest));
     }
-    let mut userdb_counters = None;
-    if let Some(target) = &config.redis_userdb {
-        let options = auth::userdb::CacheOptions::default();
-        match auth::userdb::RedisUserDb::start(
-            target.clone(),
-            &config.realm,
-            config.use_auth_secret,
-            options,
-        ) {
-            Ok(db) => {
-                userdb_counters = Some(db.counters());
-                chain.push(Arc::new(db));
-            }
-            Err(e) => tracing::error!("cannot start the Redis user database thread: {e}"),
-        }
+    if let Some(db) = userdb {
+        chain.push(db.clone());
     }
-    let observer: Arc<dyn Observer> = if chain.len() == 1 {
-        chain.pop().expect("one observer")
-    } else {
-        Arc::new(
+    match chain.len() {
+        // No credentials left after a reload: every new allocation is refused.
+        0 => Arc::new(auth::StaticUsers::new()),
+        1 => chain.pop().expect("one observer"),
+        _ => Arc::new(
             chain
                 .into_iter()
                 .fold(auth::Chain::new(), auth::Chain::push),
-        )
-    };
-    (observer, userdb_counters)
+        ),
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM: shards, the stats thread when Redis is
 /// configured, the metrics endpoint when asked for, then a clean stop that deletes every
 /// allocation through the core.
 pub fn run(config: Config) -> ExitCode {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let (mut observer, userdb) = observer_and_userdb(&config);
+    run_with(config, lifecycle::Hooks::default())
+}
+
+/// [`run`], with what the binary gives for reloads (SIGHUP): its command line and a way
+/// to change the log filter.
+pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
+    let userdb = start_userdb(&config);
+    let reloadable = Arc::new(lifecycle::reload::ReloadableObserver::new(auth_chain(
+        &config,
+        userdb.as_ref(),
+    )));
+    let mut observer: Arc<dyn Observer> = reloadable.clone();
     let stats = match &config.redis {
         Some(target) => Some(stats::Publisher::start(
             target.clone(),
@@ -98,7 +116,7 @@ pub fn run(config: Config) -> ExitCode {
     let mut sink = stats.as_ref().map(|p| p.sink());
     let mut sources = metrics::Sources {
         stats: stats.as_ref().map(|p| p.shared_counters()),
-        userdb,
+        userdb: userdb.as_ref().map(|db| db.counters()),
         ..Default::default()
     };
     if config.prometheus {
@@ -111,7 +129,7 @@ pub fn run(config: Config) -> ExitCode {
             totals: sources.traffic.clone(),
         }));
     }
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+    let signals = match lifecycle::signals(false) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -127,8 +145,8 @@ pub fn run(config: Config) -> ExitCode {
         }
     };
     sources.shards = running.metrics().to_vec();
-    sources
-        .health
+    let health = sources.health.clone();
+    health
         .listening
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let endpoint = if config.prometheus {
@@ -154,9 +172,17 @@ pub fn run(config: Config) -> ExitCode {
         backend = running.backends().first().copied().unwrap_or("none"),
         "uturn ready"
     );
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "stopping");
-    }
+    let life = lifecycle::Lifecycle {
+        config,
+        hooks,
+        running: &running,
+        health,
+        observer: reloadable,
+        build_observer: Box::new(|c: &Config| auth_chain(c, userdb.as_ref())),
+        set_draining: None,
+    };
+    let why = life.run(signals);
+    tracing::info!(why, "stopping");
     let reports = running.stop();
     for r in &reports {
         tracing::info!(shard = r.index, backend = r.backend, counters = ?r.counters, io = ?r.io, "shard stopped");

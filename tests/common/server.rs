@@ -12,11 +12,19 @@ use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 /// Each server in this binary gets its own listening port and a relay range of 100 ports,
 /// below the kernel's ephemeral range (32768-60999) so client sockets never hold a relay
 /// port; the block depends on the process id so test binaries running at the same time
-/// rarely meet, and binding failures are retried with the next slot.
+/// rarely meet, and binding failures are retried with the next slot. A slot whose
+/// listening port another process holds is skipped: uturn binds with SO_REUSEPORT, so a
+/// second server on the same port would start fine and silently take half the traffic.
 pub fn next_ports() -> (u16, u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 18;
-    let base = 22000 + (std::process::id() % 5) as u16 * 2000 + slot * 110;
+    let mut base = 0;
+    for _ in 0..18 {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 18;
+        base = 22000 + (std::process::id() % 5) as u16 * 2000 + slot * 110;
+        if UdpSocket::bind(("127.0.0.1", base)).is_ok() {
+            break;
+        }
+    }
     // listen, relay min, relay max.
     (base, base + 2, base + 101)
 }
