@@ -11,7 +11,8 @@ use uturn::auth::Quotas;
 use uturn::stun::{self, Class, Message};
 use uturn::testing::{users, Client, World, REALM};
 use uturn::turn::{
-    ClientAction, PeerAction, RelayId, Server, ServerConfig, PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, FiveTuple, PeerAction, RelayId, Server, ServerConfig, PEER_HEADROOM,
+    PEER_TAILROOM,
 };
 
 fn server(now: Instant) -> Server {
@@ -44,15 +45,17 @@ fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
 }
 
 fn forwarding(c: &mut Criterion) {
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let (world, relay) = setup("203.0.113.5:40000", peer);
     let World {
         mut server,
         mut sockets,
         now,
         local,
+        ..
     } = world;
     let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    let tuple = FiveTuple::udp(client, local);
 
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(1));
@@ -60,8 +63,7 @@ fn forwarding(c: &mut Criterion) {
     stun::ChannelData::encode(0x4000, &[0xAB; 170], false, &mut datagram);
     group.bench_function("channel_data_client_to_peer_170B", |b| {
         b.iter(|| {
-            let action =
-                server.handle_client(now, client, local, black_box(&datagram), &mut sockets);
+            let action = server.handle_client(now, tuple, black_box(&datagram), &mut sockets);
             assert!(matches!(action, ClientAction::ToPeer { .. }));
             while server.poll_event().is_some() {}
         })
@@ -88,7 +90,7 @@ fn forwarding(c: &mut Criterion) {
 /// `REDIS_URL` if set, else an address where nothing listens (the thread queues and merges).
 fn stats_on_off(c: &mut Criterion) {
     let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let target = std::env::var("REDIS_URL")
         .ok()
         .and_then(|u| uturn::config::parse_redis_url(&u).ok())
@@ -108,7 +110,9 @@ fn stats_on_off(c: &mut Criterion) {
             mut sockets,
             now,
             local,
+            ..
         } = world;
+        let tuple = FiveTuple::udp(client, local);
         let name = if on {
             "forward_170B_stats_on"
         } else {
@@ -116,8 +120,7 @@ fn stats_on_off(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.iter(|| {
-                let action =
-                    server.handle_client(now, client, local, black_box(&datagram), &mut sockets);
+                let action = server.handle_client(now, tuple, black_box(&datagram), &mut sockets);
                 assert!(matches!(action, ClientAction::ToPeer { .. }));
                 while let Some(event) = server.poll_event() {
                     if on {

@@ -286,7 +286,7 @@ pub(crate) const UTURN: &[Opt] = &[
             Ok(())
         }),
     },
-    list("alternate-server", None, "IP[:PORT]", Note("–"), "ALTERNATE-SERVER offered (300) while draining or at the total quota; port 3478 when none (repeatable; not used yet)", |c, i| {
+    list("alternate-server", None, "IP[:PORT]", Note("–"), "ALTERNATE-SERVER offered (300) while draining or at the total quota; port 3478 when none (repeatable)", |c, i| {
         let a = i.with(|v| parse_endpoint(v, 3478))?;
         c.alternate_servers.push(a);
         Ok(())

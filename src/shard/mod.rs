@@ -12,7 +12,7 @@ mod uring;
 use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
-use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
+use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -316,6 +316,42 @@ fn raise_file_limit(relay_ports: usize) {
     }
 }
 
+/// Every IP this server listens or relays on, or advertises (all interface addresses when
+/// it listens or relays on a wildcard): the core lets clients reach these only on relay ports.
+fn own_addresses(config: &Config, listen: &[IpAddr], relays: &[Option<IpAddr>]) -> Vec<IpAddr> {
+    let external = config
+        .external_ips
+        .iter()
+        .flat_map(|(public, private)| [Some(*public), *private]);
+    let configured: Vec<IpAddr> = listen
+        .iter()
+        .copied()
+        .map(Some)
+        .chain(relays.iter().copied())
+        .chain(external)
+        .flatten()
+        .collect();
+    let mut own: Vec<IpAddr> = configured
+        .iter()
+        .copied()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    if configured.iter().any(IpAddr::is_unspecified) {
+        if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
+            own.extend(interfaces.filter_map(|i| {
+                let a = i.address?;
+                a.as_sockaddr_in()
+                    .map(|s| IpAddr::V4(std::net::SocketAddrV4::from(*s).ip().to_owned()))
+                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+            }));
+        }
+    }
+    let mut own: Vec<IpAddr> = own.into_iter().map(|ip| ip.to_canonical()).collect();
+    own.sort();
+    own.dedup();
+    own
+}
+
 /// Starts one shard per configured core.
 pub fn start(
     config: &Config,
@@ -402,8 +438,10 @@ pub fn start(
             },
             relay_ip: relay_v4,
             relay_ip_v6: relay_v6,
-            external_ip: config.external_ips.first().map(|(public, _)| *public),
+            external_ips: config.external_ips.clone(),
             ports: *lo..=*hi,
+            relay_range: config.min_port..=config.max_port,
+            own_addresses: own_addresses(config, &listen_ips, &[Some(relay_v4), relay_v6]),
             port_exchange: exchange.clone(),
             default_lifetime: Duration::from_secs(config.default_allocate_lifetime.into()),
             max_lifetime: Duration::from_secs(config.max_allocate_lifetime.into()),
@@ -413,7 +451,8 @@ pub fn start(
             nonce_secret,
             epoch,
             policy: policy.clone(),
-            max_allocations: (usize::from(*hi - *lo) + 1).max(1),
+            // A shard borrows ports from the others' slices when its own is empty.
+            max_allocations: usize::from(config.max_port - config.min_port) + 1,
             max_permissions_per_allocation: config.max_permissions_per_allocation,
             max_channels_per_allocation: config.max_channels_per_allocation,
             max_pending_auth: 1024,
@@ -423,7 +462,7 @@ pub fn start(
             stats_interval: Duration::from_secs(config.stats_interval),
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
-            transport: Transport::Udp,
+            alternate_servers: config.alternate_servers.clone(),
         };
         let spec = ShardSpec {
             index,

@@ -7,7 +7,9 @@
 //! with headroom, so forwarding copies nothing in user space either.
 
 use super::{bind_udp, ShardState, Wake, RELAY_SOCKET_BUFFER};
-use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::{
+    ClientAction, FiveTuple, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
@@ -142,10 +144,12 @@ impl Shard {
                 Err(_) => continue,
             };
             state.io.received += 1;
-            let action =
-                state
-                    .server
-                    .handle_client(now, client, local, &buf[..n], &mut self.relays);
+            let action = state.server.handle_client(
+                now,
+                FiveTuple::udp(client, local),
+                &buf[..n],
+                &mut self.relays,
+            );
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -196,6 +200,7 @@ impl Shard {
                 local,
                 client,
                 range,
+                ..
             } = action
             {
                 let sent = self

@@ -352,10 +352,12 @@ impl Shard {
         let send = match op {
             Op::ListenRecv { index } => {
                 let local = self.io.listeners[index as usize].0;
-                match state
-                    .server
-                    .handle_client(now, from, local, &buf[payload], &mut self.io)
-                {
+                match state.server.handle_client(
+                    now,
+                    crate::turn::FiveTuple::udp(from, local),
+                    &buf[payload],
+                    &mut self.io,
+                ) {
                     ClientAction::ToPeer {
                         relay,
                         peer,
@@ -376,6 +378,7 @@ impl Shard {
                         local,
                         client,
                         range,
+                        ..
                     } => self
                         .io
                         .listener_fd(local)

@@ -78,13 +78,18 @@ impl Server {
             Leg::Send(peer) => (peer, None),
             Leg::FromPeer(peer) => (peer, alloc.channel_by_peer(peer, now).map(|c| c.number)),
         };
-        if !alloc.has_permission(peer.ip(), now) {
-            return Err(Dropped::NoPermission);
+        let own = alloc
+            .permission(peer.ip(), now)
+            .ok_or(Dropped::NoPermission)?
+            .own;
+        if own && !self.config.relay_range.contains(&peer.port()) {
+            return Err(Dropped::OwnAddressPort);
         }
         let from_peer = matches!(leg, Leg::FromPeer(_));
         // What leaves: the payload toward a peer, the framed payload toward the client.
+        let stream = alloc.info.five_tuple.transport.is_stream();
         let sent = if from_peer {
-            framed_len(peer, channel, payload).ok_or(Dropped::Malformed)?
+            framed_len(peer, channel, payload, stream).ok_or(Dropped::Malformed)?
         } else {
             payload
         };
@@ -124,15 +129,14 @@ impl Server {
     pub(super) fn client_channel_data(
         &mut self,
         now: Instant,
-        client: SocketAddr,
-        local: SocketAddr,
+        tuple: FiveTuple,
         buf: &[u8],
     ) -> ClientAction {
         let Ok(cd) = ChannelData::parse(buf) else {
             self.counters.count_drop(Dropped::Malformed);
             return ClientAction::None;
         };
-        let slot = self.by_tuple.get(&(client, local)).copied();
+        let slot = self.by_tuple.get(&tuple).copied();
         let len = cd.payload.len();
         match (
             slot,
@@ -150,11 +154,10 @@ impl Server {
     pub(super) fn send_indication(
         &mut self,
         now: Instant,
-        client: SocketAddr,
-        local: SocketAddr,
+        tuple: FiveTuple,
         msg: &Message<'_>,
     ) -> ClientAction {
-        let Some(slot) = self.by_tuple.get(&(client, local)).copied() else {
+        let Some(slot) = self.by_tuple.get(&tuple).copied() else {
             self.counters.count_drop(Dropped::NoAllocation);
             return ClientAction::None;
         };
@@ -203,7 +206,14 @@ impl Server {
                 // `pass` checked that the length fits in 16 bits.
                 let header = ChannelData::header(number, len as u16);
                 buf[start..payload.start].copy_from_slice(&header);
-                start..payload.end
+                // Over TCP and TLS, ChannelData is padded to 4 (RFC 8656 §12.5).
+                let pad = if route.tuple.transport.is_stream() {
+                    (4 - len % 4) % 4
+                } else {
+                    0
+                };
+                buf[payload.end..payload.end + pad].fill(0);
+                start..payload.end + pad
             }
             None => {
                 let mut tid = [0u8; 12];
@@ -221,6 +231,7 @@ impl Server {
         PeerAction::ToClient {
             local: route.tuple.server,
             client: route.tuple.client,
+            transport: route.tuple.transport,
             range,
         }
     }
@@ -243,13 +254,14 @@ impl Server {
 }
 
 /// Bytes sent to the client for a peer payload of `len` bytes: ChannelData on a bound
-/// channel, else a Data indication (padded to 4). `None` when the frame's length field
-/// cannot hold it.
-fn framed_len(peer: SocketAddr, channel: Option<u16>, len: usize) -> Option<usize> {
+/// channel (padded to 4 on a `stream` transport), else a Data indication (always padded).
+/// `None` when the frame's length field cannot hold it.
+fn framed_len(peer: SocketAddr, channel: Option<u16>, len: usize, stream: bool) -> Option<usize> {
+    let pad = (4 - len % 4) % 4;
     match channel {
         Some(_) => {
             u16::try_from(len).ok()?;
-            Some(stun::CHANNEL_DATA_HEADER_LEN + len)
+            Some(stun::CHANNEL_DATA_HEADER_LEN + len + if stream { pad } else { 0 })
         }
         None => {
             // A Data indication's length field counts the padded DATA attribute.
@@ -258,7 +270,7 @@ fn framed_len(peer: SocketAddr, channel: Option<u16>, len: usize) -> Option<usiz
             }
             let addr_len = if peer.is_ipv4() { 8 } else { 20 };
             let header = stun::HEADER_LEN + 4 + addr_len + 4;
-            Some(header + len + (4 - len % 4) % 4)
+            Some(header + len + pad)
         }
     }
 }
