@@ -129,7 +129,7 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
             totals: sources.traffic.clone(),
         }));
     }
-    let signals = match lifecycle::signals(false) {
+    let signals = match lifecycle::signals(true) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -179,7 +179,7 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
         health,
         observer: reloadable,
         build_observer: Box::new(|c: &Config| auth_chain(c, userdb.as_ref())),
-        set_draining: None,
+        set_draining: Some(Box::new(|on| running.set_draining(on))),
     };
     let why = life.run(signals);
     tracing::info!(why, "stopping");

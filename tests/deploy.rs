@@ -174,6 +174,21 @@ fn the_manifests_options_are_accepted_by_uturn() {
     assert_eq!(userdb.host, "redis.uturn.svc.cluster.local");
     assert_eq!(userdb.password.as_deref(), Some("pw"));
     assert!(config.redis.is_some(), "--redis-statsdb");
+    // The grace period covers the drain.
+    let grace: u64 = ds
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        config.drain_timeout.as_secs() > 0,
+        "SIGTERM would not drain"
+    );
+    assert!(
+        grace > config.drain_timeout.as_secs(),
+        "grace period {grace} s does not cover --drain-timeout {:?}",
+        config.drain_timeout
+    );
     // The probes and the metrics port agree with the configuration.
     assert!(ds.contains("path: /readyz") && ds.contains("path: /healthz"));
     assert!(ds.contains("containerPort: 9641"));

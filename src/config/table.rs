@@ -291,11 +291,11 @@ pub(crate) const UTURN: &[Opt] = &[
         c.alternate_servers.push(a);
         Ok(())
     }),
-    value("drain-timeout", None, "S", Value("0"), "seconds a drain waits for allocations to end (not used yet)", |c, i| {
+    value("drain-timeout", None, "S", Value("0"), "SIGTERM drains for up to S seconds before stopping (0: stop at once)", |c, i| {
         c.drain_timeout = Duration::from_secs(i.num()?);
         Ok(())
     }),
-    value("drain-min-allocations", None, "N", Value("0"), "a drain ends once at most N allocations remain (not used yet)", |c, i| {
+    value("drain-min-allocations", None, "N", Value("0"), "a drain (SIGUSR1, SIGTERM) stops the server once at most N allocations remain", |c, i| {
         c.drain_min_allocations = i.num()?;
         Ok(())
     }),

@@ -45,6 +45,8 @@ pub(crate) struct ShardState {
     pub summary_received: u64,
     /// Published once per turn for the metrics endpoint (relaxed atomic stores).
     pub metrics: Arc<crate::metrics::ShardMetrics>,
+    /// Set by [`Running::set_draining`]; applied to the core at the end of a turn.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -94,6 +96,10 @@ impl ShardState {
         self.take_auth_results(now, sockets);
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now, sockets);
+        }
+        let draining = self.draining.load(Ordering::Relaxed);
+        if draining != self.server.is_draining() {
+            self.server.set_draining(draining);
         }
         self.metrics.publish(
             self.server.counters(),
@@ -181,6 +187,7 @@ pub(crate) struct ShardSpec {
     pub backend: Backend,
     pub batch_wait_us: u32,
     pub metrics: Arc<crate::metrics::ShardMetrics>,
+    pub draining: Arc<AtomicBool>,
 }
 
 /// What a shard reports when it ends.
@@ -201,6 +208,7 @@ pub struct Running {
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
     metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -226,6 +234,15 @@ impl Running {
     /// The backend each shard runs ("io-uring" or "portable").
     pub fn backends(&self) -> &[&'static str] {
         &self.backends
+    }
+
+    /// Draining shards refuse new allocations (300 with an alternate server, else 403) and
+    /// keep serving the ones they have; applied by each shard within one loop turn.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        for wake in &self.wakers {
+            wake();
+        }
     }
 
     /// Deletes every allocation through the core (so observers and stats hear of it),
@@ -427,6 +444,7 @@ pub fn start(
         port_slices: slices.clone(),
         backends: Vec::new(),
         metrics: Vec::new(),
+        draining: Arc::new(AtomicBool::new(false)),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -476,6 +494,7 @@ pub fn start(
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
             metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
+            draining: running.draining.clone(),
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -532,6 +551,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         summary_at: Instant::now(),
         summary_received: 0,
         metrics: spec.metrics.clone(),
+        draining: spec.draining.clone(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
