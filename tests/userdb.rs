@@ -146,6 +146,22 @@ fn turnadmin_rest_secret_authenticates_rest_usernames() {
         "{}",
         server.log_text()
     );
+    // Rotation: a second secret in the set is valid as well.
+    turnadmin(&["-s", "the-new-one", "-N", &db, "-r", "example.org"]);
+    let rotated = uturn::auth::RestApiSecret::password("the-new-one", &user);
+    assert!(
+        wait_until(within(Duration::from_secs(20)), || allocate(
+            server.addr(),
+            &user,
+            &rotated
+        )
+        .is_ok()),
+        "a second secret never became valid"
+    );
+    assert!(
+        allocate(server.addr(), &user, &password).is_ok(),
+        "the first secret stopped working"
+    );
     let wrong = uturn::auth::RestApiSecret::password("other", &user);
     assert_eq!(
         allocate(server.addr(), &user, &wrong).err(),

@@ -13,8 +13,8 @@
 //! [`CacheOptions::stale_grace`]), others get 401 at once, and a log line says why;
 //! established allocations never ask (the core keeps their key).
 //!
-//! With several REST secrets in the set, the key is derived from the first in sort order
-//! (the observer API returns one key per request).
+//! Every REST secret in the set is valid (rotation): the answer is the key the request's
+//! MESSAGE-INTEGRITY verifies with.
 
 mod cache;
 mod worker;
@@ -155,7 +155,7 @@ impl Observer for RedisUserDb {
         let counters = &self.shared.counters;
         if self.use_auth_secret {
             if self.cache().secrets().is_some() {
-                return rest_decision(&self.shared, request.username, &self.realm);
+                return rest_decision(&self.shared, request.username, &self.realm, Some(request));
             }
             if state == STATE_DOWN {
                 counters.redis_down_refusals.fetch_add(1, Ordering::Relaxed);
@@ -188,8 +188,16 @@ impl Observer for RedisUserDb {
     }
 }
 
-/// A TURN REST username (`expiry[:user]`) against the cached secrets.
-fn rest_decision(shared: &Shared, username: &str, realm: &str) -> AuthDecision {
+/// A TURN REST username (`expiry[:user]`) against the cached secrets: the key of the
+/// secret the request's MESSAGE-INTEGRITY verifies with (every secret in the set is
+/// valid: rotation), else of the first. `request` is `None` on the side thread, which
+/// answers a ticket without the message: then the first secret's key.
+fn rest_decision(
+    shared: &Shared,
+    username: &str,
+    realm: &str,
+    request: Option<&AuthRequest<'_>>,
+) -> AuthDecision {
     let expiry = username.split(':').next().unwrap_or("");
     let Ok(expiry) = expiry.parse::<u64>() else {
         return AuthDecision::NotAuthorized;
@@ -201,11 +209,16 @@ fn rest_decision(shared: &Shared, username: &str, realm: &str) -> AuthDecision {
         return AuthDecision::NotAuthorized;
     }
     let cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-    match cache.secrets().and_then(|s| s.first()) {
-        Some(secret) => {
-            let password = RestApiSecret::password(secret, username);
-            AuthDecision::Authorized(long_term_key(username, realm, &password))
-        }
-        None => AuthDecision::NotAuthorized,
-    }
+    let mut keys = cache.secrets().unwrap_or_default().iter().map(|secret| {
+        let password = RestApiSecret::password(secret, username);
+        long_term_key(username, realm, &password)
+    });
+    let Some(first) = keys.next() else {
+        return AuthDecision::NotAuthorized;
+    };
+    let key = match request {
+        Some(r) if !r.verifies(&first) => keys.find(|k| r.verifies(k)).unwrap_or(first),
+        _ => first,
+    };
+    AuthDecision::Authorized(key)
 }

@@ -144,7 +144,8 @@ impl Worker {
         if users.is_empty() && !secrets_due && now.duration_since(self.last_io) < HEALTH_CHECK {
             for job in jobs {
                 // Only secret jobs can get here, and the secrets are fresh.
-                let decision = super::rest_decision(&self.shared, &job.rest_username, &self.realm);
+                let decision =
+                    super::rest_decision(&self.shared, &job.rest_username, &self.realm, None);
                 job.ticket.resolve(decision);
             }
             return;
@@ -235,7 +236,7 @@ impl Worker {
                     Some(key) => AuthDecision::Authorized(key),
                     None => AuthDecision::NotAuthorized,
                 },
-                None => super::rest_decision(&self.shared, &job.rest_username, &self.realm),
+                None => super::rest_decision(&self.shared, &job.rest_username, &self.realm, None),
             };
             job.ticket.resolve(decision);
         }
