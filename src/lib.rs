@@ -87,9 +87,10 @@ fn auth_chain(
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM: shards, the stats thread when Redis is
-/// configured, the metrics endpoint when asked for, then a clean stop that deletes every
-/// allocation through the core.
+/// Runs the server until SIGINT or SIGTERM (exit 0) or until a shard fails (exit 1, after
+/// every other shard stopped cleanly): shards, the stats thread when Redis is configured,
+/// the metrics endpoint when asked for, then a stop that deletes every allocation through
+/// the core.
 pub fn run(config: Config) -> ExitCode {
     run_with(config, lifecycle::Hooks::default())
 }
@@ -181,8 +182,19 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
         build_observer: Box::new(|c: &Config| auth_chain(c, userdb.as_ref())),
         set_draining: Some(Box::new(|on| running.set_draining(on))),
     };
-    let why = life.run(signals);
-    tracing::info!(why, "stopping");
+    let failure = match life.run(signals) {
+        lifecycle::Stop::Asked(why) => {
+            tracing::info!(why, "stopping");
+            None
+        }
+        // A shard that cannot go on stops the whole process, so a supervisor restarts it:
+        // without that shard's SO_REUSEPORT member the kernel would hash its clients to
+        // shards that do not hold their allocations.
+        lifecycle::Stop::ShardFailed(failure) => {
+            tracing::error!("{failure}: stopping every shard and exiting with an error");
+            Some(failure)
+        }
+    };
     let reports = running.stop();
     for r in &reports {
         tracing::info!(shard = r.index, backend = r.backend, counters = ?r.counters, io = ?r.io, "shard stopped");
@@ -191,5 +203,11 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
         stats.stop(std::time::Duration::from_secs(3));
     }
     drop(endpoint);
-    ExitCode::SUCCESS
+    match failure {
+        Some(failure) => {
+            eprintln!("uturn: {failure}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
 }

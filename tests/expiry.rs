@@ -147,7 +147,7 @@ fn allocate_many(
 const EXPIRY_SLACK: f64 = 0.5;
 
 /// How many allocations, from how many sockets over how many listening addresses, with
-/// lifetimes 2 to `2 + spread - 1` seconds, in a relay range of `ports` ports from 8000.
+/// lifetimes 2 to `2 + spread - 1` seconds, in a relay range of `ports` ports.
 struct Size {
     addrs: usize,
     sockets: usize,
@@ -162,7 +162,9 @@ fn allocations_expire_on_time_and_give_their_ports_back() {
         addrs: 2,
         sockets: 100,
         spread: 3,
-        ports: 220,
+        // SO_REUSEPORT spreads 200 clients over 2 shards unevenly: 150 ports per shard
+        // leave room for that, and still too few for a second round without the first's.
+        ports: 300,
         min_round_trips: 100,
     });
 }
@@ -183,7 +185,7 @@ fn proof_ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
 fn expiry_under_load(size: Size) {
     let (ADDRS, SOCKETS) = (size.addrs, size.sockets);
     let TOTAL: usize = ADDRS * SOCKETS;
-    let RANGE: (u16, u16) = (8000, 8000 + size.ports - 1);
+    let RANGE: (u16, u16) = free_port_block(size.ports);
     let spread = size.spread;
     let _heavy = heavy();
     need_files((SOCKETS + TOTAL + 1000) as u64);
@@ -367,7 +369,10 @@ fn expiry_under_load(size: Size) {
         "the second round and the three relays end at shutdown"
     );
     assert_eq!(sum(&reports, |c| c.ports_exhausted), 0);
-    // Each shard had 5,500 ports and about 5,000 allocations per round: the second round
-    // could only succeed with the first round's ports back in the pools.
-    assert!(reused > TOTAL / 2, "only {reused} ports reused");
+    // Two rounds need more ports than the range has: the second round could only succeed
+    // with the first round's ports back in the pools, at least this many of them.
+    assert!(
+        reused >= 2 * TOTAL - usize::from(size.ports),
+        "only {reused} ports reused"
+    );
 }

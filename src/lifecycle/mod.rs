@@ -48,6 +48,14 @@ pub struct Hooks {
     pub set_log_level: Option<SetLogLevel>,
 }
 
+/// Why the loop ended.
+pub enum Stop {
+    /// A signal or a finished drain.
+    Asked(&'static str),
+    /// A shard could not go on: the process must stop (with an error).
+    ShardFailed(crate::shard::ShardFailure),
+}
+
 /// Everything the loop changes on the running server.
 pub(crate) struct Lifecycle<'a> {
     pub config: Config,
@@ -66,7 +74,7 @@ pub(crate) struct Lifecycle<'a> {
 impl Lifecycle<'_> {
     /// Waits for a reason to stop and returns it; the caller then stops the shards.
     /// `signals` come from [`signals`], installed before the shards started.
-    pub fn run(mut self, mut signals: Signals) -> &'static str {
+    pub fn run(mut self, mut signals: Signals) -> Stop {
         let mut drain = self.new_drain();
         loop {
             let now = Instant::now();
@@ -83,7 +91,7 @@ impl Lifecycle<'_> {
                     _ => continue,
                 };
                 if let Step::Stop(why) = step {
-                    return why;
+                    return Stop::Asked(why);
                 }
                 if drain.draining() && !self.health.draining.load(Ordering::Relaxed) {
                     self.start_draining(signal, &drain);
@@ -94,9 +102,12 @@ impl Lifecycle<'_> {
                 tracing::info!(allocations, "draining: allocations remaining");
             }
             if let Step::Stop(why) = drain.poll(now, allocations) {
-                return why;
+                return Stop::Asked(why);
             }
-            std::thread::sleep(TICK);
+            // Waiting for a shard failure is also the loop's pause.
+            if let Some(failure) = self.running.wait_failure(TICK) {
+                return Stop::ShardFailed(failure);
+            }
         }
     }
 

@@ -106,7 +106,7 @@ pub fn render(s: &Sources) -> String {
         let labels = format!("shard=\"{}\"", sh.index);
         o.value("uturn_shard_allocations", &labels, sh.allocations);
     }
-    let per_shard: [(&str, &str, PerShard); 5] = [
+    let per_shard: [(&str, &str, PerShard); 7] = [
         (
             "uturn_datagrams_received_total",
             "Datagrams received (clients and peers), by shard.",
@@ -131,6 +131,16 @@ pub fn render(s: &Sources) -> String {
             "uturn_no_buffers_total",
             "Receives that found no free provided buffer (io_uring ENOBUFS), by shard.",
             |s| s.no_buffers,
+        ),
+        (
+            "uturn_cq_overflow_total",
+            "io_uring loop turns that found the completion queue overflowed (nothing lost), by shard.",
+            |s| s.cq_overflowed,
+        ),
+        (
+            "uturn_cq_lost_total",
+            "io_uring completions the kernel dropped, by shard.",
+            |s| s.cq_lost,
         ),
     ];
     for (name, help, get) in per_shard {

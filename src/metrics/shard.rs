@@ -23,6 +23,8 @@ pub struct ShardMetrics {
     send_errors: AtomicU64,
     truncated: AtomicU64,
     no_buffers: AtomicU64,
+    cq_overflowed: AtomicU64,
+    cq_lost: AtomicU64,
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -41,6 +43,8 @@ pub struct ShardSnapshot {
     pub send_errors: u64,
     pub truncated: u64,
     pub no_buffers: u64,
+    pub cq_overflowed: u64,
+    pub cq_lost: u64,
 }
 
 impl ShardMetrics {
@@ -57,6 +61,8 @@ impl ShardMetrics {
             send_errors: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             no_buffers: AtomicU64::new(0),
+            cq_overflowed: AtomicU64::new(0),
+            cq_lost: AtomicU64::new(0),
         }
     }
 
@@ -77,6 +83,8 @@ impl ShardMetrics {
         self.send_errors.store(io.send_errors, r);
         self.truncated.store(io.truncated, r);
         self.no_buffers.store(io.no_buffers, r);
+        self.cq_overflowed.store(io.cq_overflowed, r);
+        self.cq_lost.store(io.cq_lost, r);
     }
 
     pub fn snapshot(&self) -> ShardSnapshot {
@@ -93,6 +101,8 @@ impl ShardMetrics {
             send_errors: self.send_errors.load(r),
             truncated: self.truncated.load(r),
             no_buffers: self.no_buffers.load(r),
+            cq_overflowed: self.cq_overflowed.load(r),
+            cq_lost: self.cq_lost.load(r),
         }
     }
 }
@@ -123,6 +133,8 @@ mod tests {
             send_errors: 19,
             truncated: 20,
             no_buffers: 21,
+            cq_overflowed: 23,
+            cq_lost: 24,
         };
         m.publish(&c, &io, 22);
         let s = m.snapshot();
@@ -136,5 +148,6 @@ mod tests {
         assert_eq!((s.relayed_to_peer, s.relayed_to_client), (15, 16));
         assert_eq!((s.received, s.sent, s.send_errors), (17, 18, 19));
         assert_eq!((s.truncated, s.no_buffers, s.allocations), (20, 21, 22));
+        assert_eq!((s.cq_overflowed, s.cq_lost), (23, 24));
     }
 }
