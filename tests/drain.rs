@@ -20,17 +20,10 @@ struct Server {
     log: PathBuf,
 }
 
-/// A listening port nobody holds (a plain bind: SO_REUSEPORT would share it silently).
+/// A listening port and 100 relay ports nobody holds (tests/common).
 fn free_block() -> (u16, u16, u16) {
-    for _ in 0..100 {
-        let base = 10_000 + (rand::random::<u16>() % 100) * 200;
-        if UdpSocket::bind(("127.0.0.1", base)).is_ok()
-            && (base + 2..=base + 101).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
-        {
-            return (base, base + 2, base + 101);
-        }
-    }
-    panic!("no free port block");
+    let (min, max) = free_port_block(100);
+    (free_listen_port(), min, max)
 }
 
 impl Server {

@@ -14,19 +14,10 @@ use uturn::client::{Client, Incoming};
 mod common;
 use common::*;
 
-/// A listening port nobody holds (checked with a plain bind: SO_REUSEPORT would let a
-/// second server share a port silently) and the 100 ports above it for relays, below the
-/// ephemeral range so client sockets never take them.
+/// A listening port and 100 relay ports nobody holds (tests/common).
 fn free_block() -> (u16, u16, u16) {
-    for _ in 0..100 {
-        let base = 10_000 + (rand::random::<u16>() % 100) * 200;
-        if UdpSocket::bind(("127.0.0.1", base)).is_ok()
-            && (base + 2..=base + 101).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
-        {
-            return (base, base + 2, base + 101);
-        }
-    }
-    panic!("no free port block");
+    let (min, max) = free_port_block(100);
+    (free_listen_port(), min, max)
 }
 
 /// uturn started with nothing but `-c FILE` (the file's user list must not be replaced by
