@@ -232,3 +232,51 @@ fn container_image_builds_runs_as_non_root_and_answers() {
         "not the non-root user"
     );
 }
+
+/// What can be checked of the image without a container engine: every COPY source exists
+/// and is not excluded by .dockerignore, the build is locked, the runtime runs as a
+/// non-root user and starts uturn itself (PID 1, so it gets the signals).
+#[test]
+fn dockerfile_copies_what_exists_and_runs_uturn_as_non_root() {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut copies = 0;
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if rest.starts_with("--from=") {
+            continue;
+        }
+        let parts: Vec<&str> = rest.split_whitespace().collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(repo().join(src).exists(), "COPY {src}: no such file");
+            assert!(
+                !ignored.iter().any(|i| src.starts_with(i)),
+                "COPY {src} is excluded by .dockerignore"
+            );
+            copies += 1;
+        }
+    }
+    assert!(copies >= 4, "{copies} COPY sources");
+    assert!(text.contains("--locked"), "the build must use Cargo.lock");
+    let runtime = text.rsplit("\nFROM ").next().unwrap();
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER in the runtime stage");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "USER {user}"
+    );
+    assert!(runtime.contains("ENTRYPOINT [\"/usr/local/bin/uturn\"]"));
+    assert!(
+        ignored.contains(&"target"),
+        "target/ would be sent as build context"
+    );
+}
