@@ -175,6 +175,12 @@ impl Lifecycle<'_> {
                 }
             }
         }
+        if self.config.redis_userdb.is_some() && new.use_auth_secret != self.config.use_auth_secret
+        {
+            tracing::warn!(
+                "reload (SIGHUP): the Redis user database keeps its --use-auth-secret mode until a restart"
+            );
+        }
         // Only what is applied live moves into the running configuration.
         self.config.users = new.users;
         self.config.static_auth_secrets = new.static_auth_secrets;
