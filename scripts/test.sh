@@ -25,8 +25,25 @@ if [ ${#need[@]} -gt 0 ]; then
     if [ "$created_policy" -eq 1 ]; then $SUDO rm -f "$policy"; fi
 fi
 
+# The Kubernetes schema validator (PyPI; it ships the schemas, so validation is offline).
+venv=target/k8s-venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    echo "test.sh: installing kubernetes-validate into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+export KUBERNETES_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
+
 export RUST_BACKTRACE=1
 cargo test --all-targets
 cargo test --doc
+# The container image: built and run only where a container engine answers.
+if docker info >/dev/null 2>&1; then
+    cargo test --test deploy -- --ignored
+else
+    echo "################################################################################"
+    echo "test.sh: NOT RUN: container image build (no container engine: 'docker info' failed)"
+    echo "################################################################################"
+fi
 cargo clippy --all-targets -- -D warnings
 cargo fmt --check
