@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
+# The XDP object check (bpf/build.sh --check) rebuilds bpf/uturn_xdp.o with Debian's clang.
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     SUDO=""
@@ -24,6 +28,8 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
     if [ "$created_policy" -eq 1 ]; then $SUDO rm -f "$policy"; fi
 fi
+
+bpf/build.sh --check
 
 export RUST_BACKTRACE=1
 cargo test --all-targets
