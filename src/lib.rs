@@ -12,6 +12,7 @@ pub mod shard;
 pub mod stats;
 pub mod stun;
 pub mod turn;
+pub mod xdp;
 
 pub use auth::{AuthDecision, AuthRequest, Observer, Ticket};
 pub use config::Config;
