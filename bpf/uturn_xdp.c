@@ -192,39 +192,55 @@ static __always_inline int parse(struct xdp_md *ctx, struct datagram *d, int v6)
 	return 0;
 }
 
-/* Next hop for a datagram from src to dst of `ip_len` bytes (IP header included).
- * Returns 0 with MACs and egress ifindex in `fib`, or -1: no route, no neighbour yet, needs
- * fragmenting, ... (the stack handles those, and resolves the neighbour for next time). */
-static __always_inline int next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *fib,
-				    const __u8 *src, const __u8 *dst, __be16 sport, __be16 dport,
-				    __u16 ip_len, __u8 tos, int v6)
+/* How long a next hop found by bpf_fib_lookup is reused. The lookup is most of the
+ * program's cost (IPv6 especially); a route or neighbour change reaches an offloaded
+ * channel within this time. */
+#define NEXT_HOP_TTL_NS 1000000000ULL
+
+/* Next hop for a datagram from src to dst of `ip_len` bytes (IP header included), from the
+ * entry's cache or a fresh lookup. Returns -1 when there is none to use: no route, no
+ * neighbour yet, needs fragmenting, forwarding off on the ingress interface, ... (the
+ * stack handles those, and resolves the neighbour for next time). */
+static __always_inline int next_hop(struct xdp_md *ctx, struct next_hop *hop, const __u8 *src,
+				    const __u8 *dst, __be16 sport, __be16 dport, __u16 ip_len,
+				    __u8 tos, int v6)
 {
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->l4_protocol = IPPROTO_UDP;
-	fib->sport = sport;
-	fib->dport = dport;
-	fib->tot_len = ip_len;
-	fib->ifindex = ctx->ingress_ifindex;
+	struct bpf_fib_lookup fib = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (now < hop->expires && ip_len <= hop->mtu)
+		return 0;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.sport = sport;
+	fib.dport = dport;
+	fib.tot_len = ip_len;
+	fib.ifindex = ctx->ingress_ifindex;
 	if (v6) {
-		fib->family = AF_INET6;
-		fib->flowinfo = bpf_htonl((__u32)tos << 20);
-		__builtin_memcpy(fib->ipv6_src, src, 16);
-		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+		fib.family = AF_INET6;
+		fib.flowinfo = bpf_htonl((__u32)tos << 20);
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
 	} else {
-		fib->family = AF_INET;
-		fib->tos = tos;
-		__builtin_memcpy(&fib->ipv4_src, src + 12, 4);
-		__builtin_memcpy(&fib->ipv4_dst, dst + 12, 4);
+		fib.family = AF_INET;
+		fib.tos = tos;
+		__builtin_memcpy(&fib.ipv4_src, src + 12, 4);
+		__builtin_memcpy(&fib.ipv4_dst, dst + 12, 4);
 	}
-	if (bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
+	hop->ifindex = fib.ifindex;
+	/* On success the kernel reports the path MTU in place of tot_len. */
+	hop->mtu = fib.mtu_result;
+	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
+	hop->expires = now + NEXT_HOP_TTL_NS;
 	return 0;
 }
 
 /* Writes Ethernet, IP and UDP headers for a datagram of `payload_len` bytes at the start of
  * the (already resized) frame. Returns -1 only if the frame is shorter than the headers,
  * which the callers' length checks rule out. */
-static __always_inline int write_headers(struct xdp_md *ctx, const struct bpf_fib_lookup *fib,
+static __always_inline int write_headers(struct xdp_md *ctx, const struct next_hop *hop,
 					 const struct datagram *d, const __u8 *src,
 					 const __u8 *dst, __be16 sport, __be16 dport,
 					 __u16 payload_len, __u16 udp_check, int v6)
@@ -237,8 +253,8 @@ static __always_inline int write_headers(struct xdp_md *ctx, const struct bpf_fi
 
 	if ((void *)(udp + 1) > end)
 		return -1;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, hop->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop->smac, ETH_ALEN);
 	if (v6) {
 		struct ipv6hdr *ip6 = data + l3_offset();
 
@@ -295,11 +311,11 @@ static __always_inline void trim_tail(struct xdp_md *ctx, __u16 payload_len, int
 		bpf_xdp_adjust_tail(ctx, want - have);
 }
 
-static __always_inline int send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
+static __always_inline int send(struct xdp_md *ctx, const struct next_hop *hop)
 {
-	if (fib->ifindex == ctx->ingress_ifindex)
+	if (hop->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect(hop->ifindex, 0);
 }
 
 /* client -> peer. `d` is a datagram whose payload is well-formed ChannelData. Returns -1 when
@@ -309,7 +325,6 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 {
 	struct forward_key key = {};
 	struct forward_value *v;
-	struct bpf_fib_lookup fib;
 	__u16 pad = d->payload_len - 4 - len;
 	__u16 check = 0;
 	__u16 off = l4_offset(v6) + sizeof(struct udphdr) + 4 + len;
@@ -325,7 +340,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 		return -1;
 
 	ip_len = (v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr)) + sizeof(struct udphdr) + len;
-	if (next_hop(ctx, &fib, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port, ip_len,
+	if (next_hop(ctx, &v->hop, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port, ip_len,
 		     d->tos, v6))
 		return XDP_PASS;
 
@@ -363,7 +378,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 
 	if (bpf_xdp_adjust_head(ctx, 4))
 		return XDP_PASS;
-	if (write_headers(ctx, &fib, d, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port,
+	if (write_headers(ctx, &v->hop, d, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port,
 			  len, check, v6))
 		return XDP_ABORTED;
 	trim_tail(ctx, len, v6);
@@ -371,14 +386,13 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 	v->counters.packets++;
 	v->counters.rx_bytes += d->payload_len;
 	v->counters.tx_bytes += len;
-	return send(ctx, &fib);
+	return send(ctx, &v->hop);
 }
 
 /* peer -> client, or XDP_PASS when the source is no bound peer of that relay address. */
 static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int v6)
 {
 	struct reverse_value *v;
-	struct bpf_fib_lookup fib;
 	__u16 len = d->payload_len;
 	__u16 hdr_len = v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	__u16 check = 0;
@@ -393,7 +407,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 	if (len > 0xffff - 4 - sizeof(struct udphdr) - hdr_len)
 		return XDP_PASS;
 	ip_len = hdr_len + sizeof(struct udphdr) + 4 + len;
-	if (next_hop(ctx, &fib, v->server_addr, v->client_addr, v->server_port, v->client_port,
+	if (next_hop(ctx, &v->hop, v->server_addr, v->client_addr, v->server_port, v->client_port,
 		     ip_len, d->tos, v6))
 		return XDP_PASS;
 
@@ -410,7 +424,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 
 	if (bpf_xdp_adjust_head(ctx, -4))
 		return XDP_PASS;
-	if (write_headers(ctx, &fib, d, v->server_addr, v->client_addr, v->server_port,
+	if (write_headers(ctx, &v->hop, d, v->server_addr, v->client_addr, v->server_port,
 			  v->client_port, len + 4, check, v6))
 		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
@@ -425,7 +439,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 	v->counters.packets++;
 	v->counters.rx_bytes += len;
 	v->counters.tx_bytes += len + 4;
-	return send(ctx, &fib);
+	return send(ctx, &v->hop);
 }
 
 static __always_inline int relay(struct xdp_md *ctx, int v6)

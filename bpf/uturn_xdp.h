@@ -35,9 +35,22 @@ struct counters {
 	__u64 tx_bytes;
 };
 
+/* The entry's next hop as bpf_fib_lookup last found it, kept per CPU and trusted until
+ * `expires` (bpf_ktime_get_coarse_ns) or for datagrams up to `mtu` bytes (IP length).
+ * User space installs it zeroed (expired). size 32: expires 0, ifindex 8, mtu 12, smac 14,
+ * dmac 20, pad 26 */
+struct next_hop {
+	__u64 expires;
+	__u32 ifindex;
+	__u16 mtu;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u8 pad[6];
+};
+
 /* What to send a forwarded datagram as. allocation: the core's allocation id, for user space.
- * size 72: relay_addr 0, peer_addr 16, relay_port 32, peer_port 34, pad 36, allocation 40,
- * counters 48 */
+ * size 104: relay_addr 0, peer_addr 16, relay_port 32, peer_port 34, pad 36, allocation 40,
+ * counters 48, hop 72 */
 struct forward_value {
 	__u8 relay_addr[16];
 	__u8 peer_addr[16];
@@ -46,6 +59,7 @@ struct forward_value {
 	__u32 pad;
 	__u64 allocation;
 	struct counters counters;
+	struct next_hop hop;
 };
 
 /* Reverse (peer -> client): the peer's transport address and the relay address it sent to.
@@ -57,8 +71,8 @@ struct reverse_key {
 	__be16 relay_port;
 };
 
-/* size 72: client_addr 0, server_addr 16, client_port 32, server_port 34, channel 36, pad 38,
- * allocation 40, counters 48 */
+/* size 104: client_addr 0, server_addr 16, client_port 32, server_port 34, channel 36, pad 38,
+ * allocation 40, counters 48, hop 72 */
 struct reverse_value {
 	__u8 client_addr[16];
 	__u8 server_addr[16];
@@ -68,6 +82,7 @@ struct reverse_value {
 	__u16 pad;
 	__u64 allocation;
 	struct counters counters;
+	struct next_hop hop;
 };
 
 #endif

@@ -134,6 +134,20 @@ fn client_to_peer(f: &Family) {
     }
     assert_eq!(o.maps().read_counters(&b).unwrap(), sent);
 
+    // The next hop is cached now; the egress MTU (1400) still holds for a bigger datagram.
+    let big = Udp::new(
+        f.client,
+        f.server,
+        &channel_data(0x4001, &pattern(1400, 1), &[]),
+    );
+    assert_pass(
+        &o,
+        &big.frame(),
+        xc0,
+        "over the egress MTU, next hop cached",
+    );
+    assert_eq!(o.maps().read_counters(&b).unwrap(), sent);
+
     // A peer reached through the interface the datagram came in on: XDP_TX.
     let near = binding(f, 0x4002, 50000, f.near_peer);
     o.maps_mut().install(&near).unwrap();

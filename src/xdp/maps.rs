@@ -50,6 +50,19 @@ impl Counters {
     }
 }
 
+/// `struct next_hop`: the program's per-CPU cache of its route lookup; installed zeroed
+/// (expired), owned by the program afterwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub expires: u64,
+    pub ifindex: u32,
+    pub mtu: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub pad: [u8; 6],
+}
+
 /// `struct forward_value`: what a forwarded datagram is sent as.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +74,7 @@ pub struct ForwardValue {
     pub pad: u32,
     pub allocation: u64,
     pub counters: Counters,
+    pub hop: NextHop,
 }
 
 /// `struct reverse_key`: a peer datagram's source and the relay address it was sent to.
@@ -85,6 +99,7 @@ pub struct ReverseValue {
     pub pad: u16,
     pub allocation: u64,
     pub counters: Counters,
+    pub hop: NextHop,
 }
 
 // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit padding
@@ -97,6 +112,8 @@ unsafe impl Pod for ForwardValue {}
 unsafe impl Pod for ReverseKey {}
 // SAFETY: as above.
 unsafe impl Pod for ReverseValue {}
+// SAFETY: as above.
+unsafe impl Pod for NextHop {}
 
 /// The map form of an address: IPv6 as is, IPv4 IPv4-mapped (`::ffff:a.b.c.d`).
 fn addr_bytes(ip: IpAddr) -> [u8; 16] {
@@ -157,6 +174,7 @@ impl ChannelOffload {
             pad: 0,
             allocation: self.allocation,
             counters: Counters::default(),
+            hop: NextHop::default(),
         }
     }
 
@@ -179,6 +197,7 @@ impl ChannelOffload {
             pad: 0,
             allocation: self.allocation,
             counters: Counters::default(),
+            hop: NextHop::default(),
         }
     }
 }
@@ -260,27 +279,28 @@ impl Maps {
         }
     }
 
-    /// Refuses an install whose keys exist with other values.
+    /// Refuses an install whose keys exist with other values (the program's own fields,
+    /// counters and next hop, aside).
     fn check_same(&self, binding: &ChannelOffload) -> Result<(), Error> {
         let fwd = binding.forward_value();
         if let Some(old) = get(&self.forward, &binding.forward_key())? {
-            if old.first().is_some_and(|v| {
-                ForwardValue {
-                    counters: fwd.counters,
-                    ..*v
-                } != fwd
-            }) {
+            let installed = |v: &ForwardValue| ForwardValue {
+                counters: fwd.counters,
+                hop: fwd.hop,
+                ..*v
+            };
+            if old.iter().any(|v| installed(v) != fwd) {
                 return Err(Error::Conflict);
             }
         }
         let rev = binding.reverse_value();
         if let Some(old) = get(&self.reverse, &binding.reverse_key())? {
-            if old.first().is_some_and(|v| {
-                ReverseValue {
-                    counters: rev.counters,
-                    ..*v
-                } != rev
-            }) {
+            let installed = |v: &ReverseValue| ReverseValue {
+                counters: rev.counters,
+                hop: rev.hop,
+                ..*v
+            };
+            if old.iter().any(|v| installed(v) != rev) {
                 return Err(Error::Conflict);
             }
         }
@@ -373,7 +393,15 @@ mod tests {
         assert_eq!(offset_of!(Counters, rx_bytes), 8);
         assert_eq!(offset_of!(Counters, tx_bytes), 16);
 
-        assert_eq!(size_of::<ForwardValue>(), 72);
+        assert_eq!(size_of::<NextHop>(), 32);
+        assert_eq!(offset_of!(NextHop, expires), 0);
+        assert_eq!(offset_of!(NextHop, ifindex), 8);
+        assert_eq!(offset_of!(NextHop, mtu), 12);
+        assert_eq!(offset_of!(NextHop, smac), 14);
+        assert_eq!(offset_of!(NextHop, dmac), 20);
+        assert_eq!(offset_of!(NextHop, pad), 26);
+
+        assert_eq!(size_of::<ForwardValue>(), 104);
         assert_eq!(offset_of!(ForwardValue, relay_addr), 0);
         assert_eq!(offset_of!(ForwardValue, peer_addr), 16);
         assert_eq!(offset_of!(ForwardValue, relay_port), 32);
@@ -381,6 +409,7 @@ mod tests {
         assert_eq!(offset_of!(ForwardValue, pad), 36);
         assert_eq!(offset_of!(ForwardValue, allocation), 40);
         assert_eq!(offset_of!(ForwardValue, counters), 48);
+        assert_eq!(offset_of!(ForwardValue, hop), 72);
 
         assert_eq!(size_of::<ReverseKey>(), 36);
         assert_eq!(offset_of!(ReverseKey, peer_addr), 0);
@@ -388,7 +417,7 @@ mod tests {
         assert_eq!(offset_of!(ReverseKey, peer_port), 32);
         assert_eq!(offset_of!(ReverseKey, relay_port), 34);
 
-        assert_eq!(size_of::<ReverseValue>(), 72);
+        assert_eq!(size_of::<ReverseValue>(), 104);
         assert_eq!(offset_of!(ReverseValue, client_addr), 0);
         assert_eq!(offset_of!(ReverseValue, server_addr), 16);
         assert_eq!(offset_of!(ReverseValue, client_port), 32);
@@ -397,6 +426,7 @@ mod tests {
         assert_eq!(offset_of!(ReverseValue, pad), 38);
         assert_eq!(offset_of!(ReverseValue, allocation), 40);
         assert_eq!(offset_of!(ReverseValue, counters), 48);
+        assert_eq!(offset_of!(ReverseValue, hop), 72);
     }
 
     fn binding() -> ChannelOffload {

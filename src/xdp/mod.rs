@@ -15,7 +15,7 @@ mod maps;
 mod test_run;
 
 pub use maps::{
-    ChannelOffload, Counters, ForwardKey, ForwardValue, Maps, OffloadTraffic, ReverseKey,
+    ChannelOffload, Counters, ForwardKey, ForwardValue, Maps, NextHop, OffloadTraffic, ReverseKey,
     ReverseValue, CHANNELS,
 };
 pub use test_run::{Action, Outcome, TestRun};
@@ -29,7 +29,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/uturn_xdp.o");
 const PROGRAM: &str = "uturn_xdp";
 
 /// Entries per map unless the caller asks otherwise. Each entry costs ~110 bytes per
-/// possible CPU (per-CPU values), preallocated by the kernel.
+/// possible CPU (per-CPU values of 104 bytes), preallocated by the kernel.
 pub const DEFAULT_MAX_ENTRIES: u32 = 16384;
 
 /// How the program runs on an interface (`--xdp-mode`).
