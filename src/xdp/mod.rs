@@ -7,6 +7,11 @@
 //! containers), or on an interface that refuses the program, [`Offload::start`] logs one
 //! clear line and returns `None`, and relaying goes on in user space unchanged.
 //!
+//! Needs, besides privileges: forwarding enabled on each `--xdp` interface
+//! (`net.ipv4.conf.IFACE.forwarding=1`, likewise for IPv6), because the kernel's route
+//! lookup for XDP refuses to answer for interfaces that do not forward (a warning says so at
+//! attach time); and, on veth, a peer that accepts XDP frames (an XDP program or GRO on).
+//!
 //! Must not decide what to offload or for how long: the TURN core stays the one authority
 //! (RFC 8656 §12 bindings, permissions, expiry, quotas); the program forwards exactly the
 //! bindings installed here and passes everything else to the kernel stack.
@@ -123,6 +128,7 @@ impl Offload {
                 Err(e) => return Err(attach_err(e)),
             },
         };
+        warn_without_forwarding(interface);
         self.attached.push((interface.to_string(), got));
         Ok(got)
     }
@@ -185,6 +191,22 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
         .program_mut(PROGRAM)
         .ok_or(Error::Unsupported("the object has no uturn_xdp program"))?
         .try_into()?)
+}
+
+/// bpf_fib_lookup answers "forwarding disabled" for datagrams received on an interface
+/// without forwarding, so the program would pass everything up: say so at attach time.
+fn warn_without_forwarding(interface: &str) {
+    for family in ["ipv4", "ipv6"] {
+        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            tracing::warn!(
+                interface,
+                "{family} forwarding is off here, so the XDP offload passes every {family} \
+                 datagram to user space; enable it with sysctl -w \
+                 net.{family}.conf.{interface}.forwarding=1"
+            );
+        }
+    }
 }
 
 /// The kernel's answer to native mode on a driver without `ndo_bpf`.

@@ -64,10 +64,26 @@ impl Netns {
     }
 
     pub fn sysctl(&self, setting: &str) {
-        run(
-            "ip",
-            &["netns", "exec", &self.name, "sysctl", "-qw", setting],
-        );
+        self.exec("sysctl", &["-qw", setting]);
+    }
+
+    /// Runs `cmd ARGS` inside the namespace and waits for it to succeed.
+    pub fn exec(&self, cmd: &str, args: &[&str]) {
+        let mut all = vec!["netns", "exec", self.name.as_str(), cmd];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Runs `f` on a thread inside the namespace (sockets it creates stay in it).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
     }
 
     /// Moves the calling thread (only it) into this namespace.
@@ -164,14 +180,7 @@ impl Lab {
 
     /// Runs `f` on a thread inside the lab's namespace; the lab outlives the thread.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.ns.enter();
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        self.ns.run(f)
     }
 }
 
