@@ -19,20 +19,52 @@ use std::time::{Duration, Instant};
 
 use lab::Netns;
 use uturn::client::{Client, Incoming};
+use uturn::stun;
 use uturn::xdp::{ChannelOffload, Mode, Offload, DEFAULT_MAX_ENTRIES};
 
-const SERVER: &str = "192.0.2.1:3478";
-const CLIENT_IP: &str = "192.0.2.10";
-const RELAY_IP: &str = "198.51.100.1";
-const PEER: &str = "198.51.100.20:7000";
 const CHANNEL: u16 = 0x4001;
+
+/// One address family's plan: (server address, client IP, relay IP, peer address, and the
+/// prefixes of the two links).
+struct Plan {
+    server: &'static str,
+    server_ip: &'static str,
+    client_ip: &'static str,
+    relay_ip: &'static str,
+    peer: &'static str,
+    peer_ip: &'static str,
+    prefix: &'static str,
+    family: &'static str,
+}
+
+const V4: Plan = Plan {
+    server: "192.0.2.1:3478",
+    server_ip: "192.0.2.1",
+    client_ip: "192.0.2.10",
+    relay_ip: "198.51.100.1",
+    peer: "198.51.100.20:7000",
+    peer_ip: "198.51.100.20",
+    prefix: "24",
+    family: "ipv4",
+};
+
+const V6: Plan = Plan {
+    server: "[2001:db8:c::1]:3478",
+    server_ip: "2001:db8:c::1",
+    client_ip: "2001:db8:c::10",
+    relay_ip: "2001:db8:a::1",
+    peer: "[2001:db8:a::20]:7000",
+    peer_ip: "2001:db8:a::20",
+    prefix: "64",
+    family: "ipv6",
+};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// client ns `eth0` 192.0.2.10/24 <-> server ns `xc0` 192.0.2.1/24;
-/// server ns `xp0` 198.51.100.1/24 <-> peer ns `eth0` 198.51.100.20/24.
+/// client ns `eth0` (client IP) <-> server ns `xc0` (server IP);
+/// server ns `xp0` (relay IP) <-> peer ns `eth0` (peer IP).
 struct Topology {
     client: Netns,
     server: Netns,
@@ -40,15 +72,15 @@ struct Topology {
 }
 
 impl Topology {
-    fn new() -> Topology {
+    fn new(plan: &Plan) -> Topology {
         let t = Topology {
             client: Netns::new(),
             server: Netns::new(),
             peer: Netns::new(),
         };
-        for (dev, other, addr) in [
-            ("xc0", &t.client, "192.0.2.1/24"),
-            ("xp0", &t.peer, "198.51.100.1/24"),
+        for (dev, other, ip) in [
+            ("xc0", &t.client, plan.server_ip),
+            ("xp0", &t.peer, plan.relay_ip),
         ] {
             t.server.ip(&[
                 "link",
@@ -62,19 +94,32 @@ impl Topology {
                 "netns",
                 &other.name,
             ]);
-            t.server.ip(&["addr", "add", addr, "dev", dev]);
+            let addr = format!("{ip}/{}", plan.prefix);
+            t.server.ip(&["addr", "add", &addr, "dev", dev, "nodad"]);
             t.server.ip(&["link", "set", dev, "up"]);
             // bpf_fib_lookup answers only for interfaces that forward.
             t.server
-                .sysctl(&format!("net.ipv4.conf.{dev}.forwarding=1"));
+                .sysctl(&format!("net.{}.conf.{dev}.forwarding=1", plan.family));
         }
-        for (ns, addr) in [(&t.client, "192.0.2.10/24"), (&t.peer, "198.51.100.20/24")] {
-            ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        for (ns, ip) in [(&t.client, plan.client_ip), (&t.peer, plan.peer_ip)] {
+            let addr = format!("{ip}/{}", plan.prefix);
+            ns.ip(&["addr", "add", &addr, "dev", "eth0", "nodad"]);
             ns.ip(&["link", "set", "eth0", "up"]);
             // Full checksums on the wire, as from a real NIC (a veth otherwise leaves them
             // for the receiver to finish, which XDP cannot see); GRO on lets the veth take
             // frames redirected by XDP.
             ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"]);
+        }
+        // Usable addresses on both ends of each link (IPv6 ones wait for the carrier).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (ns, ip) in [
+            (&t.server, plan.server_ip),
+            (&t.server, plan.relay_ip),
+            (&t.client, plan.client_ip),
+            (&t.peer, plan.peer_ip),
+        ] {
+            let addr = SocketAddr::new(ip.parse().unwrap(), 0);
+            ns.run(|| wait_until(deadline, || UdpSocket::bind(addr).ok()));
         }
         t
     }
@@ -84,16 +129,20 @@ impl Topology {
 struct Server(Child);
 
 impl Server {
-    fn start(ns: &Netns) -> Server {
+    fn start(ns: &Netns, plan: &Plan) -> Server {
         let relay_ports = format!("{}", 50000 + std::process::id() % 1000);
         let max_port = format!("{}", 50010 + std::process::id() % 1000);
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_uturn")])
-            .args(["-L", "192.0.2.1", "-E", RELAY_IP, "-p", "3478"])
+            .args(["-L", plan.server_ip, "-E", plan.relay_ip, "-p", "3478"])
             .args(["--min-port", &relay_ports, "--max-port", &max_port])
             .args(["-u", "alice:secret", "-r", "xdp.test", "--cores", "0"])
-            .args(["--allowed-peer-ip", "198.51.100.20"])
-            .stdout(Stdio::null())
+            .args(["--allowed-peer-ip", plan.peer_ip])
+            .stdout(Stdio::from(
+                // Kept for a look after a failure.
+                std::fs::File::create(format!("{}/{}.log", env!("CARGO_TARGET_TMPDIR"), ns.name))
+                    .unwrap(),
+            ))
             .stderr(Stdio::null())
             .spawn()
             .expect("start uturn");
@@ -155,23 +204,49 @@ fn client_recv(client: &mut Client) -> Vec<u8> {
 }
 
 #[test]
-fn kernel_relays_an_offloaded_channel_both_ways() {
-    lab::require_root();
-    let t = Topology::new();
-    let server = Server::start(&t.server);
+fn ipv4_native_kernel_relays_an_offloaded_channel_both_ways() {
+    relay(&V4, Mode::Native);
+}
 
-    let peer = t.peer.run(|| UdpSocket::bind(PEER).expect("peer socket"));
-    let socket = t
-        .client
-        .run(|| UdpSocket::bind(format!("{CLIENT_IP}:0")).expect("client socket"));
-    let mut client = Client::with_socket(socket, sa(SERVER), "alice", "secret");
-    client.set_timeout(Duration::from_millis(300));
-    let relayed = wait_until(Instant::now() + Duration::from_secs(15), || {
-        client.allocate(None).ok()
+#[test]
+fn ipv6_native_kernel_relays_an_offloaded_channel_both_ways() {
+    relay(&V6, Mode::Native);
+}
+
+#[test]
+fn ipv4_generic_kernel_relays_an_offloaded_channel_both_ways() {
+    relay(&V4, Mode::Generic);
+}
+
+fn relay(plan: &Plan, mode: Mode) {
+    lab::require_root();
+    let t = Topology::new(plan);
+    let server = Server::start(&t.server, plan);
+    let (server_addr, peer_addr) = (sa(plan.server), sa(plan.peer));
+
+    let peer = t
+        .peer
+        .run(|| UdpSocket::bind(peer_addr).expect("peer socket"));
+    let socket = t.client.run(|| {
+        UdpSocket::bind(SocketAddr::new(plan.client_ip.parse().unwrap(), 0)).expect("client socket")
     });
-    assert_eq!(relayed.ip().to_string(), RELAY_IP);
-    client.create_permission(&[sa(PEER)]).unwrap();
-    client.channel_bind(CHANNEL, sa(PEER)).unwrap();
+    let mut client = Client::with_socket(socket, server_addr, "alice", "secret");
+    client.set_timeout(Duration::from_millis(300));
+    // Without REQUESTED-ADDRESS-FAMILY the relay address is IPv4 (RFC 8656 §7.1).
+    let v6 = plan.family == "ipv6";
+    let relayed = wait_until(Instant::now() + Duration::from_secs(15), || {
+        client
+            .allocate_with(&|b| {
+                if v6 {
+                    b.add_address_family(stun::REQUESTED_ADDRESS_FAMILY, stun::FAMILY_IPV6);
+                }
+            })
+            .map_err(|e| eprintln!("allocate (retried until uturn is up): {e}"))
+            .ok()
+    });
+    assert_eq!(relayed.ip().to_string(), plan.relay_ip);
+    client.create_permission(&[peer_addr]).unwrap();
+    client.channel_bind(CHANNEL, peer_addr).unwrap();
 
     // Through user space first (this also resolves both neighbours for the fast path).
     client.send_channel_data(CHANNEL, b"via uturn").unwrap();
@@ -182,16 +257,16 @@ fn kernel_relays_an_offloaded_channel_both_ways() {
     let mut offload = t.server.run(|| {
         let mut o = Offload::load(DEFAULT_MAX_ENTRIES).expect("load the XDP program");
         for dev in ["xc0", "xp0"] {
-            assert_eq!(o.attach(dev, Mode::Native).expect("attach"), Mode::Native);
+            assert_eq!(o.attach(dev, mode).expect("attach"), mode);
         }
         o
     });
     let binding = ChannelOffload {
         client: client.local_addr().unwrap(),
-        server: sa(SERVER),
+        server: server_addr,
         channel: CHANNEL,
         relay: relayed,
-        peer: sa(PEER),
+        peer: peer_addr,
         allocation: 0,
     };
     offload.maps_mut().install(&binding).unwrap();
