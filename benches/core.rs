@@ -7,27 +7,15 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uturn::auth::{Quotas, StaticUsers};
-use uturn::stun::{self, Class, Message, MessageBuilder, Method};
+use uturn::auth::Quotas;
+use uturn::stun::{self, Class, Message};
+use uturn::testing::{users, Client, World, REALM};
 use uturn::turn::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, PEER_HEADROOM,
+    ClientAction, FiveTuple, PeerAction, RelayId, Server, ServerConfig, PEER_HEADROOM,
     PEER_TAILROOM,
 };
 
-struct NoSockets;
-
-impl RelaySockets for NoSockets {
-    fn open(&mut self, _: RelayId, _: SocketAddr) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn close(&mut self, _: RelayId) {}
-}
-
-const REALM: &str = "example.org";
-
 fn server(now: Instant) -> Server {
-    let mut users = StaticUsers::new();
-    users.add("alice", "secret", REALM);
     let config = ServerConfig {
         software: String::new(),
         max_allocations: 100_000,
@@ -39,79 +27,35 @@ fn server(now: Instant) -> Server {
             now,
         )
     };
-    Server::new(config, Arc::new(users), Arc::new(Quotas::new(0, 0)))
+    Server::new(config, users(), Arc::new(Quotas::new(0, 0)))
 }
 
-fn request(
-    method: Method,
-    tid: u8,
-    nonce: Option<&str>,
-    attrs: impl FnOnce(&mut MessageBuilder<'_>),
-) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut b = MessageBuilder::new(&mut buf, Class::Request, method, &[tid; 12]);
-    attrs(&mut b);
-    if let Some(nonce) = nonce {
-        b.add_str(stun::USERNAME, "alice");
-        b.add_str(stun::REALM, REALM);
-        b.add_str(stun::NONCE, nonce);
-        b.add_message_integrity(&stun::long_term_key("alice", REALM, "secret"));
-    }
-    b.add_fingerprint();
-    buf
-}
-
-/// Allocates for `client` and binds channel 0x4000 to `peer`; returns the relay id.
-fn setup(
-    server: &mut Server,
-    now: Instant,
-    client: SocketAddr,
-    local: SocketAddr,
-    peer: SocketAddr,
-) -> RelayId {
-    let transport = |b: &mut MessageBuilder<'_>| {
-        b.add_requested_transport(stun::TRANSPORT_UDP);
-    };
-    server.handle_client(
-        now,
-        client,
-        local,
-        &request(Method::ALLOCATE, 1, None, transport),
-        &mut NoSockets,
-    );
-    let challenge = server.poll_transmit().expect("401").data;
-    let nonce = Message::parse(&challenge)
-        .unwrap()
-        .nonce()
-        .unwrap()
-        .unwrap()
-        .to_owned();
-    server.handle_client(
-        now,
-        client,
-        local,
-        &request(Method::ALLOCATE, 2, Some(&nonce), transport),
-        &mut NoSockets,
-    );
-    server.poll_transmit().expect("allocate response");
-    let bind = request(Method::CHANNEL_BIND, 3, Some(&nonce), |b| {
-        b.add_channel_number(0x4000);
-        b.add_xor_address(stun::XOR_PEER_ADDRESS, peer);
-    });
-    server.handle_client(now, client, local, &bind, &mut NoSockets);
-    let resp = server.poll_transmit().expect("channel bind response").data;
+/// A simulated world whose client (at `client`) has allocated and bound channel 0x4000 to
+/// `peer`; returns it and the relay id.
+fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
+    let now = Instant::now();
+    let mut world = World::from_server(server(now), now);
+    let mut c = Client::new(client);
+    let relay = c.allocate(&mut world);
+    let resp = c.bind_channel(&mut world, 0x4000, peer);
     assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
-    while server.poll_event().is_some() {}
-    RelayId(0)
+    world.events();
+    let id = world.relay_id(relay);
+    (world, id)
 }
 
 fn forwarding(c: &mut Criterion) {
-    let now = Instant::now();
-    let mut server = server(now);
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
+    let (world, relay) = setup("203.0.113.5:40000", peer);
+    let World {
+        mut server,
+        mut sockets,
+        now,
+        local,
+        ..
+    } = world;
     let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    let local: SocketAddr = "192.0.2.10:3478".parse().unwrap();
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
-    let relay = setup(&mut server, now, client, local, peer);
+    let tuple = FiveTuple::udp(client, local);
 
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(1));
@@ -119,8 +63,7 @@ fn forwarding(c: &mut Criterion) {
     stun::ChannelData::encode(0x4000, &[0xAB; 170], false, &mut datagram);
     group.bench_function("channel_data_client_to_peer_170B", |b| {
         b.iter(|| {
-            let action =
-                server.handle_client(now, client, local, black_box(&datagram), &mut NoSockets);
+            let action = server.handle_client(now, tuple, black_box(&datagram), &mut sockets);
             assert!(matches!(action, ClientAction::ToPeer { .. }));
             while server.poll_event().is_some() {}
         })
@@ -146,10 +89,8 @@ fn forwarding(c: &mut Criterion) {
 /// `stats::Publisher` over its bounded channel) and off (events dropped). Redis is
 /// `REDIS_URL` if set, else an address where nothing listens (the thread queues and merges).
 fn stats_on_off(c: &mut Criterion) {
-    let now = Instant::now();
     let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    let local: SocketAddr = "192.0.2.10:3478".parse().unwrap();
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let target = std::env::var("REDIS_URL")
         .ok()
         .and_then(|u| uturn::config::parse_redis_url(&u).ok())
@@ -163,8 +104,15 @@ fn stats_on_off(c: &mut Criterion) {
     let mut group = c.benchmark_group("stats");
     group.throughput(Throughput::Elements(1));
     for on in [false, true] {
-        let mut server = server(now);
-        setup(&mut server, now, client, local, peer);
+        let (world, _) = setup("203.0.113.5:40000", peer);
+        let World {
+            mut server,
+            mut sockets,
+            now,
+            local,
+            ..
+        } = world;
+        let tuple = FiveTuple::udp(client, local);
         let name = if on {
             "forward_170B_stats_on"
         } else {
@@ -172,8 +120,7 @@ fn stats_on_off(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.iter(|| {
-                let action =
-                    server.handle_client(now, client, local, black_box(&datagram), &mut NoSockets);
+                let action = server.handle_client(now, tuple, black_box(&datagram), &mut sockets);
                 assert!(matches!(action, ClientAction::ToPeer { .. }));
                 while let Some(event) = server.poll_event() {
                     if on {

@@ -1,3 +1,7 @@
+//! Support code, not part of uturn's API: hidden from the documentation and free to change
+//! with any release; it is public only so the integration tests, the examples and the
+//! `uturn-bench` load generator (separate crates) can reach it.
+//!
 //! A small blocking TURN client over one UDP socket: long-term authentication (401/438
 //! answered once), Allocate, Refresh, CreatePermission, ChannelBind, Send indications and
 //! ChannelData. Used by the integration tests and by `uturn-bench` to set allocations up;

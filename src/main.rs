@@ -27,8 +27,8 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    for name in &config.ignored {
-        tracing::warn!("option --{name} is accepted for coturn compatibility and has no effect");
+    if let Some(warning) = config.ignored_warning() {
+        tracing::warn!("{warning}");
     }
     uturn::run(*config)
 }

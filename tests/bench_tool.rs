@@ -90,12 +90,18 @@ fn rest_credentials_against_uturn() {
             "s3",
         ],
     );
-    relay(
-        &server.addr().to_string(),
-        server.pid(),
-        5,
-        &["--auth-secret", "s3"],
-    );
+    let result = std::panic::catch_unwind(|| {
+        relay(
+            &server.addr().to_string(),
+            server.pid(),
+            5,
+            &["--auth-secret", "s3"],
+        )
+    });
+    if let Err(panic) = result {
+        eprintln!("server log:\n{}", server.log_text());
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]
@@ -111,7 +117,9 @@ fn null_forwarder_relays_too() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the forwarder to bind", Duration::from_secs(10), || {
+        udp_bound(listen.parse().unwrap())
+    });
     let pid = forwarder.id();
     let result = std::panic::catch_unwind(|| relay(&listen, pid, 10, &["--null"]));
     let _ = forwarder.kill();

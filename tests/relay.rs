@@ -3,7 +3,7 @@
 //! several shards each allocating from its own slice of the relay port range.
 
 mod common;
-use common::{loopback_config, start_in_process};
+use common::{loopback_config, start_in_process, udp_bound, wait_for, wait_until, within};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +61,6 @@ fn start(config: Config, events: &Arc<Events>) -> Running {
         &config,
         None,
         Some(events.clone() as Arc<dyn EventSink>),
-        10000..14100,
         100,
     )
 }
@@ -78,12 +77,13 @@ fn recv_from(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf[..n].to_vec(), from)
 }
 
-fn nothing_arrives(s: &UdpSocket) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+/// Nothing is queued on `s` right now. Callers first prove the server has handled what
+/// they sent (a later answer on the same path), so "nothing yet" means "nothing at all".
+fn queue_empty(s: &UdpSocket) -> bool {
+    s.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 2048];
-    let r = s.recv_from(&mut buf).is_err();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let r = matches!(s.recv_from(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
     r
 }
 
@@ -103,9 +103,9 @@ fn full_exchange(backend: Backend) {
     assert_eq!(client.mapped, Some(client.local_addr().unwrap()));
     assert_eq!(client.lifetime, Some(600));
 
-    // No permission yet: nothing reaches the peer.
+    // No permission yet: nothing reaches the peer. The server handles one client's
+    // datagrams in order, so the first thing the peer gets must be the permitted one.
     client.send_indication(peer_addr, b"too early").unwrap();
-    assert!(nothing_arrives(&peer));
 
     client.create_permission(&[peer_addr]).expect("permission");
     client.send_indication(peer_addr, b"hello peer").unwrap();
@@ -139,7 +139,16 @@ fn full_exchange(backend: Backend) {
     // A stranger without permission cannot reach the client.
     let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
     stranger.send_to(b"spam", relayed).unwrap();
-    assert!(client.recv(Duration::from_millis(300)).is_err());
+    // The relay socket's queue is ordered: once the permitted peer's later datagram
+    // arrives, the spam has been handled, and it must not have come first.
+    peer.send_to(b"marker", relayed).unwrap();
+    assert_eq!(
+        client.recv(Duration::from_secs(2)).unwrap(),
+        Incoming::ChannelData {
+            channel: 0x4001,
+            data: b"marker".to_vec()
+        }
+    );
 
     // Like coturn: below the default lifetime is raised to it, above the maximum cut to it.
     assert_eq!(client.refresh(300).unwrap(), 600);
@@ -147,8 +156,9 @@ fn full_exchange(backend: Backend) {
     assert_eq!(client.refresh(100_000).unwrap(), 3600);
     assert_eq!(client.refresh(0).unwrap(), 0);
     client.send_channel_data(0x4001, b"after delete").unwrap();
-    assert!(nothing_arrives(&peer));
+    // Answered after the ChannelData was handled (same client, in order).
     assert_eq!(client.refresh(300).unwrap_err().code(), Some(437));
+    assert!(queue_empty(&peer));
     let reports = running.stop();
     assert_eq!(reports.len(), 2);
     assert_eq!(events.deleted(), vec![DeleteReason::Deleted]);
@@ -177,14 +187,15 @@ fn expiry_and_shutdown(backend: Backend) {
     // Kept alive by Refresh, a second allocation outlives the first.
     let mut kept = Client::connect(server, "alice", "secret").unwrap();
     kept.allocate(Some(2)).unwrap();
-    while events.deleted().is_empty() {
-        assert!(
-            created.elapsed() < Duration::from_secs(5),
-            "allocation did not expire"
-        );
-        kept.refresh(2).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut refreshed = Instant::now();
+    let expired = wait_until(created + Duration::from_secs(5), || {
+        if refreshed.elapsed() >= Duration::from_millis(100) {
+            kept.refresh(2).unwrap();
+            refreshed = Instant::now();
+        }
+        !events.deleted().is_empty()
+    });
+    assert!(expired, "allocation did not expire");
     let lived = created.elapsed();
     assert!(
         lived >= Duration::from_millis(1500) && lived <= Duration::from_millis(3500),
@@ -192,10 +203,14 @@ fn expiry_and_shutdown(backend: Backend) {
     );
     assert_eq!(events.deleted(), vec![DeleteReason::Expired]);
     short.send_channel_data(0x4000, b"late").unwrap();
-    assert!(nothing_arrives(&peer));
-    peer.send_to(b"late", relayed).unwrap();
-    assert!(short.recv(Duration::from_millis(300)).is_err());
     assert_eq!(short.refresh(2).unwrap_err().code(), Some(437));
+    assert!(queue_empty(&peer));
+    // The relay port is closed: nothing a peer sends can reach the client any more.
+    wait_for(
+        "the expired relay port to close",
+        Duration::from_secs(5),
+        || !udp_bound(relayed),
+    );
     running.stop();
     assert_eq!(
         events.deleted(),
@@ -218,10 +233,9 @@ fn shard_slices(backend: Backend) {
         clients.push(c);
     }
     // The shard answers before it hands the event to the sink: wait for the last ones.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while events.created().len() < 24 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(within(Duration::from_secs(10)), || {
+        events.created().len() >= 24
+    });
     let created = events.created();
     assert_eq!(created.len(), 24);
     let mut per_shard = [0usize; 2];

@@ -218,24 +218,27 @@ fn redis_restart_under_load_loses_nothing() {
             Duration::from_secs(90),
         )
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let live_before = status_keys(&redis).len();
-    assert!(
-        live_before >= 10,
-        "status keys SET while Redis is up: {live_before}"
+    wait_for(
+        "status keys SET while Redis is up",
+        Duration::from_secs(20),
+        || status_keys(&redis).len() >= 10,
     );
     redis.kill();
-    std::thread::sleep(Duration::from_secs(5));
+    // Down long enough that events queue: a write failed and a reconnect attempt failed.
+    wait_for(
+        "uturn to notice Redis is gone",
+        Duration::from_secs(20),
+        || {
+            let log = server.log_text();
+            log.contains("Redis write failed") && log.contains("Redis unavailable")
+        },
+    );
     redis.restart();
-    let back = Instant::now();
     let mut keys = Vec::new();
-    while back.elapsed() < Duration::from_secs(6) {
+    wait_until(within(Duration::from_secs(10)), || {
         keys = status_keys(&redis);
-        if keys.len() >= 10 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        keys.len() >= 10
+    });
     assert!(
         !load.is_finished(),
         "the load must still run after Redis is back (lengthen -n)"
@@ -310,7 +313,11 @@ fn redis_absent_at_start_then_connects() {
         Some(0),
         "relaying does not wait for Redis: {out}"
     );
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for(
+        "a failed connection attempt",
+        Duration::from_secs(10),
+        || server.log_text().contains("Redis unavailable"),
+    );
     let log = server.log_text();
     let failures = log.matches("Redis unavailable").count();
     let secs = started.elapsed().as_secs_f64();
@@ -322,15 +329,13 @@ fn redis_absent_at_start_then_connects() {
     );
     redis.restart();
     let sub = Subscriber::start(redis.url(), PATTERN);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.log_text().contains("Redis connected") {
-        assert!(
-            Instant::now() < deadline,
-            "did not connect:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(within(Duration::from_secs(10)), || server
+            .log_text()
+            .contains("Redis connected")),
+        "did not connect:\n{}",
+        server.log_text()
+    );
     let (code, out) = uclient(
         server.port,
         peer.port,

@@ -8,16 +8,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, ChannelData, Class, Message, MessageBuilder, Method};
-use uturn::turn::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, PEER_HEADROOM,
-    PEER_TAILROOM,
-};
+use uturn::testing::{peer_buffer, World};
+use uturn::turn::{ClientAction, PeerAction, RelayId, Server, ServerConfig, Transport};
 
 const REALM: &str = "example.org";
 const MAX_ALLOCATIONS: usize = 3;
@@ -32,15 +29,18 @@ const CLIENTS: [&str; 5] = [
     "[::ffff:198.51.100.1]:40000",
 ];
 const LOCALS: [&str; 2] = ["192.0.2.10:3478", "[2001:db8::10]:3478"];
-/// Public, private, loopback, IPv6 and IPv4-mapped peers: some allowed, some refused.
-const PEERS: [&str; 7] = [
-    "203.0.113.1:5000",
-    "203.0.113.1:5001",
-    "203.0.113.2:5000",
+/// Public, private, loopback, IPv6 and IPv4-mapped peers: some allowed, some refused; the
+/// server's own relay address on a relay port and on another port.
+const PEERS: [&str; 9] = [
+    "203.0.114.1:5000",
+    "203.0.114.1:5001",
+    "203.0.114.2:5000",
     "10.0.0.1:5000",
     "127.0.0.1:5000",
-    "[2001:db8::1]:5000",
-    "[::ffff:203.0.113.1]:5000",
+    "[2001:db9::1]:5000",
+    "[::ffff:203.0.114.1]:5000",
+    "192.0.2.10:50001",
+    "192.0.2.10:22",
 ];
 /// (username, password): two real users and one with a wrong password.
 const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("alice", "wrong")];
@@ -52,7 +52,7 @@ const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("ali
 ///
 /// | tag | op               | fields                                              |
 /// |-----|------------------|-----------------------------------------------------|
-/// | 0   | Raw              | client, local, data                                 |
+/// | 0   | Raw              | client, local (bit 7: the client's connection closes), data |
 /// | 1   | Allocate         | client, user, flags, [lifetime u32], [family], [token u64] |
 /// | 2   | Refresh          | client, user, flags, [lifetime u32]                 |
 /// | 3   | CreatePermission | client, user, n, n peer indexes                     |
@@ -61,7 +61,7 @@ const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("ali
 /// | 6   | ChannelData      | client, channel u16, pad, data                      |
 /// | 7   | Peer             | relay, peer, extra headroom, data                   |
 /// | 8   | Advance          | secs u16, millis u16, stepwise                      |
-/// | 9   | Busy             | port index                                          |
+/// | 9   | Busy             | port index (bit 7: toggle draining instead)         |
 ///
 /// Allocate flags: 1 LIFETIME, 2 EVEN-PORT, 4 its R bit, 8 REQUESTED-ADDRESS-FAMILY,
 /// 16 RESERVATION-TOKEN (the u64 read, or with 128 the last token the server handed out),
@@ -242,41 +242,25 @@ fn decode(input: &[u8]) -> Vec<Op> {
     ops
 }
 
+/// The second client address speaks TCP (framing and padding differ), the others UDP.
+fn transport_of(client: SocketAddr) -> Transport {
+    if client.port() == 40001 {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
 /// `UTURN_FUZZ_TRACE=1` prints each op and response, to see what a seed reaches.
 fn trace() -> bool {
     static TRACE: OnceLock<bool> = OnceLock::new();
     *TRACE.get_or_init(|| std::env::var_os("UTURN_FUZZ_TRACE").is_some())
 }
 
-#[derive(Default)]
-struct FakeSockets {
-    open: HashSet<RelayId>,
-    busy: HashSet<u16>,
-}
-
-impl RelaySockets for FakeSockets {
-    fn open(&mut self, id: RelayId, addr: SocketAddr) -> std::io::Result<()> {
-        assert!(
-            (FIRST_PORT..=LAST_PORT).contains(&addr.port()),
-            "relay port {} outside the configured range",
-            addr.port()
-        );
-        if self.busy.contains(&addr.port()) {
-            return Err(std::io::ErrorKind::AddrInUse.into());
-        }
-        assert!(self.open.insert(id), "relay id {id:?} opened twice");
-        Ok(())
-    }
-
-    fn close(&mut self, id: RelayId) {
-        assert!(self.open.remove(&id), "relay id {id:?} closed but not open");
-    }
-}
-
 struct Harness {
-    server: Server,
-    sockets: FakeSockets,
-    now: Instant,
+    /// The core, the fake relay sockets (which check the port range and open/close
+    /// pairing) and the clock.
+    world: World,
     /// Last NONCE the server gave each client address.
     nonces: [Option<String>; CLIENTS.len()],
     clients: Vec<SocketAddr>,
@@ -315,10 +299,10 @@ impl Harness {
         users.add("alice", "secret", REALM);
         users.add("bob", "hunter2", REALM);
         let server = Server::new(config(now), Arc::new(users), Arc::new(Quotas::new(2, 3)));
+        let mut world = World::from_server(server, now);
+        world.sockets.range = Some(FIRST_PORT..=LAST_PORT);
         Harness {
-            server,
-            sockets: FakeSockets::default(),
-            now,
+            world,
             nonces: Default::default(),
             clients: CLIENTS.iter().map(|s| s.parse().unwrap()).collect(),
             locals: LOCALS.iter().map(|s| s.parse().unwrap()).collect(),
@@ -356,16 +340,15 @@ impl Harness {
     /// Feeds one client datagram, checks the action and drains the outputs; remembers any
     /// NONCE the responses carry for the sender.
     fn feed(&mut self, client: SocketAddr, local: SocketAddr, data: &[u8]) {
-        let action = self
-            .server
-            .handle_client(self.now, client, local, data, &mut self.sockets);
+        self.world.transport = transport_of(client);
+        let action = self.world.feed(client, local, data);
         if trace() && action != ClientAction::None {
             eprintln!("  -> {action:?}");
         }
         if let ClientAction::ToPeer { relay, payload, .. } = action {
             assert!(payload.start <= payload.end && payload.end <= data.len());
             assert!(
-                self.sockets.open.contains(&relay),
+                self.world.sockets.open.contains(&relay),
                 "forward on closed {relay:?}"
             );
         }
@@ -375,7 +358,7 @@ impl Harness {
     /// Takes every queued transmit and event; checks each transmit is STUN and records
     /// NONCEs.
     fn drain(&mut self) {
-        while let Some(t) = self.server.poll_transmit() {
+        while let Some(t) = self.world.server.poll_transmit() {
             let msg = Message::parse(&t.data)
                 .unwrap_or_else(|e| panic!("transmit does not parse ({e}): {:02x?}", t.data));
             assert!(
@@ -400,8 +383,8 @@ impl Harness {
                 }
             }
         }
-        while self.server.poll_event().is_some() {}
-        assert!(self.server.allocation_count() <= MAX_ALLOCATIONS);
+        while self.world.server.poll_event().is_some() {}
+        assert!(self.world.server.allocation_count() <= MAX_ALLOCATIONS);
     }
 
     /// Sends an authenticated request built by `attrs`, first getting a nonce (401) when
@@ -453,13 +436,11 @@ impl Harness {
     fn peer_datagram(&mut self, relay: u8, peer: u8, data: &[u8], extra_head: u8) {
         let relay = RelayId(u32::from(relay) % (MAX_ALLOCATIONS as u32 + 2));
         let peer = self.peer(peer);
-        let start = PEER_HEADROOM + usize::from(extra_head % 8);
-        let end = start + data.len();
-        let mut buf = vec![0u8; end + PEER_TAILROOM];
-        buf[start..end].copy_from_slice(data);
+        let (mut buf, payload) = peer_buffer(data, usize::from(extra_head % 8));
         let action = self
+            .world
             .server
-            .handle_peer(self.now, relay, peer, &mut buf, start..end);
+            .handle_peer(self.world.now, relay, peer, &mut buf, payload);
         if trace() {
             eprintln!("  -> {action:?}");
         }
@@ -469,7 +450,12 @@ impl Harness {
             if stun::is_channel_data(out) {
                 let cd = ChannelData::parse(out).expect("relayed ChannelData parses");
                 assert_eq!(cd.payload, data);
-                assert_eq!(out.len(), stun::CHANNEL_DATA_HEADER_LEN + data.len());
+                let pad = if transport_of(client).is_stream() {
+                    (4 - data.len() % 4) % 4
+                } else {
+                    0
+                };
+                assert_eq!(out.len(), stun::CHANNEL_DATA_HEADER_LEN + data.len() + pad);
             } else {
                 let msg = Message::parse(out).expect("Data indication parses");
                 assert_eq!(msg.method(), Method::DATA);
@@ -485,20 +471,9 @@ impl Harness {
     fn advance(&mut self, secs: u16, millis: u16, stepwise: bool) {
         let step = Duration::from_secs(u64::from(secs % 701))
             + Duration::from_millis(u64::from(millis % 1000));
-        let target = self.now + step;
-        if stepwise {
-            // As a shard does: wake at each poll_timeout up to the target.
-            while let Some(at) = self.server.poll_timeout() {
-                if at > target {
-                    break;
-                }
-                self.now = self.now.max(at);
-                self.server.handle_timeout(self.now, &mut self.sockets);
-                self.drain();
-            }
-        }
-        self.now = target;
-        self.server.handle_timeout(self.now, &mut self.sockets);
+        // Stepwise as a shard does: wake at each poll_timeout up to the target.
+        let target = self.world.now + step;
+        self.world.advance_to(target, stepwise);
         self.drain();
     }
 
@@ -513,6 +488,13 @@ impl Harness {
                 data,
             } => {
                 let (_, addr) = self.client(client);
+                if local & 0x80 != 0 {
+                    let tuple = self.world.tuple(addr, self.local_for(addr));
+                    let now = self.world.now;
+                    let sockets = &mut self.world.sockets;
+                    self.world.server.connection_closed(now, tuple, sockets);
+                    return self.drain();
+                }
                 let local = self.locals[usize::from(local) % self.locals.len()];
                 self.feed(addr, local, &data);
             }
@@ -627,10 +609,14 @@ impl Harness {
                 millis,
                 stepwise,
             } => self.advance(secs, millis, stepwise),
+            Op::Busy { port } if port & 0x80 != 0 => {
+                let on = !self.world.server.is_draining();
+                self.world.server.set_draining(on);
+            }
             Op::Busy { port } => {
                 let port = FIRST_PORT + u16::from(port % 8);
-                if !self.sockets.busy.remove(&port) {
-                    self.sockets.busy.insert(port);
+                if !self.world.sockets.busy.remove(&port) {
+                    self.world.sockets.busy.insert(port);
                 }
             }
         }
@@ -642,16 +628,16 @@ fuzz_target!(|input: &[u8]| {
     for op in decode(input).into_iter().take(64) {
         h.run(op);
     }
-    h.server.shutdown(h.now, &mut h.sockets);
+    h.world.server.shutdown(h.world.now, &mut h.world.sockets);
     h.drain();
     assert_eq!(
-        h.server.allocation_count(),
+        h.world.server.allocation_count(),
         0,
         "allocations left after shutdown"
     );
     assert!(
-        h.sockets.open.is_empty(),
+        h.world.sockets.open.is_empty(),
         "relay sockets left open after shutdown: {:?}",
-        h.sockets.open
+        h.world.sockets.open
     );
 });

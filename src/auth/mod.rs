@@ -1,95 +1,21 @@
-//! Authentication and allocation lifecycle hooks for embedding applications, after
-//! libsourcey's `ServerObserver`, plus the built-in observers and server-wide quotas.
+//! The built-in ways of finding a user's long-term key, implemented on the core's
+//! authentication interface ([`crate::turn::observer`], after libsourcey's
+//! `ServerObserver`): static users, the TURN REST API secret, and a chain of observers.
 //!
-//! Owns: the [`Observer`] trait, [`StaticUsers`], [`RestApiSecret`], [`Chain`], [`Quotas`].
-//! Must not: parse STUN or touch sockets. Observers are called on shard threads: they must
-//! answer quickly or return [`AuthDecision::Pending`] and answer through a [`Ticket`].
+//! Owns: [`StaticUsers`], [`RestApiSecret`], [`Chain`]. The interface types are re-exported
+//! here so `uturn::auth::{Observer, AuthRequest, AuthDecision, Ticket, Quotas}` keep working;
+//! the core owns them (and the quota ledger). Must not: parse STUN beyond key derivation, or
+//! touch sockets. The dependency runs one way: auth → turn.
 
-use crate::stun::{long_term_key, LongTermKey, Method};
-use crate::turn::{AllocationInfo, Traffic, Transport};
+pub use crate::turn::observer::{AuthDecision, AuthRequest, Observer, Ticket};
+pub use crate::turn::quotas::{QuotaExceeded, Quotas};
+
+use crate::stun::{long_term_key, LongTermKey};
+use crate::turn::{AllocationInfo, Traffic};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-/// What the server knows about a request that asks to be authenticated.
-pub struct AuthRequest<'a> {
-    pub username: &'a str,
-    pub realm: &'a str,
-    pub method: Method,
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub transport: Transport,
-    pub(crate) ticket: Option<Ticket>,
-}
-
-impl AuthRequest<'_> {
-    /// Takes the ticket through which an observer that returns [`AuthDecision::Pending`]
-    /// answers later, from any thread. `None` when the shard cannot park more requests
-    /// (then answer synchronously).
-    pub fn defer(&mut self) -> Option<Ticket> {
-        self.ticket.take()
-    }
-}
-
-/// An observer's answer to an authentication request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuthDecision {
-    /// The user exists; check MESSAGE-INTEGRITY with this long-term key.
-    Authorized(LongTermKey),
-    /// Unknown user or refused: 401.
-    NotAuthorized,
-    /// The user may not allocate more: 486.
-    QuotaReached,
-    /// The answer comes later through the ticket taken with [`AuthRequest::defer`].
-    Pending,
-}
-
-/// Delivers a deferred answer to the shard that parked the request, and wakes it.
-pub struct Ticket {
-    pub(crate) id: u64,
-    pub(crate) deliver: Arc<dyn Fn(u64, AuthDecision) + Send + Sync>,
-}
-
-impl Ticket {
-    /// Creates a ticket: `deliver(id, decision)` is called once with the answer.
-    pub fn new(id: u64, deliver: Arc<dyn Fn(u64, AuthDecision) + Send + Sync>) -> Self {
-        Ticket { id, deliver }
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Answer the parked request. `Pending` is treated as `NotAuthorized`.
-    pub fn resolve(self, decision: AuthDecision) {
-        (self.deliver)(self.id, decision)
-    }
-}
-
-impl std::fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket").field("id", &self.id).finish()
-    }
-}
-
-/// Hooks an embedding application implements. All methods have defaults except
-/// `authenticate`.
-pub trait Observer: Send + Sync {
-    /// Decide whether `request.username` may use the server and give its long-term key.
-    fn authenticate(&self, request: &mut AuthRequest<'_>) -> AuthDecision;
-
-    /// After a new allocation succeeded.
-    fn on_allocation_created(&self, info: &AllocationInfo) {
-        let _ = info;
-    }
-
-    /// Just before an allocation is destroyed (expired, deleted, or server stopping).
-    fn on_allocation_removed(&self, info: &AllocationInfo, totals: &Traffic) {
-        let _ = (info, totals);
-    }
-}
+use std::sync::Arc;
 
 /// Users with fixed passwords (`--user NAME:PASS`). The password may also be given as
 /// the key itself in coturn's `0x<32 hex digits>` form.
@@ -171,9 +97,13 @@ impl RestApiSecret {
         self
     }
 
-    /// The password for `username` under the first secret (for clients and tests).
+    /// The password for `username` under `secret` (for clients and tests).
     pub fn password(secret: &str, username: &str) -> String {
-        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret.as_bytes())
+        Self::password_bytes(secret.as_bytes(), username)
+    }
+
+    fn password_bytes(secret: &[u8], username: &str) -> String {
+        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret)
             .expect("HMAC takes keys of any length");
         mac.update(username.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
@@ -196,16 +126,20 @@ impl Observer for RestApiSecret {
         if expiry < (self.clock)() {
             return AuthDecision::NotAuthorized;
         }
-        // Only the first secret's key can be returned: with several secrets, pick the one
-        // whose key verifies is impossible here, so rotation uses the first (newest) secret.
-        match self.secrets.first() {
-            Some(secret) => {
-                let password = String::from_utf8_lossy(secret);
-                let password = Self::password(&password, request.username);
-                AuthDecision::Authorized(long_term_key(request.username, &self.realm, &password))
-            }
-            None => AuthDecision::NotAuthorized,
+        // Rotation: every secret is valid; answer with the key the client's
+        // MESSAGE-INTEGRITY verifies with, else the first (the core then refuses it).
+        let mut keys = self.secrets.iter().map(|secret| {
+            let password = Self::password_bytes(secret, request.username);
+            long_term_key(request.username, &self.realm, &password)
+        });
+        let Some(first) = keys.next() else {
+            return AuthDecision::NotAuthorized;
+        };
+        if request.verifies(&first) {
+            return AuthDecision::Authorized(first);
         }
+        let key = keys.find(|k| request.verifies(k)).unwrap_or(first);
+        AuthDecision::Authorized(key)
     }
 }
 
@@ -249,62 +183,5 @@ impl Observer for Chain {
         for observer in &self.observers {
             observer.on_allocation_removed(info, totals);
         }
-    }
-}
-
-/// Server-wide allocation counts (`--user-quota`, `--total-quota`), shared by all shards and
-/// touched only when an allocation is created or deleted, never per packet.
-#[derive(Debug, Default)]
-pub struct Quotas {
-    user_quota: usize,
-    total_quota: usize,
-    counts: Mutex<QuotaCounts>,
-}
-
-#[derive(Debug, Default)]
-struct QuotaCounts {
-    total: usize,
-    per_user: HashMap<String, usize>,
-}
-
-impl Quotas {
-    /// Zero means unlimited.
-    pub fn new(user_quota: usize, total_quota: usize) -> Self {
-        Quotas {
-            user_quota,
-            total_quota,
-            counts: Mutex::default(),
-        }
-    }
-
-    /// Counts one more allocation for `username`, or returns false if a quota is reached.
-    pub fn try_acquire(&self, username: &str) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total_quota > 0 && counts.total >= self.total_quota {
-            return false;
-        }
-        let user = counts.per_user.get(username).copied().unwrap_or(0);
-        if self.user_quota > 0 && user >= self.user_quota {
-            return false;
-        }
-        counts.total += 1;
-        *counts.per_user.entry(username.to_owned()).or_insert(0) += 1;
-        true
-    }
-
-    /// Gives back what `try_acquire` took.
-    pub fn release(&self, username: &str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.per_user.get_mut(username) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_user.remove(username);
-            }
-        }
-    }
-
-    pub fn total(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 }

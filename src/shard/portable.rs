@@ -1,24 +1,29 @@
-//! The portable backend: epoll through `mio`, one readiness loop per shard, the same core.
+//! The portable backend: epoll through `mio`, one readiness loop per shard, the same TURN core
+//! ([`crate::turn::Server`]).
 //!
 //! Used where io_uring cannot be set up (the `kernel.io_uring_disabled` sysctl, seccomp
 //! filters, kernels older than 6.0) or when `--backend portable` asks for it. Sockets are
 //! edge-triggered and drained until `WouldBlock`; a datagram is received into one buffer
 //! with headroom, so forwarding copies nothing in user space either.
 
-use super::{bind_udp, Core, Wake, RELAY_SOCKET_BUFFER};
-use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
+use super::{bind_udp, ShardState, Wake, MAX_DATAGRAM, RELAY_SOCKET_BUFFER};
+use crate::turn::{
+    ClientAction, FiveTuple, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens below this are listening sockets; from it on, relay sockets by `RelayId`.
 const RELAY_BASE: usize = 1 << 16;
-/// Largest UDP payload plus the room the core needs around a peer payload.
-const BUFFER: usize = PEER_HEADROOM + 65_536 + PEER_TAILROOM;
+/// The largest datagram both backends take, one byte more to tell a larger one (the kernel
+/// truncates it to the buffer), and the room the core needs around a peer payload.
+const BUFFER: usize = PEER_HEADROOM + MAX_DATAGRAM + 1 + PEER_TAILROOM;
 /// Longest sleep when the core has no timer: a stop request wakes the loop anyway.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -67,8 +72,7 @@ impl Shard {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(listen.len());
         for (i, addr) in listen.iter().enumerate() {
-            let mut socket =
-                UdpSocket::from_std(bind_udp(*addr, true, super::LISTEN_SOCKET_BUFFER)?);
+            let mut socket = UdpSocket::from_std(super::bind_listener(*addr)?);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
             listeners.push((*addr, socket));
@@ -92,58 +96,84 @@ impl Shard {
         })
     }
 
-    pub fn run(mut self, core: &mut Core) {
+    /// Runs until stopped (`Ok`) or until epoll fails for good (`Err`); either way every
+    /// allocation is deleted through the core first.
+    pub fn run(&mut self, state: &mut ShardState) -> io::Result<()> {
+        let result = self.serve(state);
+        state.server.shutdown(Instant::now(), &mut self.relays);
+        flush_transmits(&self.listeners, state);
+        state.dispatch_events();
+        result
+    }
+
+    fn serve(&mut self, state: &mut ShardState) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
-            let timeout = core.sleep_for(now, IDLE);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = state.sleep_for(now, IDLE);
+            // Sends are synchronous here, so nothing may wake the wait after the datagram
+            // that arms an injected fault: it is checked before waiting.
+            let polled = state
+                .fault
+                .wait_result(state.io.received, Ok(()))
+                .and_then(|()| self.poll.poll(&mut events, Some(timeout)));
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("epoll failed: {e}");
-                    break;
+                    return Err(io::Error::new(e.kind(), format!("epoll_wait failed: {e}")));
                 }
             }
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(i) if i < RELAY_BASE => self.drain_listener(i, core, now, &mut buf),
+                    Token(i) if i < RELAY_BASE => self.drain_listener(i, state, now, &mut buf),
                     Token(t) => {
-                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), core, now, &mut buf)
+                        self.drain_relay(RelayId((t - RELAY_BASE) as u32), state, now, &mut buf)
                     }
                 }
-                flush_transmits(&self.listeners, core);
+                flush_transmits(&self.listeners, state);
             }
-            core.end_turn(now, &mut self.relays);
-            flush_transmits(&self.listeners, core);
-            core.dispatch_events();
-            if core.stopping() {
-                core.server.shutdown(Instant::now(), &mut self.relays);
-                flush_transmits(&self.listeners, core);
-                core.dispatch_events();
-                return;
+            state.end_turn(now, &mut self.relays);
+            flush_transmits(&self.listeners, state);
+            state.dispatch_events();
+            if state.stopping() {
+                return Ok(());
             }
         }
     }
 
-    fn drain_listener(&mut self, i: usize, core: &mut Core, now: Instant, buf: &mut [u8]) {
+    fn drain_listener(&mut self, i: usize, state: &mut ShardState, now: Instant, buf: &mut [u8]) {
         let Some((local, socket)) = self.listeners.get(i) else {
             return;
         };
-        let local = *local;
+        let listener = *local;
         loop {
-            let (n, client) = match socket.recv_from(buf) {
+            let received = if listener.ip().is_unspecified() {
+                recv_with_destination(socket, &mut buf[..MAX_DATAGRAM + 1], listener)
+            } else {
+                socket
+                    .recv_from(&mut buf[..MAX_DATAGRAM + 1])
+                    .map(|(n, from)| (n, from, listener))
+            };
+            let (n, client, local) = match received {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // ICMP errors reported on the socket; nothing to do with them.
                 Err(_) => continue,
             };
-            core.io.received += 1;
-            let action = core
-                .server
-                .handle_client(now, client, local, &buf[..n], &mut self.relays);
+            state.io.received += 1;
+            if n > MAX_DATAGRAM {
+                state.io.truncated += 1;
+                continue;
+            }
+            let action = state.server.handle_client(
+                now,
+                FiveTuple::udp(client, local),
+                &buf[..n],
+                &mut self.relays,
+            );
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -156,14 +186,20 @@ impl Shard {
                     .get(relay.0 as usize)
                     .and_then(Option::as_ref)
                     .map(|s| s.send_to(&buf[payload], peer));
-                count_send(core, sent);
+                count_send(state, sent);
             }
-            flush_transmits(&self.listeners, core);
+            flush_transmits(&self.listeners, state);
         }
     }
 
-    fn drain_relay(&mut self, relay: RelayId, core: &mut Core, now: Instant, buf: &mut [u8]) {
-        let payload_room = buf.len() - PEER_TAILROOM;
+    fn drain_relay(
+        &mut self,
+        relay: RelayId,
+        state: &mut ShardState,
+        now: Instant,
+        buf: &mut [u8],
+    ) {
+        let room = PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM + 1;
         loop {
             let Some(socket) = self
                 .relays
@@ -173,47 +209,126 @@ impl Shard {
             else {
                 return;
             };
-            let (n, peer) = match socket.recv_from(&mut buf[PEER_HEADROOM..payload_room]) {
+            let (n, peer) = match socket.recv_from(&mut buf[room.clone()]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => continue,
             };
-            core.io.received += 1;
+            state.io.received += 1;
+            if n > MAX_DATAGRAM {
+                state.io.truncated += 1;
+                continue;
+            }
             let action =
-                core.server
+                state
+                    .server
                     .handle_peer(now, relay, peer, buf, PEER_HEADROOM..PEER_HEADROOM + n);
             if let PeerAction::ToClient {
                 local,
                 client,
                 range,
+                ..
             } = action
             {
-                let sent = self
-                    .listeners
-                    .iter()
-                    .find(|(addr, _)| *addr == local)
-                    .map(|(_, s)| s.send_to(&buf[range], client));
-                count_send(core, sent);
+                let sent = send_as(&self.listeners, local, &buf[range], client);
+                count_send(state, sent);
             }
         }
     }
 }
 
 /// Sends the core's responses from the listening socket each names.
-fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], core: &mut Core) {
-    while let Some(t) = core.server.poll_transmit() {
-        let sent = listeners
-            .iter()
-            .find(|(addr, _)| *addr == t.local)
-            .map(|(_, s)| s.send_to(&t.data, t.remote));
-        count_send(core, sent);
+fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], state: &mut ShardState) {
+    while let Some(t) = state.server.poll_transmit() {
+        let sent = send_as(listeners, t.local, &t.data, t.remote);
+        count_send(state, sent);
     }
 }
 
-fn count_send(core: &mut Core, sent: Option<io::Result<usize>>) {
+/// Sends `data` to `to` from the listener that answers as `local` (a wildcard listener
+/// with `local`'s address as the source). `None` without such a listener.
+fn send_as(
+    listeners: &[(SocketAddr, UdpSocket)],
+    local: SocketAddr,
+    data: &[u8],
+    to: SocketAddr,
+) -> Option<io::Result<usize>> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    let (socket, source) = super::listener_for(listeners, local)?;
+    let Some(source) = source else {
+        return Some(socket.send_to(data, to));
+    };
+    let iov = [io::IoSlice::new(data)];
+    let to = SockaddrStorage::from(to);
+    let fd = socket.as_raw_fd();
+    let sent = match source {
+        IpAddr::V4(ip) => {
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
+            sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&to))
+        }
+        IpAddr::V6(ip) => {
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            let cmsg = [ControlMessage::Ipv6PacketInfo(&info)];
+            sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&to))
+        }
+    };
+    Some(sent.map_err(io::Error::from))
+}
+
+/// Receives on a wildcard listener: the length, the source, and the local address the
+/// datagram was sent to (the listener's, should the kernel not say).
+fn recv_with_destination(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    listener: SocketAddr,
+) -> io::Result<(usize, SocketAddr, SocketAddr)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|a| SocketAddr::V4((*a).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
+        })
+        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    let to = msg.cmsgs().find_map(|c| match c {
+        ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(Ipv4Addr::from(
+            info.ipi_addr.s_addr.to_ne_bytes(),
+        ))),
+        ControlMessageOwned::Ipv6PacketInfo(info) => {
+            Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)))
+        }
+        _ => None,
+    });
+    let local = SocketAddr::new(to.unwrap_or(listener.ip()), listener.port());
+    Ok((msg.bytes, from, local))
+}
+
+fn count_send(state: &mut ShardState, sent: Option<io::Result<usize>>) {
     match sent {
-        Some(Ok(_)) => core.io.sent += 1,
-        _ => core.io.send_errors += 1,
+        Some(Ok(_)) => state.io.sent += 1,
+        _ => state.io.send_errors += 1,
     }
 }

@@ -1,23 +1,31 @@
 //! The TURN core (RFC 8656, RFC 5766), sans-IO: one [`Server`] per shard.
 //!
 //! Owns: allocations, permissions, channel bindings, lifetimes and their expiry, nonces,
-//! long-term authentication, peer address policy, relay port choice within the shard's range,
-//! quotas. Input: datagrams with their addresses and the current time. Output: datagrams to
-//! send and [`Event`]s for stats and the observer.
+//! long-term authentication and the interface observers implement ([`observer`]), the
+//! allocation quota ledger ([`quotas`]), peer address policy, relay port choice within the
+//! shard's range, and every refusal and drop with its counter ([`refusal`]). Input:
+//! datagrams with their addresses and the current time. Output: datagrams to send and
+//! [`Event`]s for stats and the observer.
 //! Must not: read the clock, touch sockets or spawn threads. Relay sockets are opened and
 //! closed through the [`RelaySockets`] trait the caller provides.
 
 pub mod allocation;
 pub mod nonce;
+pub mod observer;
 pub mod policy;
 pub mod ports;
+pub mod quotas;
+pub mod refusal;
 pub mod server;
 pub mod timers;
 
+pub use observer::{AuthDecision, AuthRequest, Observer, Ticket};
 pub use policy::{IpRange, PeerPolicy};
+pub use quotas::{QuotaExceeded, Quotas};
+pub use refusal::{Dropped, Refusal, ServerCounters};
 pub use server::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, ServerCounters,
-    TicketSink, Transmit, PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, TicketSink, Transmit,
+    PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use std::net::SocketAddr;
@@ -33,6 +41,11 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// TCP and TLS carry a byte stream: messages are framed, ChannelData padded to 4.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
     /// coturn's spelling in Redis status messages (`type=UDP`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +63,17 @@ pub struct FiveTuple {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub transport: Transport,
+}
+
+impl FiveTuple {
+    /// A UDP client's 5-tuple.
+    pub fn udp(client: SocketAddr, server: SocketAddr) -> Self {
+        FiveTuple {
+            client,
+            server,
+            transport: Transport::Udp,
+        }
+    }
 }
 
 /// Packet and byte counters in one direction pair, named as in coturn's Redis messages:
@@ -112,6 +136,9 @@ pub enum DeleteReason {
     Expired,
     /// Server shutting down.
     Shutdown,
+    /// The client's TCP or TLS connection closed (RFC 8656 §2: the allocation lives and dies
+    /// with its 5-tuple).
+    ConnectionClosed,
 }
 
 /// Events for the stats thread and the observer, in the order they happened.

@@ -1,0 +1,368 @@
+//! The ring's submission side: sockets, multishot receives, send slots, and the
+//! [`RelaySockets`] the core opens and closes relay sockets through.
+//!
+//! Owns every pointer an SQE carries (msghdrs, iovecs, addresses) and keeps it alive until
+//! the operation's completion; must not look at completions' payloads (that is `mod.rs`).
+
+use super::buffers::{Buffers, Lent};
+use super::op::{Op, GEN_MASK};
+use crate::shard::pktinfo::{self, SourceControl};
+use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
+use crate::turn::{RelayId, RelaySockets};
+use io_uring::types::{CancelBuilder, Fd};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+use socket2::SockAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+pub(super) const BUF_GROUP: u16 = 0;
+pub(super) const NAME_LEN: u32 = 28;
+/// Room for the destination address a wildcard listener's receive reports.
+pub(super) const CONTROL_LEN: u32 = pktinfo::CONTROL_LEN as u32;
+
+/// What a send carries.
+pub(super) enum SendBuf {
+    /// `len` bytes at `offset` of a buffer a receive lent (zero-copy forwarding).
+    Lent {
+        buf: Lent,
+        offset: usize,
+        len: usize,
+    },
+    /// Bytes the core built (a response).
+    Owned(Vec<u8>),
+}
+
+/// One send in flight: the msghdr, iovec and address the kernel reads, and what keeps the
+/// bytes alive until the completion.
+struct SendSlot {
+    msghdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: SockAddr,
+    /// The source address of a send from a wildcard listener.
+    control: SourceControl,
+    buf: Option<SendBuf>,
+}
+
+/// A relay socket being closed: its descriptor stays open until the cancellation of its
+/// receive, and every send queued for it, have reached the kernel (which then holds its
+/// own reference to the file), so the number cannot be reused under a queued send.
+struct Closing {
+    /// Held only so the descriptor stays open until dropped.
+    _socket: UdpSocket,
+    /// The cancellation, while it could not be queued yet.
+    cancel: Option<squeue::Entry>,
+}
+
+/// A relay socket and the generation that tags its completions.
+pub(super) struct RelaySlot {
+    pub socket: Option<UdpSocket>,
+    pub gen: u32,
+}
+
+pub(super) struct Io {
+    pub ring: IoUring,
+    pub recv_msghdr: Box<libc::msghdr>,
+    pub relays: Vec<RelaySlot>,
+    pub listeners: Vec<(SocketAddr, UdpSocket)>,
+    slots: Box<[SendSlot]>,
+    free_slots: Vec<u32>,
+    /// Receives whose multishot ended and that must be armed again (with the generation
+    /// they were armed for).
+    pub rearm: Vec<Op>,
+    /// Receives whose multishot ended for want of buffers: armed again only once enough
+    /// buffers are back in the ring, so a receive does not fail again every turn while
+    /// sends in flight hold the buffers.
+    pub starved: Vec<Op>,
+    /// Receives armed and not yet finished (to drain at shutdown).
+    pub armed: usize,
+    /// Completions moved out of the completion queue while submitting (a burst of
+    /// cancellations must not overflow it); the loop handles them first.
+    pub backlog: Vec<cqueue::Entry>,
+    closing: Vec<Closing>,
+    /// Test only: this many next submits fail as if the kernel said EBUSY.
+    #[cfg(test)]
+    pub fail_submits: u32,
+}
+
+impl Io {
+    pub fn new(ring: IoUring, listeners: Vec<(SocketAddr, UdpSocket)>, send_slots: usize) -> Io {
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut recv_msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_msghdr.msg_namelen = NAME_LEN;
+        recv_msghdr.msg_controllen = CONTROL_LEN as _;
+        let slots = (0..send_slots)
+            .map(|_| SendSlot {
+                // SAFETY: as above, all-zero is a valid msghdr.
+                msghdr: unsafe { std::mem::zeroed() },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                addr: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                control: SourceControl([0; pktinfo::CONTROL_LEN]),
+                buf: None,
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Io {
+            ring,
+            recv_msghdr,
+            relays: Vec::new(),
+            listeners,
+            slots,
+            free_slots: (0..send_slots as u32).rev().collect(),
+            rearm: Vec::with_capacity(64),
+            starved: Vec::new(),
+            armed: 0,
+            backlog: Vec::new(),
+            closing: Vec::new(),
+            #[cfg(test)]
+            fail_submits: 0,
+        }
+    }
+
+    /// Submits what is queued, then moves completions out of a completion queue that is
+    /// half full, so bursts of operations queued within one turn cannot overflow it.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        #[cfg(test)]
+        if self.fail_submits > 0 {
+            self.fail_submits -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let submitted = self.ring.submit();
+        let mut cq = self.ring.completion();
+        if cq.len() >= cq.capacity() / 2 {
+            self.backlog.extend(&mut cq);
+        }
+        submitted
+    }
+
+    /// Everything queued reached the kernel.
+    fn submit_all(&mut self) -> bool {
+        self.submit().is_ok() && self.ring.submission().is_empty()
+    }
+
+    /// Before the loop's submit: queues the cancellations that could not be queued.
+    pub fn queue_pending_cancels(&mut self) {
+        for i in 0..self.closing.len() {
+            if let Some(sqe) = self.closing[i].cancel.clone() {
+                if self.push(&sqe) {
+                    self.closing[i].cancel = None;
+                }
+            }
+        }
+    }
+
+    /// After a submit that left nothing queued: sockets whose cancellation was queued
+    /// before it can be closed now.
+    pub fn submitted(&mut self) {
+        if !self.closing.is_empty() && self.ring.submission().is_empty() {
+            self.closing.retain(|c| c.cancel.is_some());
+        }
+    }
+
+    /// Test and diagnostics: relay sockets waiting to be closed.
+    #[cfg(test)]
+    pub fn closing(&self) -> usize {
+        self.closing.len()
+    }
+
+    /// Queues an SQE, submitting what is queued first if the submission queue is full.
+    /// False if it could not be queued (the kernel refused the submits).
+    pub fn push(&mut self, sqe: &squeue::Entry) -> bool {
+        for _ in 0..3 {
+            // Every pointer an SQE carries (msghdr, iovec, address, buffers, eventfd read
+            // target) lives in `Shard`/`Io` heap storage that outlives the operation: send
+            // slots are freed only on their completion, the receive msghdr and the buffers
+            // live until the ring is dropped after all receives are cancelled.
+            // SAFETY: see above; the entry itself is copied into the ring.
+            let pushed = unsafe { self.ring.submission().push(sqe) };
+            if pushed.is_ok() {
+                return true;
+            }
+            if let Err(e) = self.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!("io_uring submit failed: {e}");
+                }
+            }
+        }
+        false
+    }
+
+    fn arm_recv(&mut self, fd: RawFd, op: Op) {
+        let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msghdr, BUF_GROUP)
+            .build()
+            .user_data(op.encode());
+        if self.push(&sqe) {
+            self.armed += 1;
+        } else {
+            // Tried again next turn.
+            self.rearm.push(op);
+        }
+    }
+
+    /// Arms the receive `op` names if its socket is still the one it names.
+    pub fn arm(&mut self, op: Op) {
+        let fd = match op {
+            Op::ListenRecv { index } => self
+                .listeners
+                .get(index as usize)
+                .map(|(_, s)| s.as_raw_fd()),
+            Op::RelayRecv { index, gen } => self.live_relay_fd(index, gen),
+            _ => None,
+        };
+        if let Some(fd) = fd {
+            self.arm_recv(fd, op);
+        }
+    }
+
+    /// The descriptor of relay `index` if it is open as generation `gen`.
+    pub fn live_relay_fd(&self, index: u32, gen: u32) -> Option<RawFd> {
+        match self.relays.get(index as usize) {
+            Some(RelaySlot {
+                socket: Some(socket),
+                gen: current,
+            }) if *current == gen => Some(socket.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Sends `buf` from `fd` (from address `source`, on a wildcard listener) to `to`. With
+    /// every send slot in use, hands `buf` back.
+    pub fn send(
+        &mut self,
+        buffers: &Buffers,
+        (fd, source): (RawFd, Option<IpAddr>),
+        to: SocketAddr,
+        buf: SendBuf,
+    ) -> Result<(), SendBuf> {
+        let Some(index) = self.free_slots.pop() else {
+            return Err(buf);
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.addr = SockAddr::from(to);
+        let (ptr, len) = match &buf {
+            SendBuf::Lent { buf, offset, len } => (buffers.send_ptr(buf, *offset), *len),
+            SendBuf::Owned(bytes) => (bytes.as_ptr(), bytes.len()),
+        };
+        // The bytes of an owned Vec do not move when the Vec itself moves into the slot.
+        slot.buf = Some(buf);
+        slot.iov = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        slot.msghdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
+        slot.msghdr.msg_namelen = slot.addr.len();
+        slot.msghdr.msg_iov = &mut slot.iov;
+        slot.msghdr.msg_iovlen = 1;
+        match source {
+            Some(ip) => {
+                let (control, len) = pktinfo::source(ip);
+                slot.control = control;
+                slot.msghdr.msg_control = slot.control.0.as_mut_ptr().cast();
+                slot.msghdr.msg_controllen = len as _;
+            }
+            None => {
+                slot.msghdr.msg_control = std::ptr::null_mut();
+                slot.msghdr.msg_controllen = 0;
+            }
+        }
+        let sqe = opcode::SendMsg::new(Fd(fd), &slot.msghdr)
+            .build()
+            .user_data(Op::Send { slot: index }.encode());
+        if self.push(&sqe) {
+            Ok(())
+        } else {
+            self.free_slots.push(index);
+            Err(self.slots[index as usize].buf.take().expect("just stored"))
+        }
+    }
+
+    /// The completion of send slot `index` arrived: the slot is free again, and what it
+    /// carried is the caller's (a lent buffer goes back to the ring).
+    pub fn finish_send(&mut self, index: u32) -> Option<SendBuf> {
+        let buf = self.slots.get_mut(index as usize)?.buf.take()?;
+        self.free_slots.push(index);
+        Some(buf)
+    }
+
+    /// Keeps the send slots (the msghdrs, iovecs, addresses and bytes the kernel may still
+    /// read) and the receive msghdr for the life of the process.
+    pub fn leak(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.slots));
+        self.free_slots.clear();
+        std::mem::forget(std::mem::replace(
+            &mut self.recv_msghdr,
+            // SAFETY: msghdr is plain old data; all-zero is a valid value.
+            Box::new(unsafe { std::mem::zeroed() }),
+        ));
+    }
+
+    /// Sends whose completion has not arrived.
+    pub fn sends_in_flight(&self) -> usize {
+        self.slots.len() - self.free_slots.len()
+    }
+
+    /// The listener that sends as `local`: one bound there, or a wildcard listener of its
+    /// port and family, which then needs `local`'s address as the source.
+    pub fn listener_for(&self, local: SocketAddr) -> Option<(RawFd, Option<IpAddr>)> {
+        crate::shard::listener_for(&self.listeners, local).map(|(s, src)| (s.as_raw_fd(), src))
+    }
+
+    pub fn relay_fd(&self, relay: RelayId) -> Option<(RawFd, Option<IpAddr>)> {
+        self.relays
+            .get(relay.0 as usize)
+            .and_then(|r| r.socket.as_ref())
+            .map(|s| (s.as_raw_fd(), None))
+    }
+}
+
+impl RelaySockets for Io {
+    fn open(&mut self, id: RelayId, addr: SocketAddr) -> io::Result<()> {
+        let socket = bind_udp(addr, false, RELAY_SOCKET_BUFFER).inspect_err(|e| {
+            tracing::debug!(%addr, "relay socket: {e}");
+            crate::shard::note_relay_open_error(e);
+        })?;
+        let index = id.0 as usize;
+        if self.relays.len() <= index {
+            self.relays.resize_with(index + 1, || RelaySlot {
+                socket: None,
+                gen: 0,
+            });
+        }
+        let slot = &mut self.relays[index];
+        slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+        slot.socket = Some(socket);
+        let gen = slot.gen;
+        self.arm(Op::RelayRecv { index: id.0, gen });
+        Ok(())
+    }
+
+    fn close(&mut self, id: RelayId) {
+        let Some(slot) = self.relays.get_mut(id.0 as usize) else {
+            return;
+        };
+        let Some(socket) = slot.socket.take() else {
+            return;
+        };
+        let op = Op::RelayRecv {
+            index: id.0,
+            gen: slot.gen,
+        };
+        slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+        // Every receive armed for this generation (`all`: a stray second one too).
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::user_data(op.encode()).all())
+            .build()
+            .user_data(Op::Cancel.encode());
+        let queued = self.push(&cancel);
+        if queued && self.submit_all() {
+            drop(socket);
+        } else {
+            self.closing.push(Closing {
+                _socket: socket,
+                cancel: (!queued).then_some(cancel),
+            });
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The io_uring backend: the only place in uturn with `unsafe`.
+//!
+//! Per shard: one ring (SINGLE_ISSUER + DEFER_TASKRUN where the kernel has them), one
+//! provided-buffer ring, a multishot RecvMsg on every socket (listening and relay), sends
+//! submitted in one batch per loop turn.
+//!
+//! Buffers: each provided buffer is [`BUF_SIZE`] bytes. A multishot RecvMsg lays out
+//! `io_uring_recvmsg_out` (16 bytes), the source address (28 bytes reserved) and control
+//! data (20 bytes reserved, none asked for), then the payload at offset [`PAYLOAD_OFFSET`]
+//! = 64. Those 64 bytes are the headroom the core writes a ChannelData or Data indication
+//! header into, so a peer datagram goes to the client from the very buffer it arrived in,
+//! and a client's ChannelData payload goes to the peer from its receive buffer. A buffer
+//! that carries a send returns to the ring when the send completes; any other at once.
+//!
+//! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
+//! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses); this
+//! file is the loop that turns completions into the core's inputs.
+
+mod addr;
+mod buffers;
+mod io;
+mod op;
+mod pacer;
+#[cfg(test)]
+mod tests;
+
+use self::addr::sockaddr;
+use self::buffers::{Buffers, Lent, BUF_SIZE};
+use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
+use self::op::Op;
+use self::pacer::Pacer;
+use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
+use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
+use ::io_uring::types::{CancelBuilder, RecvMsgOut, SubmitArgs, Timespec};
+use ::io_uring::{cqueue, opcode, IoUring};
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Provided buffers per shard (a power of two).
+const BUF_COUNT: u16 = 2048;
+const RECVMSG_OUT_LEN: usize = 16;
+const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN as usize + CONTROL_LEN as usize;
+const _: () = assert!(PAYLOAD_OFFSET >= PEER_HEADROOM);
+/// The largest datagram a provided buffer holds with room for the core around it.
+pub(super) const MAX_DATAGRAM: usize = BUF_SIZE - PAYLOAD_OFFSET - PEER_TAILROOM;
+/// Sends in flight at once; beyond that a datagram is dropped and counted.
+const SEND_SLOTS: usize = 4096;
+const SQ_ENTRIES: u32 = 1024;
+/// Completion queue bounds; the kernel allows at most 65,536.
+const CQ_MIN: u32 = 16384;
+const CQ_MAX: u32 = 65536;
+/// How long transient wait errors (EAGAIN, ENOMEM, EBUSY) may repeat before the shard
+/// counts as unable to go on.
+const PERSISTENT: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(60);
+/// Completions a batched wakeup waits for before its minimum wait is over.
+const BATCH: usize = 64;
+
+/// What became of a received datagram.
+enum Outcome {
+    /// A send carries the buffer; it returns to the ring when the send completes.
+    Sending,
+    /// The core consumed or dropped it (and counted that), or it was malformed: the
+    /// buffer goes back at once.
+    Done(Lent),
+    /// The core forwarded it but no send could be queued.
+    SendDropped(SendBuf),
+}
+
+/// Completion queue entries for a shard with `relay_sockets` relay sockets: every
+/// receive may end and be cancelled within one turn (a shutdown cancels them all at once:
+/// two completions each), and every send slot may complete.
+fn cq_entries(relay_sockets: usize, listeners: usize) -> u32 {
+    let need = 2 * (relay_sockets + listeners + 1) + SEND_SLOTS + 64;
+    u32::try_from(need.next_power_of_two())
+        .unwrap_or(CQ_MAX)
+        .clamp(CQ_MIN, CQ_MAX)
+}
+
+pub(crate) struct Shard {
+    io: Io,
+    buffers: Buffers,
+    wake_fd: Arc<File>,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    features: String,
+    /// When to wait for a batch of completions.
+    pacer: Pacer,
+    /// The kernel's count of completions it had to drop, as last seen.
+    cq_dropped: u32,
+}
+
+/// Kernel version as (major, minor), from uname.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Refuses hosts where the backend cannot work, with the reason.
+fn check_kernel() -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if s.trim() == "2" {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "kernel.io_uring_disabled = 2",
+            ));
+        }
+    }
+    match kernel_version() {
+        Some((a, b)) if (a, b) < (6, 0) => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("kernel {a}.{b} has no multishot RecvMsg (needs 6.0)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Shard {
+    /// Sets up the ring, the buffer ring and the listening sockets. Must run on the shard's
+    /// own thread (the ring is single-issuer).
+    pub fn new(
+        listen: &[SocketAddr],
+        relay_sockets: usize,
+        batch_wait_us: u32,
+        knobs: &TestKnobs,
+    ) -> std::io::Result<Shard> {
+        check_kernel()?;
+        let cq = knobs
+            .cq_entries
+            .unwrap_or_else(|| cq_entries(relay_sockets, listen.len()));
+        // The kernel wants at least as many completion entries as submission entries.
+        let sq = SQ_ENTRIES.min(cq);
+        let (ring, mut features) = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(cq)
+            .build(sq)
+        {
+            Ok(ring) => (ring, "single issuer, deferred task run".to_owned()),
+            Err(_) => (
+                IoUring::builder().setup_cqsize(cq).build(sq)?,
+                "plain setup".to_owned(),
+            ),
+        };
+        features.push_str(&format!(", {cq} completion entries"));
+        let batch_wait_us = if ring.params().is_feature_min_timeout() {
+            batch_wait_us
+        } else {
+            0
+        };
+        if batch_wait_us > 0 {
+            features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
+        }
+        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        buffers.publish();
+        // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
+        // until after the ring is dropped (field order in `Shard`: `io` drops first).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.ring_addr(),
+                buffers.count(),
+                io::BUF_GROUP,
+                0,
+            )?;
+        }
+        features.push_str(&format!(
+            ", {} provided buffers of {BUF_SIZE} bytes",
+            buffers.count()
+        ));
+        let mut listeners = Vec::with_capacity(listen.len());
+        for addr in listen {
+            listeners.push((*addr, bind_listener(*addr)?));
+        }
+        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor owned by nothing else.
+        let wake_fd = Arc::new(unsafe { File::from_raw_fd(efd) });
+        let mut shard = Shard {
+            io: Io::new(ring, listeners, knobs.send_slots.unwrap_or(SEND_SLOTS)),
+            buffers,
+            wake_fd,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            features,
+            pacer: Pacer::new(batch_wait_us),
+            cq_dropped: 0,
+        };
+        for index in 0..shard.io.listeners.len() as u32 {
+            shard.io.arm(Op::ListenRecv { index });
+        }
+        shard.arm_wake();
+        shard.io.submit()?;
+        Ok(shard)
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.features
+    }
+
+    pub fn waker(&self) -> Wake {
+        let fd = self.wake_fd.clone();
+        Arc::new(move || {
+            let _ = (&*fd).write(&1u64.to_ne_bytes());
+        })
+    }
+
+    fn arm_wake(&mut self) {
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(
+            ::io_uring::types::Fd(self.wake_fd.as_raw_fd()),
+            ptr.cast(),
+            8,
+        )
+        .build()
+        .user_data(Op::WakeRead.encode());
+        self.io.push(&sqe);
+        self.wake_armed = true;
+    }
+
+    /// Runs until stopped (`Ok`, after every allocation was deleted through the core and
+    /// the kernel let go of every buffer) or until the ring fails for good (`Err`, after
+    /// the allocations were deleted; the caller leaks the shard).
+    pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
+        let result = self.serve(state);
+        state.server.shutdown(Instant::now(), &mut self.io);
+        self.flush_transmits(state);
+        state.dispatch_events();
+        if result.is_ok() {
+            self.drain();
+        } else {
+            let _ = self.io.submit();
+        }
+        result
+    }
+
+    fn serve(&mut self, state: &mut ShardState) -> std::io::Result<()> {
+        let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(CQ_MIN as usize);
+        let mut failing_since = None;
+        loop {
+            let now = Instant::now();
+            let timeout = state.sleep_for(now, IDLE);
+            self.buffers.publish();
+            self.io.queue_pending_cancels();
+            let ts = Timespec::new()
+                .sec(timeout.as_secs())
+                .nsec(timeout.subsec_nanos());
+            // With a minimum wait, one wakeup gathers up to BATCH completions or whatever
+            // arrived within batch_wait_us; an idle shard still sleeps until its timer.
+            let (want, args) = if self.pacer.waiting() {
+                (
+                    BATCH,
+                    SubmitArgs::new()
+                        .timespec(&ts)
+                        .min_wait_usec(self.pacer.wait_us),
+                )
+            } else {
+                (1, SubmitArgs::new().timespec(&ts))
+            };
+            let waited = if self.io.backlog.is_empty() {
+                self.io.ring.submitter().submit_with_args(want, &args)
+            } else {
+                // Completions are waiting already: submit without sleeping.
+                self.io.ring.submit()
+            };
+            match state.fault.wait_result(state.io.received, waited.map(drop)) {
+                Ok(()) => {
+                    failing_since = None;
+                    self.io.submitted();
+                }
+                Err(e) => self.wait_failed(state, e, &mut failing_since)?,
+            }
+            if self.io.ring.submission().cq_overflow() {
+                state.io.cq_overflowed += 1;
+            }
+            self.check_dropped(state);
+            completions.clear();
+            completions.append(&mut self.io.backlog);
+            completions.extend(self.io.ring.completion());
+            let now = Instant::now();
+            self.pacer.count(now, completions.len());
+            for entry in &completions {
+                self.complete(state, now, entry);
+            }
+            state.end_turn(now, &mut self.io);
+            self.flush_transmits(state);
+            self.rearm();
+            state.dispatch_events();
+            if state.stopping() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A failed wait: the timeout and transient errors are retried (a transient error for
+    /// at most [`PERSISTENT`]); dropped completions are accounted and recovered from;
+    /// anything else means the ring cannot go on.
+    fn wait_failed(
+        &mut self,
+        state: &mut ShardState,
+        e: std::io::Error,
+        since: &mut Option<Instant>,
+    ) -> std::io::Result<()> {
+        let now = Instant::now();
+        match e.raw_os_error() {
+            Some(libc::ETIME) | Some(libc::EINTR) => Ok(()),
+            Some(libc::EBADR) => {
+                state.io.cq_lost += 1;
+                tracing::warn!(
+                    shard = state.index,
+                    "io_uring completion queue overflowed and the kernel dropped completions; \
+                     checking every receive"
+                );
+                self.recheck_receives();
+                Ok(())
+            }
+            Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOMEM) => {
+                let first = *since.get_or_insert(now);
+                if now.saturating_duration_since(first) > PERSISTENT {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("io_uring_enter kept failing for {PERSISTENT:?}: {e}"),
+                    ));
+                }
+                // Let the kernel reclaim what it lacks instead of spinning on it.
+                std::thread::sleep(Duration::from_millis(1));
+                Ok(())
+            }
+            _ => Err(std::io::Error::new(
+                e.kind(),
+                format!("io_uring_enter failed: {e}"),
+            )),
+        }
+    }
+
+    /// Completions the kernel dropped (its overflow list could not grow) may include the
+    /// last completion of a receive, which would then never be armed again: count them
+    /// and check every receive.
+    fn check_dropped(&mut self, state: &mut ShardState) {
+        let dropped = self.io.ring.completion().overflow();
+        if dropped != self.cq_dropped {
+            let lost = dropped.wrapping_sub(self.cq_dropped);
+            self.cq_dropped = dropped;
+            state.io.cq_lost += u64::from(lost);
+            tracing::warn!(
+                shard = state.index,
+                lost,
+                "io_uring dropped completions; checking every receive"
+            );
+            self.recheck_receives();
+        }
+    }
+
+    /// Cancels every receive with a recheck: a receive that is armed ends with its own
+    /// completion and is armed again as usual; one that ended unseen is reported "not
+    /// found" and armed again then.
+    fn recheck_receives(&mut self) {
+        let listeners = (0..self.io.listeners.len() as u32).map(|index| Op::ListenRecv { index });
+        let relays = self
+            .io
+            .relays
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.socket.is_some())
+            .map(|(i, r)| Op::RelayRecv {
+                index: i as u32,
+                gen: r.gen,
+            });
+        let ops: Vec<Op> = listeners.chain(relays).collect();
+        for op in ops {
+            let Some(recheck) = op.recheck() else {
+                continue;
+            };
+            let sqe = opcode::AsyncCancel2::new(CancelBuilder::user_data(op.encode()).all())
+                .build()
+                .user_data(recheck.encode());
+            self.io.push(&sqe);
+        }
+    }
+
+    /// Arms again the receives that ended this turn, and the starved ones once at least an
+    /// eighth of the buffers is back in the ring.
+    fn rearm(&mut self) {
+        let count = usize::from(self.buffers.count());
+        if !self.io.starved.is_empty() && self.buffers.lent() <= count - count / 8 {
+            // The first to starve is most likely the socket a flood keeps full, which takes
+            // every buffer as soon as it is armed: armed last, so the others get theirs.
+            let starved = std::mem::take(&mut self.io.starved);
+            self.io.rearm.extend(starved.into_iter().rev());
+        }
+        // Taken and put back, so the list keeps its capacity (no allocation per turn);
+        // an arm that cannot be queued lands in the fresh list, for the next turn.
+        let mut rearm = std::mem::take(&mut self.io.rearm);
+        for op in rearm.drain(..) {
+            self.io.arm(op);
+        }
+        let retry = std::mem::replace(&mut self.io.rearm, rearm);
+        self.io.rearm.extend(retry);
+    }
+
+    fn complete(&mut self, state: &mut ShardState, now: Instant, entry: &cqueue::Entry) {
+        match Op::decode(entry.user_data()) {
+            Some(op @ (Op::ListenRecv { .. } | Op::RelayRecv { .. })) => {
+                self.received(state, now, op, entry)
+            }
+            Some(Op::Send { slot }) => {
+                if let Some(buf) = self.io.finish_send(slot) {
+                    self.release(buf);
+                }
+                if entry.result() < 0 {
+                    state.io.send_errors += 1;
+                } else {
+                    state.io.sent += 1;
+                }
+            }
+            Some(Op::WakeRead) => {
+                self.wake_armed = false;
+                if !state.stopping() {
+                    self.arm_wake();
+                }
+            }
+            Some(op @ (Op::RecheckListen { .. } | Op::RecheckRelay { .. })) => {
+                self.rechecked(state, op, entry.result())
+            }
+            Some(Op::Cancel) | None => {}
+        }
+    }
+
+    /// A recheck found no receive: it ended unseen (its completion was dropped).
+    fn rechecked(&mut self, state: &ShardState, recheck: Op, result: i32) {
+        let Some(op) = recheck.recheck() else {
+            return;
+        };
+        if result != -libc::ENOENT
+            || state.stopping()
+            || self.io.rearm.contains(&op)
+            || self.io.starved.contains(&op)
+        {
+            return;
+        }
+        let live = match op {
+            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
+            _ => true,
+        };
+        if live {
+            self.io.armed = self.io.armed.saturating_sub(1);
+            self.io.rearm.push(op);
+        }
+    }
+
+    /// Returns what a send carried: a lent buffer goes back to the ring.
+    fn release(&mut self, buf: SendBuf) {
+        if let SendBuf::Lent { buf, .. } = buf {
+            self.buffers.give_back(buf);
+        }
+    }
+
+    fn received(&mut self, state: &mut ShardState, now: Instant, op: Op, entry: &cqueue::Entry) {
+        let live = match op {
+            Op::ListenRecv { .. } => true,
+            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
+            _ => false,
+        };
+        let result = entry.result();
+        if !cqueue::more(entry.flags()) {
+            self.io.armed = self.io.armed.saturating_sub(1);
+            if live && !state.stopping() {
+                if result == -libc::ENOBUFS {
+                    self.io.starved.push(op);
+                } else {
+                    self.io.rearm.push(op);
+                }
+            }
+        }
+        if result == -libc::ENOBUFS {
+            state.io.no_buffers += 1;
+        }
+        let Some(lent) = self.buffers.take(entry) else {
+            return;
+        };
+        if result < 0 || !live {
+            self.buffers.give_back(lent);
+            return;
+        }
+        state.io.received += 1;
+        match self.forward(state, now, op, lent, result as usize) {
+            Outcome::Sending => {}
+            Outcome::Done(lent) => self.buffers.give_back(lent),
+            Outcome::SendDropped(buf) => {
+                state.io.send_errors += 1;
+                self.release(buf);
+            }
+        }
+    }
+
+    /// Hands a received datagram to the core and queues the send it asks for, from the
+    /// very buffer it arrived in.
+    fn forward(
+        &mut self,
+        state: &mut ShardState,
+        now: Instant,
+        op: Op,
+        lent: Lent,
+        len: usize,
+    ) -> Outcome {
+        let buf = self.buffers.bytes(&lent);
+        let len = len.min(BUF_SIZE);
+        let parsed = RecvMsgOut::parse(&buf[..len], &self.io.recv_msghdr)
+            .ok()
+            .and_then(|out| {
+                let truncated = out.is_payload_truncated() || out.is_name_data_truncated();
+                Some((
+                    sockaddr(out.name_data())?,
+                    pktinfo::destination(out.control_data()),
+                    out.payload_data().len(),
+                    truncated,
+                ))
+            });
+        let (from, to, n) = match parsed {
+            Some((from, to, n, false)) if n <= MAX_DATAGRAM => (from, to, n),
+            Some(_) => {
+                state.io.truncated += 1;
+                return Outcome::Done(lent);
+            }
+            None => return Outcome::Done(lent),
+        };
+        let payload = PAYLOAD_OFFSET..PAYLOAD_OFFSET + n;
+        // (descriptor, destination, offset in the buffer, length) of the send, if any.
+        let send = match op {
+            Op::ListenRecv { index } => {
+                // On a wildcard listener, the address the client sent to.
+                let listener = self.io.listeners[index as usize].0;
+                let local = SocketAddr::new(to.unwrap_or(listener.ip()), listener.port());
+                match state.server.handle_client(
+                    now,
+                    crate::turn::FiveTuple::udp(from, local),
+                    &buf[payload],
+                    &mut self.io,
+                ) {
+                    ClientAction::ToPeer {
+                        relay,
+                        peer,
+                        payload,
+                    } => self
+                        .io
+                        .relay_fd(relay)
+                        .map(|fd| (fd, peer, PAYLOAD_OFFSET + payload.start, payload.len())),
+                    ClientAction::None => None,
+                }
+            }
+            Op::RelayRecv { index, .. } => {
+                match state
+                    .server
+                    .handle_peer(now, RelayId(index), from, buf, payload)
+                {
+                    PeerAction::ToClient {
+                        local,
+                        client,
+                        range,
+                        ..
+                    } => self
+                        .io
+                        .listener_for(local)
+                        .map(|fd| (fd, client, range.start, range.len())),
+                    PeerAction::Drop => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((fd, to, offset, len)) = send else {
+            return Outcome::Done(lent);
+        };
+        let buf = SendBuf::Lent {
+            buf: lent,
+            offset,
+            len,
+        };
+        match self.io.send(&self.buffers, fd, to, buf) {
+            Ok(()) => Outcome::Sending,
+            Err(buf) => Outcome::SendDropped(buf),
+        }
+    }
+
+    fn flush_transmits(&mut self, state: &mut ShardState) {
+        while let Some(t) = state.server.poll_transmit() {
+            let Some(fd) = self.io.listener_for(t.local) else {
+                state.io.send_errors += 1;
+                continue;
+            };
+            if self
+                .io
+                .send(&self.buffers, fd, t.remote, SendBuf::Owned(t.data))
+                .is_err()
+            {
+                state.io.send_errors += 1;
+            }
+        }
+    }
+
+    /// Cancels every receive and waits (bounded) until the kernel has let go of the
+    /// buffers, so the mappings can be freed.
+    fn drain(&mut self) {
+        for index in 0..self.io.listeners.len() as u32 {
+            let sqe = opcode::AsyncCancel::new(Op::ListenRecv { index }.encode())
+                .build()
+                .user_data(Op::Cancel.encode());
+            self.io.push(&sqe);
+        }
+        let wake = opcode::AsyncCancel::new(Op::WakeRead.encode())
+            .build()
+            .user_data(Op::Cancel.encode());
+        self.io.push(&wake);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut wake_done = !self.wake_armed;
+        while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
+            && Instant::now() < deadline
+        {
+            self.buffers.publish();
+            let ts = Timespec::new().nsec(50_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.io.ring.submitter().submit_with_args(1, &args);
+            self.io.submitted();
+            let mut done = std::mem::take(&mut self.io.backlog);
+            done.extend(self.io.ring.completion());
+            for entry in done {
+                if let Some(lent) = self.buffers.take(&entry) {
+                    self.buffers.give_back(lent);
+                }
+                match Op::decode(entry.user_data()) {
+                    Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
+                        if !cqueue::more(entry.flags()) =>
+                    {
+                        self.io.armed = self.io.armed.saturating_sub(1)
+                    }
+                    Some(Op::Send { slot }) => {
+                        if let Some(buf) = self.io.finish_send(slot) {
+                            self.release(buf);
+                        }
+                    }
+                    Some(Op::WakeRead) => wake_done = true,
+                    _ => {}
+                }
+            }
+        }
+        if self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done {
+            // The kernel may still write into the buffers: keep them mapped for the life of
+            // the process rather than risk it writing into freed memory.
+            tracing::warn!(
+                "io_uring operations still in flight at shutdown; leaking their buffers and send slots"
+            );
+            self.buffers.leak();
+            self.io.leak();
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+    }
+}

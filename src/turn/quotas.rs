@@ -1,0 +1,76 @@
+//! The allocation quota ledger (`--user-quota`, `--total-quota`): how many allocations each
+//! user and the whole server hold, shared by every shard of one server.
+//!
+//! Owns: those counts. Touched only when an allocation is created or deleted, never per
+//! packet, so a small lock is fine here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Which quota a new allocation would exceed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum QuotaExceeded {
+    User,
+    Total,
+}
+
+/// Server-wide allocation counts, shared by all shards.
+#[derive(Debug, Default)]
+pub struct Quotas {
+    user_quota: usize,
+    total_quota: usize,
+    counts: Mutex<QuotaCounts>,
+}
+
+#[derive(Debug, Default)]
+struct QuotaCounts {
+    total: usize,
+    per_user: HashMap<String, usize>,
+}
+
+impl Quotas {
+    /// Zero means unlimited.
+    pub fn new(user_quota: usize, total_quota: usize) -> Self {
+        Quotas {
+            user_quota,
+            total_quota,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Counts one more allocation for `username`, or says which quota is reached.
+    pub fn acquire(&self, username: &str) -> Result<(), QuotaExceeded> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total_quota > 0 && counts.total >= self.total_quota {
+            return Err(QuotaExceeded::Total);
+        }
+        let user = counts.per_user.get(username).copied().unwrap_or(0);
+        if self.user_quota > 0 && user >= self.user_quota {
+            return Err(QuotaExceeded::User);
+        }
+        counts.total += 1;
+        *counts.per_user.entry(username.to_owned()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Counts one more allocation for `username`, or returns false if a quota is reached.
+    pub fn try_acquire(&self, username: &str) -> bool {
+        self.acquire(username).is_ok()
+    }
+
+    /// Gives back what `acquire` took.
+    pub fn release(&self, username: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_user.get_mut(username) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_user.remove(username);
+            }
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}

@@ -1,0 +1,285 @@
+//! Servers under test: the real `uturn` binary on loopback with its own ports, and
+//! in-process servers started through the library.
+
+use super::wait::{wait_until, within};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::time::Duration;
+use uturn::stun::{self, Class, Message, MessageBuilder, Method};
+
+/// A UDP listening port nobody holds now: the kernel picks it (binding port 0 without
+/// SO_REUSEPORT never shares a port). uturn listens with SO_REUSEPORT, so on a port another
+/// process's server holds (other worktrees run their tests on this machine too, as the
+/// same user) the kernel would silently split the clients between the two servers.
+pub fn free_listen_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether nobody holds UDP `port` on 127.0.0.1 or ::1 right now.
+fn port_free(port: u16) -> bool {
+    let free = |ip: &str| match UdpSocket::bind((ip, port)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+    };
+    free("127.0.0.1") && free("::1")
+}
+
+/// `width` consecutive relay ports that nobody holds now, below the kernel's ephemeral
+/// range (32768-60999) so client sockets never take one, from a random start, disjoint
+/// from every block this process handed out before (tests run in parallel).
+pub fn free_port_block(width: u16) -> (u16, u16) {
+    static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
+    assert!(width <= 20_000);
+    for _ in 0..1000 {
+        let lo = rand::Rng::gen_range(&mut rand::thread_rng(), 10_000..32_000 - width);
+        let hi = lo + width - 1;
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.iter().any(|&(a, b)| lo <= b && a <= hi) {
+            continue;
+        }
+        if (lo..=hi).all(port_free) {
+            taken.push((lo, hi));
+            return (lo, hi);
+        }
+    }
+    panic!("no {width} free consecutive UDP ports in 10000-32000");
+}
+
+/// A listening port and a relay range of 100 ports, all free now (see above).
+pub fn next_ports() -> (u16, u16, u16) {
+    let (min, max) = free_port_block(100);
+    (free_listen_port(), min, max)
+}
+
+pub struct Uturn {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Uturn {
+    /// Starts `uturn` with the interop options plus `extra`, waits until it answers Binding.
+    pub fn start(backend: &str, extra: &[&str]) -> Uturn {
+        for _attempt in 0..5 {
+            let (port, min, max) = next_ports();
+            let log = std::env::temp_dir()
+                .join(format!("uturn-interop-{}-{port}.log", std::process::id()));
+            let mut args: Vec<String> = [
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port.to_string(),
+                "--min-port",
+                &min.to_string(),
+                "--max-port",
+                &max.to_string(),
+                "--realm",
+                "example.org",
+                "--user",
+                "alice:secret",
+                "--lt-cred-mech",
+                "--backend",
+                backend,
+                "--log-level",
+                "debug",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut server = Uturn::launch(&args, port, log);
+            if server.wait_ready(Duration::from_secs(10)) {
+                return server;
+            }
+            let log = server.log_text();
+            server.stop();
+            if !log.contains("in use") {
+                panic!("uturn did not answer Binding; log:\n{log}");
+            }
+        }
+        panic!("could not find free ports for uturn");
+    }
+
+    /// Starts `uturn` with exactly `args`, expected to listen on 127.0.0.1:`port`, logging
+    /// to `log`; does not wait.
+    pub fn launch(args: &[String], port: u16, log: PathBuf) -> Uturn {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn uturn");
+        Uturn { child, port, log }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Waits until the server answers Binding; false if it exited or `timeout` passed.
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let addr = self.addr();
+        let child = &mut self.child;
+        let mut exited = false;
+        wait_until(within(timeout), || {
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || binding(addr, Duration::from_millis(200)).is_some()
+        }) && !exited
+    }
+
+    /// The server's process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then wait; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let mut code = None;
+        let child = &mut self.child;
+        if wait_until(within(Duration::from_secs(10)), || match child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
+            }
+            _ => false,
+        }) {
+            return code;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Uturn {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A STUN Binding round trip; returns the reflexive address.
+pub fn binding(server: SocketAddr, timeout: Duration) -> Option<SocketAddr> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Class::Request, Method::BINDING, &[7; 12]);
+    sock.send_to(&req, server).ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    let msg = Message::parse(&buf[..n]).ok()?;
+    if msg.class() != Class::Success {
+        return None;
+    }
+    msg.xor_address(stun::XOR_MAPPED_ADDRESS).ok()?
+}
+
+/// The configuration in-process tests start from: listening and relaying on 127.0.0.1,
+/// realm example.org, user alice/secret, loopback peers allowed, `shards` shards (all on
+/// core 0), then `tweak`.
+pub fn loopback_config(
+    shards: usize,
+    tweak: impl FnOnce(&mut uturn::config::Config),
+) -> uturn::config::Config {
+    let mut c = uturn::config::Config {
+        listening_ips: vec!["127.0.0.1".parse().unwrap()],
+        relay_ips: vec!["127.0.0.1".parse().unwrap()],
+        realm: "example.org".into(),
+        users: vec![("alice".into(), "secret".into())],
+        allow_loopback_peers: true,
+        cores: vec![0; shards],
+        ..uturn::config::Config::default()
+    };
+    tweak(&mut c);
+    c
+}
+
+/// Starts an in-process server from `config` on a free listening port and a free block
+/// of `ports` relay ports, trying again while a port is taken.
+pub fn start_in_process(
+    config: &uturn::config::Config,
+    observer: Option<std::sync::Arc<dyn uturn::auth::Observer>>,
+    sink: Option<std::sync::Arc<dyn uturn::stats::EventSink>>,
+    ports: u16,
+) -> uturn::shard::Running {
+    for _attempt in 0..20 {
+        let mut c = config.clone();
+        c.listening_port = free_listen_port();
+        (c.min_port, c.max_port) = free_port_block(ports);
+        let observer = observer
+            .clone()
+            .unwrap_or_else(|| uturn::observer_from_config(&c));
+        match uturn::shard::start(&c, observer, sink.clone()) {
+            Ok(r) => return r,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    panic!("no free ports");
+}
+
+/// Starts a server with relay ports `min..=max` (from [`free_port_block`]) on a free
+/// listening port.
+pub fn start_with_range(
+    mut config: uturn::config::Config,
+    observer: Option<std::sync::Arc<dyn uturn::auth::Observer>>,
+    sink: Option<std::sync::Arc<dyn uturn::stats::EventSink>>,
+    (min, max): (u16, u16),
+) -> uturn::shard::Running {
+    config.min_port = min;
+    config.max_port = max;
+    let observer = observer.unwrap_or_else(|| uturn::observer_from_config(&config));
+    for _ in 0..20 {
+        config.listening_port = free_listen_port();
+        match uturn::shard::start(&config, observer.clone(), sink.clone()) {
+            Ok(r) => return r,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    panic!("no free listening port");
+}
+
+pub fn sum(
+    reports: &[uturn::shard::ShardReport],
+    f: impl Fn(&uturn::turn::ServerCounters) -> u64,
+) -> u64 {
+    reports.iter().map(|r| f(&r.counters)).sum()
+}
+
+/// Sums `key: N` over every shard's final counters in a binary's log.
+pub fn log_counter(log: &str, key: &str) -> u64 {
+    let pat = format!("{key}: ");
+    log.match_indices(&pat)
+        .filter_map(|(at, _)| {
+            let digits: String = log[at + pat.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
+}
