@@ -77,6 +77,9 @@ pub fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The kernel fast path (`--xdp`): any failure is one log line and changes nothing else.
+    // Held until exit: dropping it detaches the program.
+    let _offload = xdp::Offload::from_config(&config);
     let running = match shard::start(&config, observer, sink) {
         Ok(r) => r,
         Err(e) => {

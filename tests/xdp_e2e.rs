@@ -12,15 +12,17 @@
 mod frames;
 #[path = "xdp/lab.rs"]
 mod lab;
+#[path = "xdp/uturn.rs"]
+mod uturn_process;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab::Netns;
 use uturn::client::{Client, Incoming};
 use uturn::stun;
 use uturn::xdp::{ChannelOffload, Mode, Offload, DEFAULT_MAX_ENTRIES};
+use uturn_process::Server;
 
 const CHANNEL: u16 = 0x4001;
 
@@ -125,45 +127,27 @@ impl Topology {
     }
 }
 
-/// The uturn server process; killed (by its pid) on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &Netns, plan: &Plan) -> Server {
-        let relay_ports = format!("{}", 50000 + std::process::id() % 1000);
-        let max_port = format!("{}", 50010 + std::process::id() % 1000);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_uturn")])
-            .args(["-L", plan.server_ip, "-E", plan.relay_ip, "-p", "3478"])
-            .args(["--min-port", &relay_ports, "--max-port", &max_port])
-            .args(["-u", "alice:secret", "-r", "xdp.test", "--cores", "0"])
-            .args(["--allowed-peer-ip", plan.peer_ip])
-            .stdout(Stdio::from(
-                // Kept for a look after a failure.
-                std::fs::File::create(format!("{}/{}.log", env!("CARGO_TARGET_TMPDIR"), ns.name))
-                    .unwrap(),
-            ))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start uturn");
-        Server(child)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start_server(ns: &Netns, plan: &Plan) -> Server {
+    Server::start(
+        ns,
+        &[
+            "-L",
+            plan.server_ip,
+            "-E",
+            plan.relay_ip,
+            "-p",
+            "3478",
+            "-u",
+            "alice:secret",
+            "-r",
+            "xdp.test",
+            "--cores",
+            "0",
+            "--allowed-peer-ip",
+            plan.peer_ip,
+        ],
+        false,
+    )
 }
 
 fn wait_until<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
@@ -221,7 +205,7 @@ fn ipv4_generic_kernel_relays_an_offloaded_channel_both_ways() {
 fn relay(plan: &Plan, mode: Mode) {
     lab::require_root();
     let t = Topology::new(plan);
-    let server = Server::start(&t.server, plan);
+    let server = start_server(&t.server, plan);
     let (server_addr, peer_addr) = (sa(plan.server), sa(plan.peer));
 
     let peer = t

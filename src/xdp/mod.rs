@@ -37,17 +37,11 @@ const PROGRAM: &str = "uturn_xdp";
 /// possible CPU (per-CPU values of 104 bytes), preallocated by the kernel.
 pub const DEFAULT_MAX_ENTRIES: u32 = 16384;
 
-/// How the program runs on an interface (`--xdp-mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// In the driver (veth, most physical NICs); falls back to generic, with a log line,
-    /// where the driver has no XDP support.
-    #[default]
-    Native,
-    /// In the kernel stack after the socket buffer is built (any interface, `lo` included);
-    /// slower than native, still no socket layer.
-    Generic,
-}
+/// How the program runs on an interface (`--xdp-mode`): `Native` in the driver (veth, most
+/// physical NICs), falling back to generic with a log line where the driver has no XDP;
+/// `Generic` in the kernel stack after the socket buffer is built (any interface, slower,
+/// still no socket layer).
+pub use crate::config::XdpMode as Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -159,6 +153,11 @@ impl Offload {
             return None;
         }
         Some(offload)
+    }
+
+    /// `Offload::start` for `--xdp` and `--xdp-mode`.
+    pub fn from_config(config: &crate::Config) -> Option<Offload> {
+        Offload::start(&config.xdp_interfaces, config.xdp_mode, DEFAULT_MAX_ENTRIES)
     }
 
     /// Interfaces the program is attached to, with the mode in effect on each.
