@@ -307,22 +307,22 @@ impl Maps {
         Ok(())
     }
 
-    /// Removes both directions and returns their traffic since install (read just before
-    /// the delete: datagrams the kernel relays between the two calls, a window of one
-    /// syscall, are not counted). Removing what is not installed returns zero traffic.
+    /// Removes both directions and returns their traffic since install, each entry read
+    /// and deleted in one bpf(2) call (only a datagram being relayed on another CPU at that
+    /// instant can escape the count). Removing what is not installed returns zero traffic.
     pub fn remove(&mut self, binding: &ChannelOffload) -> Result<OffloadTraffic, Error> {
-        let traffic = self.read_counters(binding)?;
-        for result in [
-            self.forward.remove(&binding.forward_key()),
-            self.reverse.remove(&binding.reverse_key()),
-        ] {
-            match result {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(traffic)
+        let mut t = OffloadTraffic::default();
+        let fwd = super::take::take(&mut self.forward, &binding.forward_key(), self.cpus)
+            .map_err(Error::Remove)?;
+        fwd.iter()
+            .flatten()
+            .for_each(|v| t.to_peer.add(&v.counters));
+        let rev = super::take::take(&mut self.reverse, &binding.reverse_key(), self.cpus)
+            .map_err(Error::Remove)?;
+        rev.iter()
+            .flatten()
+            .for_each(|v| t.to_client.add(&v.counters));
+        Ok(t)
     }
 
     /// Traffic since install, summed over CPUs (zero for a binding not installed). The

@@ -17,6 +17,7 @@
 //! bindings installed here and passes everything else to the kernel stack.
 
 mod maps;
+mod take;
 mod test_run;
 
 pub use maps::{
@@ -60,6 +61,8 @@ pub enum Error {
     Cpus(std::io::Error),
     #[error("binding not offloadable: {0}")]
     Unsupported(&'static str),
+    #[error("cannot remove a binding: {0}")]
+    Remove(std::io::Error),
     #[error("another binding holds this client channel or peer")]
     Conflict,
 }
