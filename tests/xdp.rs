@@ -526,6 +526,18 @@ fn map_api_install_remove_counters() {
             Err(Error::Unsupported(_))
         ));
 
+        // A second handle (as a shard would hold) sees and changes the same maps.
+        let mut other = o.maps().try_clone().unwrap();
+        assert_eq!(other.read_counters(&b).unwrap(), after5);
+        let near = ChannelOffload {
+            channel: 0x4005,
+            peer: f.near_peer,
+            ..b
+        };
+        other.install(&near).unwrap();
+        assert_eq!(o.maps().len(), (2, 2));
+        other.remove(&near).unwrap();
+
         let last = o.maps_mut().remove(&b).unwrap();
         assert_eq!(last, after5);
         assert_eq!(o.maps().len(), (0, 0));

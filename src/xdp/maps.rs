@@ -8,8 +8,9 @@
 //! offloaded: that is the TURN core's call (RFC 8656 §12: bindings, expiry, permissions).
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 
-use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::Pod;
 
 use super::Error;
@@ -141,10 +142,11 @@ impl ChannelOffload {
     /// Refuses what the program cannot forward: it rewrites headers in place, so all four
     /// addresses share one family; and it only matches RFC 8656 channel numbers.
     pub fn validate(&self) -> Result<(), Error> {
-        let v4 = self.client.is_ipv4();
+        // An IPv4 client seen through a dual-stack socket (::ffff:a.b.c.d) is IPv4.
+        let v4 = |a: &SocketAddr| a.ip().to_canonical().is_ipv4();
         if [self.server, self.relay, self.peer]
             .iter()
-            .any(|a| a.is_ipv4() != v4)
+            .any(|a| v4(a) != v4(&self.client))
         {
             return Err(Error::Unsupported("addresses of more than one family"));
         }
@@ -244,7 +246,7 @@ impl Maps {
         forward: PerCpuHashMap<MapData, ForwardKey, ForwardValue>,
         reverse: PerCpuHashMap<MapData, ReverseKey, ReverseValue>,
     ) -> Result<Maps, Error> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io(e))?;
         Ok(Maps {
             forward,
             reverse,
@@ -261,13 +263,13 @@ impl Maps {
         let (fk, fv) = (binding.forward_key(), binding.forward_value());
         let (rk, rv) = (binding.reverse_key(), binding.reverse_value());
         self.check_same(binding)?;
-        let fwd = PerCpuValues::try_from(vec![fv; self.cpus]).map_err(Error::Cpus)?;
+        let fwd = PerCpuValues::try_from(vec![fv; self.cpus]).map_err(Error::Io)?;
         match self.forward.insert(fk, fwd, BPF_NOEXIST) {
             Ok(()) => {}
             Err(e) if is_exists(&e) => {}
             Err(e) => return Err(e.into()),
         }
-        let rev = PerCpuValues::try_from(vec![rv; self.cpus]).map_err(Error::Cpus)?;
+        let rev = PerCpuValues::try_from(vec![rv; self.cpus]).map_err(Error::Io)?;
         match self.reverse.insert(rk, rev, BPF_NOEXIST) {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
@@ -336,6 +338,28 @@ impl Maps {
             values.iter().for_each(|v| t.to_client.add(&v.counters));
         }
         Ok(t)
+    }
+
+    /// Another handle on the same two maps (duplicated descriptors), e.g. one per shard:
+    /// the kernel serialises updates, so handles need no lock between them.
+    pub fn try_clone(&self) -> Result<Maps, Error> {
+        fn dup<K: Pod, V: Pod>(
+            map: &PerCpuHashMap<MapData, K, V>,
+        ) -> Result<PerCpuHashMap<MapData, K, V>, Error> {
+            let fd = map
+                .map()
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(Error::Io)?;
+            let data = MapData::from_fd(fd)?;
+            Ok(PerCpuHashMap::try_from(Map::from_map_data(data)?)?)
+        }
+        Ok(Maps {
+            forward: dup(&self.forward)?,
+            reverse: dup(&self.reverse)?,
+            cpus: self.cpus,
+        })
     }
 
     /// Number of entries in each map (forward, reverse); walks the maps, for tests and
@@ -466,6 +490,11 @@ mod tests {
         assert!(b.validate().is_err());
         b.channel = 0x3fff;
         assert!(b.validate().is_err());
+        // IPv4-mapped addresses are IPv4, with the same key bytes.
+        let mut b = binding();
+        b.client = "[::ffff:192.0.2.10]:40000".parse().unwrap();
+        assert!(b.validate().is_ok());
+        assert_eq!(b.forward_key(), binding().forward_key());
     }
 
     #[test]

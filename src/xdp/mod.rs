@@ -57,8 +57,8 @@ pub enum Error {
     },
     #[error("XDP map: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error("cannot count CPUs: {0}")]
-    Cpus(std::io::Error),
+    #[error("XDP maps: {0}")]
+    Io(std::io::Error),
     #[error("binding not offloadable: {0}")]
     Unsupported(&'static str),
     #[error("cannot remove a binding: {0}")]
