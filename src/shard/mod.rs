@@ -123,6 +123,8 @@ pub(crate) struct ShardSpec {
     pub batch_wait_us: u32,
     pub knobs: TestKnobs,
     pub failures: mpsc::Sender<ShardFailure>,
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
+    pub draining: Arc<AtomicBool>,
     pub udp: bool,
     pub streams: stream::StreamOptions,
 }
@@ -148,6 +150,8 @@ pub struct Running {
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
     failures: mpsc::Receiver<ShardFailure>,
+    metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+    draining: Arc<AtomicBool>,
     certificates: Option<Arc<tls::Certificates>>,
 }
 
@@ -169,6 +173,20 @@ impl Running {
     /// The backend each shard runs ("io-uring" or "portable").
     pub fn backends(&self) -> &[&'static str] {
         &self.backends
+    }
+
+    /// What each shard publishes for the metrics endpoint, by shard index.
+    pub fn metrics(&self) -> &[Arc<crate::metrics::ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// Draining shards refuse new allocations (300 with an alternate server, else 403) and
+    /// keep serving the ones they have; applied by each shard within one loop turn.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        for wake in &self.wakers {
+            wake();
+        }
     }
 
     /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
@@ -450,6 +468,8 @@ pub fn start_with_streams(
         listen: listen.clone(),
         port_slices: slices.clone(),
         backends: Vec::new(),
+        metrics: Vec::new(),
+        draining: Arc::new(AtomicBool::new(false)),
         certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
@@ -501,9 +521,12 @@ pub fn start_with_streams(
             batch_wait_us: config.batch_wait_us,
             knobs: knobs.clone(),
             failures: failures_tx.clone(),
+            metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
+            draining: running.draining.clone(),
             udp: !config.no_udp,
             streams: streams.clone(),
         };
+        running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("uturn-shard-{index}"))
@@ -558,6 +581,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         summary_at: Instant::now(),
         summary_received: 0,
         fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
+        metrics: spec.metrics.clone(),
+        draining: spec.draining.clone(),
         streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
