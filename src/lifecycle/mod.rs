@@ -189,6 +189,12 @@ impl Lifecycle<'_> {
         self.config.drain_timeout = new.drain_timeout;
         self.config.drain_min_allocations = new.drain_min_allocations;
         self.observer.replace((self.build_observer)(&self.config));
+        // The same files, read again: certificates rotate in place.
+        if let Err(e) = self.running.reload_certificates() {
+            tracing::error!(
+                "reload (SIGHUP): TLS certificates not reloaded, the ones in use stay: {e}"
+            );
+        }
         tracing::info!(
             applied = ?changes.live,
             users = self.config.users.len(),
