@@ -149,6 +149,26 @@ pub fn render(s: &Sources) -> String {
             o.value(name, &format!("shard=\"{}\"", sh.index), get(sh));
         }
     }
+    o.head(
+        "uturn_stream_connections",
+        "gauge",
+        "TCP and TLS client connections open, by shard (updated twice a second).",
+    );
+    for sh in &shards {
+        let labels = format!("shard=\"{}\"", sh.index);
+        o.value("uturn_stream_connections", &labels, sh.stream_open);
+    }
+    o.head(
+        "uturn_stream_events_total",
+        "counter",
+        "TCP/TLS connections accepted, refused at --max-connections, closed (and why), and frames dropped for a full send queue or a closed connection, by shard.",
+    );
+    for sh in &shards {
+        for (j, event) in crate::shard::stream::STREAM_EVENTS.iter().enumerate() {
+            let labels = format!("shard=\"{}\",event=\"{event}\"", sh.index);
+            o.value("uturn_stream_events_total", &labels, sh.stream_events[j]);
+        }
+    }
 
     o.head(
         "uturn_refused_total",

@@ -3,6 +3,7 @@
 //! relaxed atomic stores (no lock, no allocation, nothing per packet), read by the HTTP
 //! thread.
 
+use crate::shard::stream::{StreamCounters, STREAM_EVENTS};
 use crate::shard::IoCounters;
 use crate::turn::{Dropped, Refusal, ServerCounters};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,9 @@ pub struct ShardMetrics {
     no_buffers: AtomicU64,
     cq_overflowed: AtomicU64,
     cq_lost: AtomicU64,
+    /// TCP/TLS connections open, and events by [`STREAM_EVENTS`] index.
+    stream_open: AtomicU64,
+    stream_events: [AtomicU64; STREAM_EVENTS.len()],
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -45,6 +49,9 @@ pub struct ShardSnapshot {
     pub no_buffers: u64,
     pub cq_overflowed: u64,
     pub cq_lost: u64,
+    pub stream_open: u64,
+    /// By [`STREAM_EVENTS`] index.
+    pub stream_events: Vec<u64>,
 }
 
 impl ShardMetrics {
@@ -63,6 +70,17 @@ impl ShardMetrics {
             no_buffers: AtomicU64::new(0),
             cq_overflowed: AtomicU64::new(0),
             cq_lost: AtomicU64::new(0),
+            stream_open: AtomicU64::new(0),
+            stream_events: Default::default(),
+        }
+    }
+
+    /// Called by the stream side of the shard at each of its sweeps (twice a second).
+    pub fn publish_streams(&self, c: &StreamCounters) {
+        let r = Ordering::Relaxed;
+        self.stream_open.store(c.open, r);
+        for (slot, v) in self.stream_events.iter().zip(c.events()) {
+            slot.store(v, r);
         }
     }
 
@@ -103,6 +121,8 @@ impl ShardMetrics {
             no_buffers: self.no_buffers.load(r),
             cq_overflowed: self.cq_overflowed.load(r),
             cq_lost: self.cq_lost.load(r),
+            stream_open: self.stream_open.load(r),
+            stream_events: self.stream_events.iter().map(|a| a.load(r)).collect(),
         }
     }
 }

@@ -103,6 +103,23 @@ impl StreamOptions {
     }
 }
 
+impl StreamCounters {
+    /// The event counters by [`STREAM_EVENTS`] label.
+    pub fn events(&self) -> [u64; STREAM_EVENTS.len()] {
+        [
+            self.accepted,
+            self.refused,
+            self.closed,
+            self.framing_errors,
+            self.tls_errors,
+            self.handshake_timeouts,
+            self.idle_closed,
+            self.queue_drops,
+            self.no_connection,
+        ]
+    }
+}
+
 impl StreamOptions {
     /// The stream listeners' addresses for the listening addresses `listen`.
     fn addresses(&self, listen: &[SocketAddr]) -> Vec<(SocketAddr, Transport)> {
@@ -134,6 +151,19 @@ impl StreamOptions {
         Ok(())
     }
 }
+
+/// The labels of [`StreamCounters::events`], in its order (Prometheus `event=`).
+pub const STREAM_EVENTS: [&str; 9] = [
+    "accepted",
+    "refused",
+    "closed",
+    "framing_error",
+    "tls_error",
+    "handshake_timeout",
+    "idle_closed",
+    "queue_drop",
+    "no_connection",
+];
 
 /// Stream-side events and drops of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -449,6 +479,7 @@ impl Streams {
         self.counters.open = self.open as u64;
         self.counters.buffered_bytes = self.buffered_bytes() as u64;
         state.streams = self.counters.clone();
+        state.metrics.publish_streams(&self.counters);
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_ref() else {
                 continue;
