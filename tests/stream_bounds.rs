@@ -311,8 +311,8 @@ fn scrape_sum(port: u16, name: &str, labels: &[&str]) -> Option<u64> {
     found
 }
 
-/// The metrics endpoint counts stream connections: open now, accepted, closed for bad
-/// framing.
+/// The metrics endpoint counts stream connections (open now, accepted, closed for bad
+/// framing) and allocations by client transport.
 #[test]
 fn stream_connections_are_in_the_metrics() {
     let prom = free_tcp_port();
@@ -325,23 +325,33 @@ fn stream_connections_are_in_the_metrics() {
         .collect();
     let mut garbage = TcpStream::connect(server.addr()).unwrap();
     garbage.write_all(&[0xff; 8]).unwrap();
+    let mut client = TcpTurn::connect(server.addr(), "alice", "secret");
+    client.allocate();
+    let event = |name: &str| {
+        let label = format!("event=\"{name}\"");
+        scrape_sum(prom, "uturn_stream_events_total", &[label.as_str()])
+    };
+    let allocations = |kind: &str| {
+        let label = format!("type=\"{kind}\"");
+        scrape_sum(prom, "turn_total_allocations", &[label.as_str()])
+    };
     wait_for(
         "the connections in the metrics",
         Duration::from_secs(10),
         || {
-            scrape_sum(prom, "uturn_stream_connections", &[]) == Some(3)
-                && scrape_sum(prom, "uturn_stream_events_total", &["event=\"accepted\""]) == Some(4)
-                && scrape_sum(
-                    prom,
-                    "uturn_stream_events_total",
-                    &["event=\"framing_error\""],
-                ) == Some(1)
+            scrape_sum(prom, "uturn_stream_connections", &[]) == Some(4)
+                && event("accepted") == Some(5)
+                && event("framing_error") == Some(1)
+                && allocations("TCP") == Some(1)
+                && allocations("UDP") == Some(0)
         },
     );
     drop(held);
+    drop(client);
     wait_for("the closes in the metrics", Duration::from_secs(10), || {
         scrape_sum(prom, "uturn_stream_connections", &[]) == Some(0)
-            && scrape_sum(prom, "uturn_stream_events_total", &["event=\"closed\""]) == Some(4)
+            && event("closed") == Some(5)
+            && allocations("TCP") == Some(0)
     });
     assert_eq!(server.stop(), Some(0));
 }

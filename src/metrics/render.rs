@@ -46,8 +46,15 @@ pub fn render(s: &Sources) -> String {
         "gauge",
         "Allocations alive now, by client transport.",
     );
+    // The stream side counts its allocations twice a second, the core every turn: UDP's
+    // share is what remains (never below zero in between).
     let allocations: u64 = shards.iter().map(|s| s.allocations).sum();
-    o.value("turn_total_allocations", "type=\"UDP\"", allocations);
+    let tcp: u64 = shards.iter().map(|s| s.stream_allocations[0]).sum();
+    let tls: u64 = shards.iter().map(|s| s.stream_allocations[1]).sum();
+    let udp = allocations.saturating_sub(tcp + tls);
+    o.value("turn_total_allocations", "type=\"UDP\"", udp);
+    o.value("turn_total_allocations", "type=\"TCP\"", tcp);
+    o.value("turn_total_allocations", "type=\"TLS\"", tls);
 
     let names = ["rcvp", "rcvb", "sentp", "sentb"];
     let what = [

@@ -29,6 +29,8 @@ pub struct ShardMetrics {
     /// TCP/TLS connections open, and events by [`STREAM_EVENTS`] index.
     stream_open: AtomicU64,
     stream_events: [AtomicU64; STREAM_EVENTS.len()],
+    /// Allocations of TCP and of TLS clients (the rest of `allocations` are UDP's).
+    stream_allocations: [AtomicU64; 2],
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -52,6 +54,8 @@ pub struct ShardSnapshot {
     pub stream_open: u64,
     /// By [`STREAM_EVENTS`] index.
     pub stream_events: Vec<u64>,
+    /// Allocations of TCP clients, of TLS clients.
+    pub stream_allocations: [u64; 2],
 }
 
 impl ShardMetrics {
@@ -72,6 +76,7 @@ impl ShardMetrics {
             cq_lost: AtomicU64::new(0),
             stream_open: AtomicU64::new(0),
             stream_events: Default::default(),
+            stream_allocations: Default::default(),
         }
     }
 
@@ -79,6 +84,8 @@ impl ShardMetrics {
     pub fn publish_streams(&self, c: &StreamCounters) {
         let r = Ordering::Relaxed;
         self.stream_open.store(c.open, r);
+        self.stream_allocations[0].store(c.allocations_tcp, r);
+        self.stream_allocations[1].store(c.allocations_tls, r);
         for (slot, v) in self.stream_events.iter().zip(c.events()) {
             slot.store(v, r);
         }
@@ -123,6 +130,10 @@ impl ShardMetrics {
             cq_lost: self.cq_lost.load(r),
             stream_open: self.stream_open.load(r),
             stream_events: self.stream_events.iter().map(|a| a.load(r)).collect(),
+            stream_allocations: [
+                self.stream_allocations[0].load(r),
+                self.stream_allocations[1].load(r),
+            ],
         }
     }
 }

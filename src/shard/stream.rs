@@ -182,8 +182,11 @@ pub struct StreamCounters {
     /// Frames for a connection that had closed.
     pub no_connection: u64,
     pub frames: u64,
-    /// Connections open, and user-space bytes their buffers hold, at the last sweep.
+    /// Connections open, those holding an allocation by transport, and user-space bytes
+    /// their buffers hold, at the last sweep.
     pub open: u64,
+    pub allocations_tcp: u64,
+    pub allocations_tls: u64,
     pub buffered_bytes: u64,
 }
 
@@ -476,10 +479,7 @@ impl Streams {
             return;
         }
         self.next_sweep = now + SWEEP_EVERY;
-        self.counters.open = self.open as u64;
-        self.counters.buffered_bytes = self.buffered_bytes() as u64;
-        state.streams = self.counters.clone();
-        state.metrics.publish_streams(&self.counters);
+        self.publish(state);
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_ref() else {
                 continue;
@@ -496,6 +496,20 @@ impl Streams {
                 self.close(slot, Closed::Peer, now, state, relays);
             }
         }
+    }
+
+    /// Counts what is open now into the counters, which go to the shard's state (for its
+    /// report) and to the metrics endpoint.
+    fn publish(&mut self, state: &mut ShardState) {
+        let mut allocated = [0u64; 2];
+        for conn in self.conns.iter().flatten().filter(|c| c.allocated) {
+            allocated[usize::from(conn.tuple.transport == Transport::Tls)] += 1;
+        }
+        self.counters.open = self.open as u64;
+        [self.counters.allocations_tcp, self.counters.allocations_tls] = allocated;
+        self.counters.buffered_bytes = self.buffered_bytes() as u64;
+        state.streams = self.counters.clone();
+        state.metrics.publish_streams(&self.counters);
     }
 
     /// Sends a core transmit meant for a stream client; gives it back when it is for UDP.
