@@ -184,3 +184,33 @@ fn a_request_and_the_end_arriving_together_are_both_seen() {
     assert_eq!(reports[0].streams.closed, 20, "{:?}", reports[0].streams);
     assert_eq!(reports[0].streams.idle_closed, 0);
 }
+
+/// TCP clients over IPv6 (a listener on ::1): allocation, relaying and the close work as
+/// over IPv4.
+#[test]
+fn tcp_over_ipv6() {
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "this host has no IPv6 loopback (::1): the IPv6 TCP test cannot run"
+    );
+    let config = loopback_config(1, |c| {
+        c.listening_ips = vec!["::1".parse().unwrap()];
+    });
+    let running = start_in_process(&config, None, None, 20);
+    let server = running.local_addrs()[0];
+    assert!(server.is_ipv6());
+    let client = allocate_send_close(server);
+    assert!(client.is_ipv6());
+    wait_for(
+        "the allocation to go with its connection",
+        Duration::from_secs(10),
+        || {
+            running
+                .metrics()
+                .iter()
+                .all(|m| m.snapshot().allocations == 0)
+        },
+    );
+    let reports = running.stop();
+    assert_eq!(reports[0].streams.accepted, 1);
+}
