@@ -214,3 +214,62 @@ fn tcp_over_ipv6() {
     let reports = running.stop();
     assert_eq!(reports[0].streams.accepted, 1);
 }
+
+/// coturn's TLS client through uturn with Redis: the status names the transport
+/// `TLS/TCP` and the session's protocol and cipher as coturn does, and the allocation goes
+/// when the client's connection does.
+#[test]
+fn tls_allocations_name_their_session_in_redis() {
+    let redis = RedisServer::start();
+    let sub = Subscriber::start(redis.url(), "turn/realm/*/user/*/allocation/*");
+    let (tls, tls_port) = stream_support::tls_args("redis");
+    let mut args = vec![
+        "--allow-loopback-peers".to_string(),
+        "--redis-url".to_string(),
+        redis.url(),
+    ];
+    args.extend(tls);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Uturn::start("auto", &args);
+    let peer = Peer::start();
+    let (code, out) = uclient(
+        tls_port,
+        peer.port,
+        &["-t", "-S", "-m", "1", "-n", "10", "-l", "100"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let messages = sub.wait_for(
+        "the TLS allocation's totals",
+        Duration::from_secs(10),
+        |m| m.iter().any(|(c, _)| c.ends_with("/total_traffic/peer")),
+    );
+    let new: Vec<&str> = messages
+        .iter()
+        .filter(|(c, p)| c.ends_with("/status") && p.starts_with("new "))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert!(!new.is_empty(), "{messages:?}");
+    for status in new {
+        let rest = status
+            .split_once(&format!(
+                ", type=TLS/TCP, local=127.0.0.1:{tls_port}, remote=127.0.0.1:"
+            ))
+            .unwrap_or_else(|| panic!("not coturn's TLS status: {status}"))
+            .1;
+        let (_, session) = rest.split_once(", ").unwrap();
+        assert!(
+            [
+                "ssl=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384",
+                "ssl=TLSv1.3, cipher=TLS_AES_128_GCM_SHA256",
+                "ssl=TLSv1.3, cipher=TLS_CHACHA20_POLY1305_SHA256",
+                "ssl=TLSv1.2, cipher=ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ssl=TLSv1.2, cipher=ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ssl=TLSv1.2, cipher=ECDHE-ECDSA-CHACHA20-POLY1305",
+            ]
+            .contains(&session),
+            "{status}"
+        );
+    }
+    assert_eq!(server.stop(), Some(0));
+}

@@ -397,7 +397,13 @@ impl Streams {
         }
         let tuple = conn.tuple;
         let frames = &mut self.counters.frames;
-        let result = conn.read(&mut self.buf, to_end, now, |frame| {
+        let mut tell = !conn.session_told;
+        let result = conn.read(&mut self.buf, to_end, now, |frame, session| {
+            // Before the first request: the allocation it may make carries the session.
+            if let (true, Some(session)) = (tell, session) {
+                state.server.set_tls_session(tuple, session);
+                tell = false;
+            }
             *frames += 1;
             state.io.received += 1;
             let action = state
@@ -412,6 +418,9 @@ impl Streams {
                 relays.send_to_peer(&mut state.io, relay, peer, &frame[payload]);
             }
         });
+        if !tell {
+            conn.session_told = true;
+        }
         match result {
             Ok(()) => {}
             // The client's end may come with its last requests: their answers are still
