@@ -14,6 +14,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches benches
+# The prebuilt XDP object is compiled into the binary (no clang needed here).
+COPY bpf bpf
 COPY examples examples
 COPY src src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

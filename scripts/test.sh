@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
+# The XDP object check (bpf/build.sh --check) rebuilds bpf/uturn_xdp.o with Debian's clang.
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+# The XDP tests build network namespaces (ip) and set veth offloads (ethtool).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     SUDO=""
@@ -33,6 +40,8 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
     "$venv/bin/pip" install -q kubernetes-validate==1.37.0
 fi
 export KUBERNETES_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
+
+bpf/build.sh --check
 
 export RUST_BACKTRACE=1
 cargo test --all-targets

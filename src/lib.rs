@@ -19,6 +19,7 @@ pub mod stun;
 #[doc(hidden)]
 pub mod testing;
 pub mod turn;
+pub mod xdp;
 
 pub use auth::{AuthDecision, AuthRequest, Observer, Ticket};
 pub use config::Config;
@@ -137,6 +138,9 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The kernel fast path (`--xdp`): any failure is one log line and changes nothing else.
+    // Held until exit: dropping it detaches the program.
+    let _offload = xdp::Offload::from_config(&config);
     let running = match shard::start(&config, observer, sink) {
         Ok(r) => r,
         Err(e) => {

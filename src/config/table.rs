@@ -348,7 +348,7 @@ pub(crate) const UTURN: &[Opt] = &[
         c.batch_wait_us = i.num()?;
         Ok(())
     }),
-    list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; not used yet)", |c, i| {
+    list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; needs root and forwarding on IFACE, see bpf/README.md; loaded and attached, no channel offloaded yet)", |c, i| {
         let v = i.text();
         if v.is_empty() {
             return Err(i.bad("empty interface name"));
@@ -356,7 +356,7 @@ pub(crate) const UTURN: &[Opt] = &[
         c.xdp_interfaces.push(v);
         Ok(())
     }),
-    value("xdp-mode", None, "native|generic", Value("native"), "how the XDP program is attached (not used yet)", |c, i| {
+    value("xdp-mode", None, "native|generic", Value("native"), "how the XDP program is attached; native falls back to generic where the driver has no XDP", |c, i| {
         c.xdp_mode = match i.text().as_str() {
             "native" => XdpMode::Native,
             "generic" => XdpMode::Generic,
