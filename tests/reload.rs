@@ -46,7 +46,7 @@ impl Server {
             min,
             max,
         };
-        s.write(users, "info", &[]);
+        s.write(users, "info", &["allow-loopback-peers"]);
         let file = std::fs::File::create(&s.log).unwrap();
         s.child = Command::new(env!("CARGO_BIN_EXE_uturn"))
             .arg("-c")
@@ -63,7 +63,7 @@ impl Server {
 
     fn write(&self, users: &[&str], log_level: &str, extra: &[&str]) {
         let mut text = format!(
-            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={}\nmin-port={}\nmax-port={}\nrealm=example.org\nallow-loopback-peers\nlog-level={log_level}\n",
+            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={}\nmin-port={}\nmax-port={}\nrealm=example.org\nlog-level={log_level}\n",
             self.addr.port(),
             self.min,
             self.max
@@ -182,11 +182,15 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
     });
     for i in 0..9 {
         let level = if i % 2 == 0 { "debug" } else { "info" };
-        server.write(&["alice:secret", "bob:bobpw"], level, &[]);
+        server.write(
+            &["alice:secret", "bob:bobpw"],
+            level,
+            &["allow-loopback-peers"],
+        );
         server.reload();
     }
     // The tenth removes bob.
-    server.write(&["alice:secret"], "info", &[]);
+    server.write(&["alice:secret"], "info", &["allow-loopback-peers"]);
     server.reload();
     let at_last_reload = sent.load(Ordering::Relaxed);
     wait_for("traffic after the reloads", Duration::from_secs(5), || {
@@ -212,18 +216,35 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
     assert!(server.log_text().contains("reload (SIGHUP) refused"));
     assert!(allocate(server.addr, "alice", "secret").is_ok());
 
-    // Options that cannot change live are named, and keep their running values.
-    server.write(
-        &["alice:secret"],
-        "info",
-        &["max-bps=1000", "listening-port=1"],
+    // The peer policy is live: without allow-loopback-peers a new permission for a
+    // loopback peer is refused, while alice's channel (made before) keeps relaying.
+    let other_loopback: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let mut carol = allocate(server.addr, "alice", "secret").unwrap();
+    carol
+        .create_permission(&[other_loopback])
+        .expect("loopback peers allowed");
+    server.write(&["alice:secret"], "info", &["max-bps=1000000"]);
+    server.reload();
+    let mut dave = allocate(server.addr, "alice", "secret").unwrap();
+    assert_eq!(
+        dave.create_permission(&[other_loopback])
+            .unwrap_err()
+            .code(),
+        Some(403),
+        "the reloaded peer policy was not applied"
     );
+    let log = server.log_text();
+    assert!(
+        log.contains("\"max-bps\"") && log.contains("\"allow-loopback-peers\""),
+        "{log}"
+    );
+
+    // Options that cannot change live are named, and keep their running values.
+    server.write(&["alice:secret"], "info", &["listening-port=1"]);
     server.reload();
     let log = server.log_text();
     assert!(
-        log.contains("need a restart")
-            && log.contains("\"max-bps\"")
-            && log.contains("\"listening-port\""),
+        log.contains("need a restart") && log.contains("\"listening-port\""),
         "{log}"
     );
     assert!(binding(server.addr, Duration::from_secs(1)).is_some());

@@ -188,6 +188,11 @@ impl Lifecycle<'_> {
         self.config.log_level = new.log_level;
         self.config.drain_timeout = new.drain_timeout;
         self.config.drain_min_allocations = new.drain_min_allocations;
+        self.config.max_bps = new.max_bps;
+        self.config.allow_loopback_peers = new.allow_loopback_peers;
+        self.config.denied_peer_ips = new.denied_peer_ips;
+        self.config.allowed_peer_ips = new.allowed_peer_ips;
+        self.running.reconfigure(&self.config);
         self.observer.replace((self.build_observer)(&self.config));
         tracing::info!(
             applied = ?changes.live,

@@ -8,6 +8,7 @@
 
 mod failure;
 mod knobs;
+mod live;
 mod pktinfo;
 mod portable;
 mod state;
@@ -122,6 +123,7 @@ pub(crate) struct ShardSpec {
     pub failures: mpsc::Sender<ShardFailure>,
     pub metrics: Arc<crate::metrics::ShardMetrics>,
     pub draining: Arc<AtomicBool>,
+    pub live: Arc<live::LiveSettings>,
 }
 
 /// What a shard reports when it ends.
@@ -146,6 +148,7 @@ pub struct Running {
     failures: mpsc::Receiver<ShardFailure>,
     metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
     draining: Arc<AtomicBool>,
+    live: Arc<live::LiveSettings>,
 }
 
 impl Running {
@@ -182,6 +185,15 @@ impl Running {
         }
     }
 
+    /// A reloaded peer policy and `--max-bps` for every shard (see `turn::server::live` for
+    /// what they apply to); each shard takes them within one loop turn.
+    pub fn reconfigure(&self, config: &Config) {
+        self.live.set(peer_policy(config), config.max_bps);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
     /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
     /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
     /// is gone, so the kernel hashes its clients to shards that do not know them).
@@ -201,6 +213,17 @@ impl Running {
             .map(|t| t.join().unwrap_or_default())
             .collect()
     }
+}
+
+/// The peer policy the configuration asks for.
+pub fn peer_policy(config: &Config) -> PeerPolicy {
+    let mut policy = PeerPolicy {
+        allow_loopback: config.allow_loopback_peers,
+        allowed: config.allowed_peer_ips.clone(),
+        denied: config.denied_peer_ips.clone(),
+    };
+    policy.allowed.shrink_to_fit();
+    policy
 }
 
 /// The address relay sockets bind to and XOR-RELAYED-ADDRESS shows, when `--relay-ip` is
@@ -415,12 +438,7 @@ pub fn start_with(
     let quotas = Arc::new(Quotas::new(config.user_quota, config.total_quota));
     let stop = Arc::new(AtomicBool::new(false));
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
-    let mut policy = PeerPolicy {
-        allow_loopback: config.allow_loopback_peers,
-        allowed: config.allowed_peer_ips.clone(),
-        denied: config.denied_peer_ips.clone(),
-    };
-    policy.allowed.shrink_to_fit();
+    let policy = peer_policy(config);
     if config.no_tcp || config.no_tls || config.no_dtls {
         tracing::info!(
             "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
@@ -444,6 +462,7 @@ pub fn start_with(
         backends: Vec::new(),
         metrics: Vec::new(),
         draining: Arc::new(AtomicBool::new(false)),
+        live: Arc::new(live::LiveSettings::new(policy.clone(), config.max_bps)),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -496,6 +515,7 @@ pub fn start_with(
             failures: failures_tx.clone(),
             metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
             draining: running.draining.clone(),
+            live: running.live.clone(),
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -554,6 +574,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
         metrics: spec.metrics.clone(),
         draining: spec.draining.clone(),
+        live: spec.live.clone(),
+        live_seen: 0,
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {

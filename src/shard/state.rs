@@ -30,6 +30,9 @@ pub(crate) struct ShardState {
     pub metrics: Arc<crate::metrics::ShardMetrics>,
     /// Set by `Running::set_draining`; applied to the core at the end of a turn.
     pub draining: Arc<AtomicBool>,
+    /// Peer policy and `--max-bps` as reloaded, and the generation this shard applied.
+    pub live: Arc<super::live::LiveSettings>,
+    pub live_seen: u64,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -90,6 +93,7 @@ impl ShardState {
         if draining != self.server.is_draining() {
             self.server.set_draining(draining);
         }
+        self.live.apply(&mut self.live_seen, &mut self.server);
         self.metrics.publish(
             self.server.counters(),
             &self.io,
