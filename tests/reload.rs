@@ -239,6 +239,18 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
         "{log}"
     );
 
+    // Quotas are live: at total-quota=1 (alice holds several) a new allocation gets 486,
+    // and again one when the limit is lifted.
+    server.write(&["alice:secret"], "info", &["total-quota=1"]);
+    server.reload();
+    assert_eq!(
+        allocate(server.addr, "alice", "secret").err(),
+        Some(Some(486))
+    );
+    server.write(&["alice:secret"], "info", &[]);
+    server.reload();
+    assert!(allocate(server.addr, "alice", "secret").is_ok());
+
     // Options that cannot change live are named, and keep their running values.
     server.write(&["alice:secret"], "info", &["listening-port=1"]);
     server.reload();

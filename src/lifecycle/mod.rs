@@ -189,6 +189,8 @@ impl Lifecycle<'_> {
         self.config.drain_timeout = new.drain_timeout;
         self.config.drain_min_allocations = new.drain_min_allocations;
         self.config.max_bps = new.max_bps;
+        self.config.user_quota = new.user_quota;
+        self.config.total_quota = new.total_quota;
         self.config.allow_loopback_peers = new.allow_loopback_peers;
         self.config.denied_peer_ips = new.denied_peer_ips;
         self.config.allowed_peer_ips = new.allowed_peer_ips;

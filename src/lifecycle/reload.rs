@@ -3,7 +3,8 @@
 //! Applied live: static users (`--user`), TURN REST secrets (`--static-auth-secret`,
 //! `--use-auth-secret`) — through [`ReloadableObserver`], which the shards consult for new
 //! allocations only — the peer policy and `--max-bps` (to each shard's core, see
-//! `turn::server::live`), the log level, and the drain limits. A user removed by a reload can no
+//! `turn::server::live`), the quotas (for allocations made from then on), the log level,
+//! and the drain limits. A user removed by a reload can no
 //! longer allocate; allocations it already has keep their key and run until they expire or
 //! are deleted (the core never asks the observer again for them).
 //! Everything else is reported as needing a restart and left as it runs; a file that does
@@ -80,6 +81,8 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
         "drain-timeout" => drain_timeout,
         "drain-min-allocations" => drain_min_allocations,
         "max-bps" => max_bps,
+        "user-quota" => user_quota,
+        "total-quota" => total_quota,
         "allow-loopback-peers" => allow_loopback_peers,
         "denied-peer-ip" => denied_peer_ips,
         "allowed-peer-ip" => allowed_peer_ips,
@@ -93,8 +96,6 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
         "max-port" => max_port,
         "realm" => realm,
         "redis-userdb" => redis_userdb,
-        "user-quota" => user_quota,
-        "total-quota" => total_quota,
         "max-permissions-per-allocation" => max_permissions_per_allocation,
         "max-channels-per-allocation" => max_channels_per_allocation,
         "max-allocate-lifetime" => max_allocate_lifetime,
@@ -155,6 +156,19 @@ mod tests {
         assert_eq!(c.live, ["user", "log-level", "max-bps", "denied-peer-ip"]);
         assert_eq!(c.restart, ["listening-port"]);
         assert_eq!(changes(&old, &old), Changes::default());
+    }
+
+    #[test]
+    fn reloaded_quotas_apply_to_the_next_allocation() {
+        use crate::turn::quotas::{QuotaExceeded, Quotas};
+        let q = Quotas::new(1, 0);
+        assert_eq!(q.acquire("a"), Ok(()));
+        assert_eq!(q.acquire("a"), Err(QuotaExceeded::User));
+        q.set_limits(2, 2);
+        assert_eq!(q.acquire("a"), Ok(()));
+        assert_eq!(q.acquire("b"), Err(QuotaExceeded::Total));
+        q.set_limits(0, 0);
+        assert_eq!(q.acquire("b"), Ok(()));
     }
 
     #[test]

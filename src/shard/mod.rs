@@ -149,6 +149,7 @@ pub struct Running {
     metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
     draining: Arc<AtomicBool>,
     live: Arc<live::LiveSettings>,
+    quotas: Arc<Quotas>,
 }
 
 impl Running {
@@ -189,6 +190,8 @@ impl Running {
     /// what they apply to); each shard takes them within one loop turn.
     pub fn reconfigure(&self, config: &Config) {
         self.live.set(peer_policy(config), config.max_bps);
+        self.quotas
+            .set_limits(config.user_quota, config.total_quota);
         for wake in &self.wakers {
             wake();
         }
@@ -463,6 +466,7 @@ pub fn start_with(
         metrics: Vec::new(),
         draining: Arc::new(AtomicBool::new(false)),
         live: Arc::new(live::LiveSettings::new(policy.clone(), config.max_bps)),
+        quotas: quotas.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
