@@ -15,6 +15,11 @@ command -v llvm-strip >/dev/null 2>&1 || need+=(llvm)
 # The XDP tests build network namespaces (ip) and set veth offloads (ethtool).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The browser test: Debian's Chromium (no browser download), Node and npm for its driver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     SUDO=""
@@ -42,6 +47,11 @@ fi
 export KUBERNETES_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
 
 bpf/build.sh --check
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    echo "test.sh: installing the browser test's npm packages (playwright-core, no browser)"
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
 
 export RUST_BACKTRACE=1
 cargo test --all-targets

@@ -201,7 +201,7 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
     };
     let reports = running.stop();
     for r in &reports {
-        tracing::info!(shard = r.index, backend = r.backend, counters = ?r.counters, io = ?r.io, "shard stopped");
+        tracing::info!(shard = r.index, backend = r.backend, counters = ?r.counters, io = ?r.io, streams = ?r.streams, "shard stopped");
     }
     if let Some(stats) = stats {
         stats.stop(std::time::Duration::from_secs(3));

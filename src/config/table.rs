@@ -130,19 +130,19 @@ pub(crate) const UTURN: &[Opt] = &[
         c.listening_ips.push(i.ip()?);
         Ok(())
     }),
-    value("listening-port", Some('p'), "N", Value("3478"), "UDP listening port", |c, i| {
+    value("listening-port", Some('p'), "N", Value("3478"), "UDP and TCP listening port", |c, i| {
         c.listening_port = i.num()?;
         Ok(())
     }),
-    flag("no-udp", None, "no UDP client listener (refused until the listeners honour it)", |c, _| {
+    flag("no-udp", None, "no UDP client listener", |c, _| {
         c.no_udp = true;
         Ok(())
     }),
-    flag("no-tcp", None, "no TCP client listener (uturn has none yet)", |c, _| {
+    flag("no-tcp", None, "no TCP client listener", |c, _| {
         c.no_tcp = true;
         Ok(())
     }),
-    flag("no-tls", None, "no TLS client listener (uturn has none yet)", |c, _| {
+    flag("no-tls", None, "no TLS client listener", |c, _| {
         c.no_tls = true;
         Ok(())
     }),
@@ -150,19 +150,19 @@ pub(crate) const UTURN: &[Opt] = &[
         c.no_dtls = true;
         Ok(())
     }),
-    value("tls-listening-port", None, "N", Value("5349"), "TLS listening port (not used yet: no TLS listener)", |c, i| {
+    value("tls-listening-port", None, "N", Value("5349"), "TLS listening port (with --cert and --pkey)", |c, i| {
         c.tls_listening_port = i.num()?;
         Ok(())
     }),
-    value("cert", None, "FILE", Note("–"), "TLS certificate chain, PEM; needs --pkey (not used yet: no TLS listener)", |c, i| {
+    value("cert", None, "FILE", Note("–"), "TLS certificate chain, PEM, leaf first; needs --pkey; reloadable without a restart", |c, i| {
         c.cert = Some(PathBuf::from(i.text()));
         Ok(())
     }),
-    value("pkey", None, "FILE", Note("–"), "TLS private key, PEM; needs --cert (not used yet: no TLS listener)", |c, i| {
+    value("pkey", None, "FILE", Note("–"), "TLS private key, PEM (PKCS#8, PKCS#1 or SEC1); needs --cert", |c, i| {
         c.pkey = Some(PathBuf::from(i.text()));
         Ok(())
     }),
-    value("max-connections", None, "N", Value("0"), "TCP/TLS client connections, 0 = the built-in cap (not used yet: no TCP listener)", |c, i| {
+    value("max-connections", None, "N", Value("0"), "TCP/TLS client connections per shard, 0 = 4096", |c, i| {
         c.max_connections = i.num()?;
         Ok(())
     }),

@@ -4,7 +4,8 @@
 //! `--use-auth-secret`) — through [`ReloadableObserver`], which the shards consult for new
 //! allocations only — the peer policy and `--max-bps` (to each shard's core, see
 //! `turn::server::live`), the quotas (for allocations made from then on), the log level,
-//! and the drain limits. A user removed by a reload can no
+//! and the drain limits; TLS certificates are read again from the same `--cert`/`--pkey`
+//! files (a pair that fails to load leaves the running one). A user removed by a reload can no
 //! longer allocate; allocations it already has keep their key and run until they expire or
 //! are deleted (the core never asks the observer again for them).
 //! Everything else is reported as needing a restart and left as it runs; a file that does

@@ -12,6 +12,9 @@ mod live;
 mod pktinfo;
 mod portable;
 mod state;
+pub mod stream;
+mod stream_conn;
+pub mod tls;
 mod uring;
 
 pub use failure::ShardFailure;
@@ -124,6 +127,8 @@ pub(crate) struct ShardSpec {
     pub metrics: Arc<crate::metrics::ShardMetrics>,
     pub draining: Arc<AtomicBool>,
     pub live: Arc<live::LiveSettings>,
+    pub udp: bool,
+    pub streams: stream::StreamOptions,
 }
 
 /// What a shard reports when it ends.
@@ -133,6 +138,7 @@ pub struct ShardReport {
     pub backend: &'static str,
     pub counters: ServerCounters,
     pub io: IoCounters,
+    pub streams: stream::StreamCounters,
     /// Why the shard stopped on its own, if it did.
     pub failure: Option<String>,
 }
@@ -150,6 +156,7 @@ pub struct Running {
     draining: Arc<AtomicBool>,
     live: Arc<live::LiveSettings>,
     quotas: Arc<Quotas>,
+    certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl Running {
@@ -202,6 +209,15 @@ impl Running {
     /// is gone, so the kernel hashes its clients to shards that do not know them).
     pub fn wait_failure(&self, timeout: Duration) -> Option<ShardFailure> {
         self.failures.recv_timeout(timeout).ok()
+    }
+
+    /// Reads the TLS certificate and key files again (for SIGHUP); new handshakes on every
+    /// shard use them. On an error the certificate in use stays. Without TLS, nothing.
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
+        match &self.certificates {
+            Some(c) => c.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Deletes every allocation through the core (so observers and stats hear of it),
@@ -385,6 +401,20 @@ pub fn start_with(
     sink: Option<Arc<dyn EventSink>>,
     knobs: TestKnobs,
 ) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    start_with_streams(config, streams, observer, sink, knobs)
+}
+
+/// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
+/// the configuration's stream options are not read.
+#[doc(hidden)]
+pub fn start_with_streams(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
             Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| Some(c.id)).collect(),
@@ -424,7 +454,7 @@ pub fn start_with(
         });
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
-    for addr in &listen {
+    for addr in listen.iter().filter(|_| !config.no_udp) {
         if let Err(e) = bind_udp(*addr, false, 0) {
             return Err(io::Error::new(
                 e.kind(),
@@ -442,11 +472,7 @@ pub fn start_with(
     let stop = Arc::new(AtomicBool::new(false));
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
     let policy = peer_policy(config);
-    if config.no_tcp || config.no_tls || config.no_dtls {
-        tracing::info!(
-            "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
-        );
-    }
+    streams.check_free(&listen)?;
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
@@ -467,6 +493,7 @@ pub fn start_with(
         draining: Arc::new(AtomicBool::new(false)),
         live: Arc::new(live::LiveSettings::new(policy.clone(), config.max_bps)),
         quotas: quotas.clone(),
+        certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -520,6 +547,8 @@ pub fn start_with(
             metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
             draining: running.draining.clone(),
             live: running.live.clone(),
+            udp: !config.no_udp,
+            streams: streams.clone(),
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -580,11 +609,19 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         draining: spec.draining.clone(),
         live: spec.live.clone(),
         live_seen: 0,
+        streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
         let relay_sockets = spec.server.ports.clone().count();
-        match uring::Shard::new(&spec.listen, relay_sockets, spec.batch_wait_us, &spec.knobs) {
+        match uring::Shard::new(
+            &spec.listen,
+            spec.udp,
+            &spec.streams,
+            relay_sockets,
+            spec.batch_wait_us,
+            &spec.knobs,
+        ) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -610,7 +647,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
         }
     }
-    match portable::Shard::new(&spec.listen) {
+    match portable::Shard::new(&spec.listen, spec.udp, &spec.streams) {
         Ok(shard) => {
             let wake = shard.waker();
             set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -661,6 +698,7 @@ fn report(
         backend,
         counters: state.server.counters().clone(),
         io: state.io.clone(),
+        streams: state.streams.clone(),
         failure,
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct ShardState {
     /// Peer policy and `--max-bps` as reloaded, and the generation this shard applied.
     pub live: Arc<super::live::LiveSettings>,
     pub live_seen: u64,
+    /// The stream side's counters, as of its last sweep and when the shard stops.
+    pub streams: super::stream::StreamCounters,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -61,7 +63,13 @@ impl ShardState {
 
     /// Delivers events to the observer and the stats sink.
     pub fn dispatch_events(&mut self) {
+        self.dispatch_events_with(|_| {});
+    }
+
+    /// The same, showing each event to `also` first (the stream side tracks allocations).
+    pub fn dispatch_events_with(&mut self, mut also: impl FnMut(&Event)) {
         while let Some(event) = self.server.poll_event() {
+            also(&event);
             match &event {
                 Event::AllocationCreated { info, .. } => self.observer.on_allocation_created(info),
                 Event::AllocationDeleted { info, totals, .. } => {

@@ -12,6 +12,9 @@
 //! and a client's ChannelData payload goes to the peer from its receive buffer. A buffer
 //! that carries a send returns to the ring when the send completes; any other at once.
 //!
+//! TCP and TLS clients are served by the stream module on an epoll set of its own, which
+//! the ring polls (`streams`); stream traffic takes plain read/write calls.
+//!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses); this
 //! file is the loop that turns completions into the core's inputs.
@@ -23,6 +26,7 @@ mod io;
 mod op;
 mod pacer;
 mod recover;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +35,7 @@ use self::buffers::{Buffers, Lent, BUF_SIZE};
 use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
+use super::stream::{StreamOptions, Streams};
 use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
@@ -96,6 +101,8 @@ pub(crate) struct Shard {
     cq_dropped: u32,
     /// Completions were dropped: check every receive at the end of the turn.
     recheck_due: bool,
+    /// TCP and TLS clients, on an epoll set the ring polls.
+    streams: Option<Streams>,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -130,6 +137,8 @@ impl Shard {
     /// own thread (the ring is single-issuer).
     pub fn new(
         listen: &[SocketAddr],
+        udp: bool,
+        stream_options: &StreamOptions,
         relay_sockets: usize,
         batch_wait_us: u32,
         knobs: &TestKnobs,
@@ -178,8 +187,12 @@ impl Shard {
             buffers.count()
         ));
         let mut listeners = Vec::with_capacity(listen.len());
-        for addr in listen {
+        for addr in listen.iter().filter(|_| udp) {
             listeners.push((*addr, bind_listener(*addr)?));
+        }
+        let streams = Streams::new(listen, stream_options)?;
+        if streams.is_some() {
+            features.push_str(", TCP/TLS clients through epoll");
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -198,11 +211,13 @@ impl Shard {
             pacer: Pacer::new(batch_wait_us),
             cq_dropped: 0,
             recheck_due: false,
+            streams,
         };
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }
         shard.arm_wake();
+        shard.arm_streams();
         shard.io.submit()?;
         Ok(shard)
     }
@@ -238,7 +253,8 @@ impl Shard {
         let result = self.serve(state);
         state.server.shutdown(Instant::now(), &mut self.io);
         self.flush_transmits(state);
-        state.dispatch_events();
+        self.dispatch_events(state);
+        self.stop_streams(state);
         if result.is_ok() {
             self.drain();
         } else {
@@ -252,7 +268,10 @@ impl Shard {
         let mut failing_since = None;
         loop {
             let now = Instant::now();
-            let timeout = state.sleep_for(now, IDLE);
+            let mut timeout = state.sleep_for(now, IDLE);
+            if let Some(s) = &self.streams {
+                timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
+            }
             self.buffers.publish();
             self.io.queue_pending_cancels();
             let ts = Timespec::new()
@@ -296,12 +315,13 @@ impl Shard {
                 self.complete(state, now, entry);
             }
             state.end_turn(now, &mut self.io);
+            self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();
             if std::mem::take(&mut self.recheck_due) && !state.stopping() {
                 self.recheck_receives();
             }
-            state.dispatch_events();
+            self.dispatch_events(state);
             if state.stopping() {
                 return Ok(());
             }
@@ -352,6 +372,7 @@ impl Shard {
             Some(op @ (Op::RecheckListen { .. } | Op::RecheckRelay { .. })) => {
                 self.rechecked(state.stopping(), op, entry.result())
             }
+            Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
             Some(Op::Cancel) | None => {}
         }
     }
@@ -465,6 +486,18 @@ impl Shard {
                         local,
                         client,
                         range,
+                        transport,
+                    } if transport.is_stream() => {
+                        // Written or queued by the connection: the buffer goes back.
+                        if let Some(s) = self.streams.as_mut() {
+                            s.send_to_client(local, client, &buf[range]);
+                        }
+                        None
+                    }
+                    PeerAction::ToClient {
+                        local,
+                        client,
+                        range,
                         ..
                     } => self
                         .io
@@ -491,6 +524,13 @@ impl Shard {
 
     fn flush_transmits(&mut self, state: &mut ShardState) {
         while let Some(t) = state.server.poll_transmit() {
+            let t = match self.streams.as_mut() {
+                Some(s) => match s.route(t) {
+                    Some(t) => t,
+                    None => continue,
+                },
+                None => t,
+            };
             let Some(fd) = self.io.listener_for(t.local) else {
                 state.io.send_errors += 1;
                 continue;
