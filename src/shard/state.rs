@@ -105,6 +105,7 @@ impl ShardState {
         self.metrics.publish(
             self.server.counters(),
             &self.io,
+            &self.streams,
             self.server.allocation_count(),
         );
         if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
