@@ -31,8 +31,8 @@ fn server(now: Instant) -> Server {
 }
 
 /// A simulated world whose client (at `client`) has allocated and bound channel 0x4000 to
-/// `peer`; returns it and the relay id.
-fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
+/// `peer`; returns it, the relay id and the client's 5-tuple.
+fn setup(client: &str, peer: SocketAddr) -> (World, RelayId, FiveTuple) {
     let now = Instant::now();
     let mut world = World::from_server(server(now), now);
     let mut c = Client::new(client);
@@ -41,21 +41,19 @@ fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
     assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
     world.events();
     let id = world.relay_id(relay);
-    (world, id)
+    let tuple = world.tuple(c.addr, world.local);
+    (world, id, tuple)
 }
 
 fn forwarding(c: &mut Criterion) {
     let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
-    let (world, relay) = setup("203.0.113.5:40000", peer);
+    let (world, relay, tuple) = setup("203.0.113.5:40000", peer);
     let World {
         mut server,
         mut sockets,
         now,
-        local,
         ..
     } = world;
-    let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    let tuple = FiveTuple::udp(client, local);
 
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(1));
@@ -89,7 +87,6 @@ fn forwarding(c: &mut Criterion) {
 /// `stats::Publisher` over its bounded channel) and off (events dropped). Redis is
 /// `REDIS_URL` if set, else an address where nothing listens (the thread queues and merges).
 fn stats_on_off(c: &mut Criterion) {
-    let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
     let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let target = std::env::var("REDIS_URL")
         .ok()
@@ -104,15 +101,13 @@ fn stats_on_off(c: &mut Criterion) {
     let mut group = c.benchmark_group("stats");
     group.throughput(Throughput::Elements(1));
     for on in [false, true] {
-        let (world, _) = setup("203.0.113.5:40000", peer);
+        let (world, _, tuple) = setup("203.0.113.5:40000", peer);
         let World {
             mut server,
             mut sockets,
             now,
-            local,
             ..
         } = world;
-        let tuple = FiveTuple::udp(client, local);
         let name = if on {
             "forward_170B_stats_on"
         } else {

@@ -11,6 +11,9 @@ mod knobs;
 mod pktinfo;
 mod portable;
 mod state;
+pub mod stream;
+mod stream_conn;
+pub mod tls;
 mod uring;
 
 pub use failure::ShardFailure;
@@ -120,6 +123,10 @@ pub(crate) struct ShardSpec {
     pub batch_wait_us: u32,
     pub knobs: TestKnobs,
     pub failures: mpsc::Sender<ShardFailure>,
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
+    pub draining: Arc<AtomicBool>,
+    pub udp: bool,
+    pub streams: stream::StreamOptions,
 }
 
 /// What a shard reports when it ends.
@@ -129,6 +136,7 @@ pub struct ShardReport {
     pub backend: &'static str,
     pub counters: ServerCounters,
     pub io: IoCounters,
+    pub streams: stream::StreamCounters,
     /// Why the shard stopped on its own, if it did.
     pub failure: Option<String>,
 }
@@ -142,6 +150,9 @@ pub struct Running {
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
     failures: mpsc::Receiver<ShardFailure>,
+    metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+    draining: Arc<AtomicBool>,
+    certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl Running {
@@ -164,11 +175,34 @@ impl Running {
         &self.backends
     }
 
+    /// What each shard publishes for the metrics endpoint, by shard index.
+    pub fn metrics(&self) -> &[Arc<crate::metrics::ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// Draining shards refuse new allocations (300 with an alternate server, else 403) and
+    /// keep serving the ones they have; applied by each shard within one loop turn.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
     /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
     /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
     /// is gone, so the kernel hashes its clients to shards that do not know them).
     pub fn wait_failure(&self, timeout: Duration) -> Option<ShardFailure> {
         self.failures.recv_timeout(timeout).ok()
+    }
+
+    /// Reads the TLS certificate and key files again (for SIGHUP); new handshakes on every
+    /// shard use them. On an error the certificate in use stays. Without TLS, nothing.
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
+        match &self.certificates {
+            Some(c) => c.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Deletes every allocation through the core (so observers and stats hear of it),
@@ -341,6 +375,20 @@ pub fn start_with(
     sink: Option<Arc<dyn EventSink>>,
     knobs: TestKnobs,
 ) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    start_with_streams(config, streams, observer, sink, knobs)
+}
+
+/// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
+/// the configuration's stream options are not read.
+#[doc(hidden)]
+pub fn start_with_streams(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
             Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| Some(c.id)).collect(),
@@ -380,7 +428,7 @@ pub fn start_with(
         });
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
-    for addr in &listen {
+    for addr in listen.iter().filter(|_| !config.no_udp) {
         if let Err(e) = bind_udp(*addr, false, 0) {
             return Err(io::Error::new(
                 e.kind(),
@@ -403,11 +451,7 @@ pub fn start_with(
         denied: config.denied_peer_ips.clone(),
     };
     policy.allowed.shrink_to_fit();
-    if config.no_tcp || config.no_tls || config.no_dtls {
-        tracing::info!(
-            "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
-        );
-    }
+    streams.check_free(&listen)?;
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
@@ -424,6 +468,9 @@ pub fn start_with(
         listen: listen.clone(),
         port_slices: slices.clone(),
         backends: Vec::new(),
+        metrics: Vec::new(),
+        draining: Arc::new(AtomicBool::new(false)),
+        certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -474,7 +521,12 @@ pub fn start_with(
             batch_wait_us: config.batch_wait_us,
             knobs: knobs.clone(),
             failures: failures_tx.clone(),
+            metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
+            draining: running.draining.clone(),
+            udp: !config.no_udp,
+            streams: streams.clone(),
         };
+        running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("uturn-shard-{index}"))
@@ -529,11 +581,21 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         summary_at: Instant::now(),
         summary_received: 0,
         fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
+        metrics: spec.metrics.clone(),
+        draining: spec.draining.clone(),
+        streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
         let relay_sockets = spec.server.ports.clone().count();
-        match uring::Shard::new(&spec.listen, relay_sockets, spec.batch_wait_us, &spec.knobs) {
+        match uring::Shard::new(
+            &spec.listen,
+            spec.udp,
+            &spec.streams,
+            relay_sockets,
+            spec.batch_wait_us,
+            &spec.knobs,
+        ) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -559,7 +621,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
         }
     }
-    match portable::Shard::new(&spec.listen) {
+    match portable::Shard::new(&spec.listen, spec.udp, &spec.streams) {
         Ok(shard) => {
             let wake = shard.waker();
             set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -610,6 +672,7 @@ fn report(
         backend,
         counters: state.server.counters().clone(),
         io: state.io.clone(),
+        streams: state.streams.clone(),
         failure,
     }
 }

@@ -12,15 +12,21 @@
 //! and a client's ChannelData payload goes to the peer from its receive buffer. A buffer
 //! that carries a send returns to the ring when the send completes; any other at once.
 //!
+//! TCP and TLS clients are served by the stream module on an epoll set of its own, which
+//! the ring polls (`streams`); stream traffic takes plain read/write calls.
+//!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses); this
 //! file is the loop that turns completions into the core's inputs.
 
 mod addr;
 mod buffers;
+mod drain;
 mod io;
 mod op;
 mod pacer;
+mod recover;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -29,9 +35,10 @@ use self::buffers::{Buffers, Lent, BUF_SIZE};
 use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
+use super::stream::{StreamOptions, Streams};
 use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
-use ::io_uring::types::{CancelBuilder, RecvMsgOut, SubmitArgs, Timespec};
+use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
 use std::fs::File;
 use std::io::Write;
@@ -92,6 +99,10 @@ pub(crate) struct Shard {
     pacer: Pacer,
     /// The kernel's count of completions it had to drop, as last seen.
     cq_dropped: u32,
+    /// Completions were dropped: check every receive at the end of the turn.
+    recheck_due: bool,
+    /// TCP and TLS clients, on an epoll set the ring polls.
+    streams: Option<Streams>,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -126,6 +137,8 @@ impl Shard {
     /// own thread (the ring is single-issuer).
     pub fn new(
         listen: &[SocketAddr],
+        udp: bool,
+        stream_options: &StreamOptions,
         relay_sockets: usize,
         batch_wait_us: u32,
         knobs: &TestKnobs,
@@ -174,8 +187,12 @@ impl Shard {
             buffers.count()
         ));
         let mut listeners = Vec::with_capacity(listen.len());
-        for addr in listen {
+        for addr in listen.iter().filter(|_| udp) {
             listeners.push((*addr, bind_listener(*addr)?));
+        }
+        let streams = Streams::new(listen, stream_options)?;
+        if streams.is_some() {
+            features.push_str(", TCP/TLS clients through epoll");
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -193,11 +210,14 @@ impl Shard {
             features,
             pacer: Pacer::new(batch_wait_us),
             cq_dropped: 0,
+            recheck_due: false,
+            streams,
         };
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }
         shard.arm_wake();
+        shard.arm_streams();
         shard.io.submit()?;
         Ok(shard)
     }
@@ -233,7 +253,8 @@ impl Shard {
         let result = self.serve(state);
         state.server.shutdown(Instant::now(), &mut self.io);
         self.flush_transmits(state);
-        state.dispatch_events();
+        self.dispatch_events(state);
+        self.stop_streams(state);
         if result.is_ok() {
             self.drain();
         } else {
@@ -247,7 +268,10 @@ impl Shard {
         let mut failing_since = None;
         loop {
             let now = Instant::now();
-            let timeout = state.sleep_for(now, IDLE);
+            let mut timeout = state.sleep_for(now, IDLE);
+            if let Some(s) = &self.streams {
+                timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
+            }
             self.buffers.publish();
             self.io.queue_pending_cancels();
             let ts = Timespec::new()
@@ -281,7 +305,7 @@ impl Shard {
             if self.io.ring.submission().cq_overflow() {
                 state.io.cq_overflowed += 1;
             }
-            self.check_dropped(state);
+            self.count_dropped(state, false);
             completions.clear();
             completions.append(&mut self.io.backlog);
             completions.extend(self.io.ring.completion());
@@ -291,98 +315,16 @@ impl Shard {
                 self.complete(state, now, entry);
             }
             state.end_turn(now, &mut self.io);
+            self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();
-            state.dispatch_events();
+            if std::mem::take(&mut self.recheck_due) && !state.stopping() {
+                self.recheck_receives();
+            }
+            self.dispatch_events(state);
             if state.stopping() {
                 return Ok(());
             }
-        }
-    }
-
-    /// A failed wait: the timeout and transient errors are retried (a transient error for
-    /// at most [`PERSISTENT`]); dropped completions are accounted and recovered from;
-    /// anything else means the ring cannot go on.
-    fn wait_failed(
-        &mut self,
-        state: &mut ShardState,
-        e: std::io::Error,
-        since: &mut Option<Instant>,
-    ) -> std::io::Result<()> {
-        let now = Instant::now();
-        match e.raw_os_error() {
-            Some(libc::ETIME) | Some(libc::EINTR) => Ok(()),
-            Some(libc::EBADR) => {
-                state.io.cq_lost += 1;
-                tracing::warn!(
-                    shard = state.index,
-                    "io_uring completion queue overflowed and the kernel dropped completions; \
-                     checking every receive"
-                );
-                self.recheck_receives();
-                Ok(())
-            }
-            Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOMEM) => {
-                let first = *since.get_or_insert(now);
-                if now.saturating_duration_since(first) > PERSISTENT {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("io_uring_enter kept failing for {PERSISTENT:?}: {e}"),
-                    ));
-                }
-                // Let the kernel reclaim what it lacks instead of spinning on it.
-                std::thread::sleep(Duration::from_millis(1));
-                Ok(())
-            }
-            _ => Err(std::io::Error::new(
-                e.kind(),
-                format!("io_uring_enter failed: {e}"),
-            )),
-        }
-    }
-
-    /// Completions the kernel dropped (its overflow list could not grow) may include the
-    /// last completion of a receive, which would then never be armed again: count them
-    /// and check every receive.
-    fn check_dropped(&mut self, state: &mut ShardState) {
-        let dropped = self.io.ring.completion().overflow();
-        if dropped != self.cq_dropped {
-            let lost = dropped.wrapping_sub(self.cq_dropped);
-            self.cq_dropped = dropped;
-            state.io.cq_lost += u64::from(lost);
-            tracing::warn!(
-                shard = state.index,
-                lost,
-                "io_uring dropped completions; checking every receive"
-            );
-            self.recheck_receives();
-        }
-    }
-
-    /// Cancels every receive with a recheck: a receive that is armed ends with its own
-    /// completion and is armed again as usual; one that ended unseen is reported "not
-    /// found" and armed again then.
-    fn recheck_receives(&mut self) {
-        let listeners = (0..self.io.listeners.len() as u32).map(|index| Op::ListenRecv { index });
-        let relays = self
-            .io
-            .relays
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.socket.is_some())
-            .map(|(i, r)| Op::RelayRecv {
-                index: i as u32,
-                gen: r.gen,
-            });
-        let ops: Vec<Op> = listeners.chain(relays).collect();
-        for op in ops {
-            let Some(recheck) = op.recheck() else {
-                continue;
-            };
-            let sqe = opcode::AsyncCancel2::new(CancelBuilder::user_data(op.encode()).all())
-                .build()
-                .user_data(recheck.encode());
-            self.io.push(&sqe);
         }
     }
 
@@ -428,31 +370,10 @@ impl Shard {
                 }
             }
             Some(op @ (Op::RecheckListen { .. } | Op::RecheckRelay { .. })) => {
-                self.rechecked(state, op, entry.result())
+                self.rechecked(state.stopping(), op, entry.result())
             }
+            Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
             Some(Op::Cancel) | None => {}
-        }
-    }
-
-    /// A recheck found no receive: it ended unseen (its completion was dropped).
-    fn rechecked(&mut self, state: &ShardState, recheck: Op, result: i32) {
-        let Some(op) = recheck.recheck() else {
-            return;
-        };
-        if result != -libc::ENOENT
-            || state.stopping()
-            || self.io.rearm.contains(&op)
-            || self.io.starved.contains(&op)
-        {
-            return;
-        }
-        let live = match op {
-            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
-            _ => true,
-        };
-        if live {
-            self.io.armed = self.io.armed.saturating_sub(1);
-            self.io.rearm.push(op);
         }
     }
 
@@ -565,6 +486,18 @@ impl Shard {
                         local,
                         client,
                         range,
+                        transport,
+                    } if transport.is_stream() => {
+                        // Written or queued by the connection: the buffer goes back.
+                        if let Some(s) = self.streams.as_mut() {
+                            s.send_to_client(local, client, &buf[range]);
+                        }
+                        None
+                    }
+                    PeerAction::ToClient {
+                        local,
+                        client,
+                        range,
                         ..
                     } => self
                         .io
@@ -591,6 +524,13 @@ impl Shard {
 
     fn flush_transmits(&mut self, state: &mut ShardState) {
         while let Some(t) = state.server.poll_transmit() {
+            let t = match self.streams.as_mut() {
+                Some(s) => match s.route(t) {
+                    Some(t) => t,
+                    None => continue,
+                },
+                None => t,
+            };
             let Some(fd) = self.io.listener_for(t.local) else {
                 state.io.send_errors += 1;
                 continue;
@@ -602,63 +542,6 @@ impl Shard {
             {
                 state.io.send_errors += 1;
             }
-        }
-    }
-
-    /// Cancels every receive and waits (bounded) until the kernel has let go of the
-    /// buffers, so the mappings can be freed.
-    fn drain(&mut self) {
-        for index in 0..self.io.listeners.len() as u32 {
-            let sqe = opcode::AsyncCancel::new(Op::ListenRecv { index }.encode())
-                .build()
-                .user_data(Op::Cancel.encode());
-            self.io.push(&sqe);
-        }
-        let wake = opcode::AsyncCancel::new(Op::WakeRead.encode())
-            .build()
-            .user_data(Op::Cancel.encode());
-        self.io.push(&wake);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut wake_done = !self.wake_armed;
-        while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
-            && Instant::now() < deadline
-        {
-            self.buffers.publish();
-            let ts = Timespec::new().nsec(50_000_000);
-            let args = SubmitArgs::new().timespec(&ts);
-            let _ = self.io.ring.submitter().submit_with_args(1, &args);
-            self.io.submitted();
-            let mut done = std::mem::take(&mut self.io.backlog);
-            done.extend(self.io.ring.completion());
-            for entry in done {
-                if let Some(lent) = self.buffers.take(&entry) {
-                    self.buffers.give_back(lent);
-                }
-                match Op::decode(entry.user_data()) {
-                    Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
-                        if !cqueue::more(entry.flags()) =>
-                    {
-                        self.io.armed = self.io.armed.saturating_sub(1)
-                    }
-                    Some(Op::Send { slot }) => {
-                        if let Some(buf) = self.io.finish_send(slot) {
-                            self.release(buf);
-                        }
-                    }
-                    Some(Op::WakeRead) => wake_done = true,
-                    _ => {}
-                }
-            }
-        }
-        if self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done {
-            // The kernel may still write into the buffers: keep them mapped for the life of
-            // the process rather than risk it writing into freed memory.
-            tracing::warn!(
-                "io_uring operations still in flight at shutdown; leaking their buffers and send slots"
-            );
-            self.buffers.leak();
-            self.io.leak();
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
     }
 }

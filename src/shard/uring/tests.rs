@@ -9,8 +9,18 @@ use crate::turn::RelaySockets;
 use std::net::UdpSocket;
 
 fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
-    Shard::new(&["127.0.0.1:0".parse().unwrap()], relays, 0, knobs)
-        .expect("io_uring set-up (these tests need io_uring)")
+    Shard::new(
+        &["127.0.0.1:0".parse().unwrap()],
+        true,
+        &crate::shard::stream::StreamOptions {
+            tcp: false,
+            ..Default::default()
+        },
+        relays,
+        0,
+        knobs,
+    )
+    .expect("io_uring set-up (these tests need io_uring)")
 }
 
 /// Waits up to `wait` for completions and returns them all (buffers given back).
@@ -179,4 +189,54 @@ fn a_queued_send_never_leaves_from_another_relay_address() {
     // Once everything queued reached the kernel, the old descriptor is closed.
     reap(&mut shard, Duration::from_millis(10));
     assert_eq!(shard.io.closing(), 0);
+}
+
+/// A receive whose last completion the kernel dropped is armed again by the recheck that
+/// follows, once: data sent to its socket then arrives, and one receive is armed.
+#[test]
+fn a_recheck_rearms_a_receive_whose_end_was_lost() {
+    let mut shard = test_shard(16, &TestKnobs::default());
+    let addr = UdpSocket::bind("127.77.3.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    shard.io.open(RelayId(0), addr).unwrap();
+    let armed = shard.io.armed;
+    let gen = shard.io.relays[0].gen;
+    let op = Op::RelayRecv { index: 0, gen };
+    // End the receive behind the shard's back and lose its last completion.
+    let cancel = opcode::AsyncCancel::new(op.encode())
+        .build()
+        .user_data(Op::Cancel.encode());
+    shard.io.push(&cancel);
+    shard.io.submit().unwrap();
+    let lost = reap(&mut shard, Duration::from_millis(50));
+    assert!(lost.iter().any(|e| Op::decode(e.user_data()) == Some(op)));
+    assert_eq!(shard.io.armed, armed, "the shard still counts it as armed");
+    // The loop's reaction to a drop: rechecks after the turn's re-arms.
+    shard.recheck_receives();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shard.io.rearm.is_empty() && Instant::now() < deadline {
+        for e in reap(&mut shard, Duration::from_millis(10)) {
+            if let Some(recheck @ Op::RecheckRelay { .. }) = Op::decode(e.user_data()) {
+                shard.rechecked(false, recheck, e.result());
+            }
+        }
+    }
+    assert_eq!(shard.io.rearm, vec![op], "re-armed once");
+    shard.rearm();
+    assert_eq!(shard.io.armed, armed);
+    shard.io.submit().unwrap();
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"after", addr)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut got = false;
+    while !got && Instant::now() < deadline {
+        got = reap(&mut shard, Duration::from_millis(10))
+            .iter()
+            .any(|e| Op::decode(e.user_data()) == Some(op) && e.result() > 0);
+    }
+    assert!(got, "the receive works again");
 }

@@ -1,6 +1,7 @@
 //! Forwarding (RFC 8656 §11, §12.4–12.5): ChannelData and Send indications from clients,
-//! datagrams from peers, through ONE check ([`Server::pass`]): allocation → expiry →
-//! channel → permission → size → bandwidth → counters.
+//! datagrams from peers, through ONE check (`Server::pass`): allocation → expiry →
+//! channel → permission (and, on the server's own addresses, relay ports only) → size →
+//! bandwidth → counters.
 //!
 //! Owns: the hot path. Must not: allocate, hash more than the 5-tuple, or log per packet.
 
@@ -22,6 +23,16 @@ enum Leg {
     FromPeer(SocketAddr),
 }
 
+/// A datagram at the forwarding check: the allocation it names (if any), how it names its
+/// peer, its size as received and its application data's size.
+#[derive(Copy, Clone)]
+struct Hop {
+    slot: Option<u32>,
+    leg: Leg,
+    received: usize,
+    payload: usize,
+}
+
 /// Where a datagram that passed goes.
 struct Route {
     peer: SocketAddr,
@@ -33,31 +44,19 @@ struct Route {
 impl Server {
     /// The one forwarding check. `received` is the datagram as it arrived, `payload` the
     /// application data in it. Counts the drop and returns `None` when it fails.
-    fn pass(
-        &mut self,
-        now: Instant,
-        slot: Option<u32>,
-        leg: Leg,
-        received: usize,
-        payload: usize,
-    ) -> Option<Route> {
-        match self.check(now, slot, leg, received, payload) {
-            Ok(route) => Some(route),
-            Err(cause) => {
-                self.counters.count_drop(cause);
-                None
-            }
-        }
+    fn pass(&mut self, now: Instant, hop: Hop) -> Option<Route> {
+        self.check(now, hop)
+            .map_err(|cause| self.counters.count_drop(cause))
+            .ok()
     }
 
-    fn check(
-        &mut self,
-        now: Instant,
-        slot: Option<u32>,
-        leg: Leg,
-        received: usize,
-        payload: usize,
-    ) -> Result<Route, Dropped> {
+    fn check(&mut self, now: Instant, hop: Hop) -> Result<Route, Dropped> {
+        let Hop {
+            slot,
+            leg,
+            received,
+            payload,
+        } = hop;
         let slot = slot.ok_or(Dropped::NoAllocation)?;
         let max_bps = self.config.max_bps;
         let alloc = self
@@ -140,7 +139,15 @@ impl Server {
         let len = cd.payload.len();
         match (
             slot,
-            self.pass(now, slot, Leg::Channel(cd.number), buf.len(), len),
+            self.pass(
+                now,
+                Hop {
+                    slot,
+                    leg: Leg::Channel(cd.number),
+                    received: buf.len(),
+                    payload: len,
+                },
+            ),
         ) {
             (Some(slot), Some(route)) => ClientAction::ToPeer {
                 relay: RelayId(slot),
@@ -167,7 +174,13 @@ impl Server {
             return ClientAction::None;
         };
         let received = msg.as_bytes().len();
-        match self.pass(now, Some(slot), Leg::Send(peer), received, data.value.len()) {
+        let hop = Hop {
+            slot: Some(slot),
+            leg: Leg::Send(peer),
+            received,
+            payload: data.value.len(),
+        };
+        match self.pass(now, hop) {
             Some(route) => {
                 let start = data.value_offset();
                 ClientAction::ToPeer {
@@ -180,7 +193,10 @@ impl Server {
         }
     }
 
-    pub(super) fn peer_datagram(
+    /// A datagram from `peer` received on relay socket `relay`. The payload is
+    /// `buf[payload]`; `payload.start >= PEER_HEADROOM` and
+    /// `buf.len() >= payload.end + PEER_TAILROOM` must hold, else the datagram is dropped.
+    pub fn handle_peer(
         &mut self,
         now: Instant,
         relay: RelayId,
@@ -197,7 +213,13 @@ impl Server {
         }
         let tid_seed = self.random();
         let len = payload.len();
-        let Some(route) = self.pass(now, Some(relay.0), Leg::FromPeer(peer), len, len) else {
+        let hop = Hop {
+            slot: Some(relay.0),
+            leg: Leg::FromPeer(peer),
+            received: len,
+            payload: len,
+        };
+        let Some(route) = self.pass(now, hop) else {
             return PeerAction::Drop;
         };
         let range = match route.channel {

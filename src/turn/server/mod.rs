@@ -211,20 +211,6 @@ impl Server {
         ClientAction::None
     }
 
-    /// A datagram from `peer` received on relay socket `relay`. The payload is
-    /// `buf[payload]`; `payload.start >= PEER_HEADROOM` and
-    /// `buf.len() >= payload.end + PEER_TAILROOM` must hold, else the datagram is dropped.
-    pub fn handle_peer(
-        &mut self,
-        now: Instant,
-        relay: RelayId,
-        peer: SocketAddr,
-        buf: &mut [u8],
-        payload: Range<usize>,
-    ) -> PeerAction {
-        self.peer_datagram(now, relay, peer, buf, payload)
-    }
-
     /// An asynchronous authentication answer (see [`crate::auth::Ticket`]) for a parked
     /// request.
     pub fn handle_auth_result(
