@@ -16,6 +16,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY benches benches
 COPY examples examples
 COPY src src
+# The XDP program, compiled and committed (src/xdp embeds it; no clang needed here).
+COPY bpf/uturn_xdp.o bpf/uturn_xdp.o
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin uturn \
