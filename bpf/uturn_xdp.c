@@ -39,9 +39,13 @@
 /* Default capacity; the loader may change it before loading. */
 #define MAX_ENTRIES 16384
 
+/* Not preallocated: per-CPU values cost 104 bytes per possible CPU and entry, which for a
+ * full map on a many-core host would be hundreds of MB held from the start. Entries are
+ * only ever inserted from user space, so allocating then costs nothing per packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct forward_key);
 	__type(value, struct forward_value);
 } forward SEC(".maps");
@@ -49,6 +53,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct reverse_key);
 	__type(value, struct reverse_value);
 } reverse SEC(".maps");

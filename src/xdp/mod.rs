@@ -34,8 +34,8 @@ use aya::{Ebpf, EbpfLoader};
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/uturn_xdp.o");
 const PROGRAM: &str = "uturn_xdp";
 
-/// Entries per map unless the caller asks otherwise. Each entry costs ~110 bytes per
-/// possible CPU (per-CPU values of 104 bytes), preallocated by the kernel.
+/// Entries per map unless the caller asks otherwise. An installed entry costs ~110 bytes
+/// per possible CPU (per-CPU values of 104 bytes); the maps are not preallocated.
 pub const DEFAULT_MAX_ENTRIES: u32 = 16384;
 
 /// How the program runs on an interface (`--xdp-mode`): `Native` in the driver (veth, most
