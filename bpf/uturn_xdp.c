@@ -169,6 +169,18 @@ static __always_inline int parse(struct xdp_md *ctx, struct datagram *d, int v6)
 
 		if (ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
 			return -1;
+		/* The rewrite writes a fresh header checksum: a damaged header must not be
+		 * laundered into a valid one, so it goes to the stack (which drops it). */
+		{
+			const __u16 *w = (const __u16 *)ip;
+			__u32 sum = 0;
+
+#pragma unroll
+			for (int i = 0; i < 10; i++)
+				sum = csum_add(sum, w[i]);
+			if (csum_fold(sum) != 0xffff)
+				return -1;
+		}
 		/* MF set or a fragment offset: a fragment. */
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return -1;

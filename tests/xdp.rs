@@ -395,9 +395,12 @@ fn passes(f: &Family) {
         let tot = u16::from_be_bytes([opts[16], opts[17]]) + 4;
         opts[16..18].copy_from_slice(&tot.to_be_bytes());
         assert_pass(&o, &opts, xc0, "IPv4 options");
-        let mut tcp = base;
+        let mut tcp = base.clone();
         tcp[23] = 6;
         assert_pass(&o, &tcp, xc0, "TCP");
+        let mut damaged = base;
+        damaged[22] ^= 0x01; // TTL changed, header checksum left as it was
+        assert_pass(&o, &damaged, xc0, "IPv4 header checksum wrong");
     } else {
         let base = from_client(&cd(0x4001));
         let mut frag = base.clone();

@@ -19,7 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use lab::Netns;
-use uturn::client::{Client, Incoming};
+use uturn::client::{Client, ClientError, Incoming};
 use uturn::stun;
 use uturn::xdp::{ChannelOffload, Mode, Offload, DEFAULT_MAX_ENTRIES};
 use uturn_process::Server;
@@ -141,26 +141,44 @@ fn wait_until<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// One datagram at the peer, from the relay address, within 2 s.
+/// One datagram at the peer, from the relay address, within 2 s. A receive with a timeout
+/// is not restarted after a signal (EINTR, seen under load while children start and stop),
+/// so an interrupted wait is resumed until the deadline.
 fn peer_recv(peer: &UdpSocket, relayed: SocketAddr) -> Vec<u8> {
     let mut buf = [0u8; 2048];
-    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let (n, from) = peer
-        .recv_from(&mut buf)
-        .expect("peer: datagram from the relay");
-    assert_eq!(from, relayed, "the peer sees the relay address");
-    buf[..n].to_vec()
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "peer: no datagram from the relay within 2 s"
+        );
+        peer.set_read_timeout(Some(left)).unwrap();
+        match peer.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                assert_eq!(from, relayed, "the peer sees the relay address");
+                return buf[..n].to_vec();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("peer: no datagram from the relay: {e}"),
+        }
+    }
 }
 
 fn client_recv(client: &mut Client) -> Vec<u8> {
-    match client
-        .recv(Duration::from_secs(2))
-        .expect("client: ChannelData")
-    {
-        Incoming::ChannelData { channel, data } => {
-            assert_eq!(channel, CHANNEL);
-            data
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "client: no ChannelData within 2 s");
+        match client.recv(left) {
+            Ok(Incoming::ChannelData { channel, data }) => {
+                assert_eq!(channel, CHANNEL);
+                return data;
+            }
+            Ok(other) => panic!("client: expected ChannelData, got {other:?}"),
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("client: no ChannelData: {e}"),
         }
-        other => panic!("client: expected ChannelData, got {other:?}"),
     }
 }
 
