@@ -617,3 +617,27 @@ fn loopback_is_delivered_locally_over_ipv4_only() {
         assert_eq!(o.maps().read_counters(&b).unwrap(), t);
     });
 }
+
+/// A full map refuses the install; nothing of the refused binding stays, the installed one
+/// keeps working.
+#[test]
+fn full_maps_refuse_installs_whole() {
+    let lab = Lab::new();
+    lab.run(|| {
+        lab::require_root();
+        let mut o = Offload::load(1).expect("load the XDP program");
+        let f = v4();
+        let b = binding(&f, 0x4001, 50000, f.peer);
+        o.maps_mut().install(&b).unwrap();
+        let other = binding(&f, 0x4002, 50001, f.near_peer);
+        assert!(matches!(o.maps_mut().install(&other), Err(Error::Map(_))));
+        assert_eq!(o.maps().len(), (1, 1));
+        let frame = Udp::new(f.client, f.server, &channel_data(0x4001, &[5; 8], &[])).frame();
+        let out = o
+            .test_run()
+            .unwrap()
+            .run(&frame, ifindex("xc0"), 1)
+            .unwrap();
+        assert_eq!(out.action, Action::Redirect);
+    });
+}
