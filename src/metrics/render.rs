@@ -2,7 +2,7 @@
 //! `turn_total_traffic_*`), `uturn_*` for the rest. Counters end in `_total` where they
 //! are uturn's own.
 
-use super::Sources;
+use super::{AllocationsByTransport, Sources};
 use crate::turn::{Dropped, Refusal};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,22 +39,27 @@ fn load(a: &AtomicU64) -> u64 {
 /// The whole exposition, rendered from the current values.
 pub fn render(s: &Sources) -> String {
     let mut o = Out(String::with_capacity(8192));
-    let shards: Vec<_> = s.shards.iter().map(|m| m.snapshot()).collect();
+    let shards: Vec<_> = s
+        .shards
+        .get()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|m| m.snapshot())
+        .collect();
 
     o.head(
         "turn_total_allocations",
         "gauge",
         "Allocations alive now, by client transport.",
     );
-    // The stream side counts its allocations twice a second, the core every turn: UDP's
-    // share is what remains (never below zero in between).
-    let allocations: u64 = shards.iter().map(|s| s.allocations).sum();
-    let tcp: u64 = shards.iter().map(|s| s.stream_allocations[0]).sum();
-    let tls: u64 = shards.iter().map(|s| s.stream_allocations[1]).sum();
-    let udp = allocations.saturating_sub(tcp + tls);
-    o.value("turn_total_allocations", "type=\"UDP\"", udp);
-    o.value("turn_total_allocations", "type=\"TCP\"", tcp);
-    o.value("turn_total_allocations", "type=\"TLS\"", tls);
+    for (i, t) in AllocationsByTransport::TRANSPORTS.iter().enumerate() {
+        let alive = load(&s.allocations.alive[i]);
+        o.value(
+            "turn_total_allocations",
+            &format!("type=\"{}\"", t.as_str()),
+            alive,
+        );
+    }
 
     let names = ["rcvp", "rcvb", "sentp", "sentb"];
     let what = [
@@ -156,24 +161,10 @@ pub fn render(s: &Sources) -> String {
             o.value(name, &format!("shard=\"{}\"", sh.index), get(sh));
         }
     }
-    o.head(
-        "uturn_stream_connections",
-        "gauge",
-        "TCP and TLS client connections open, by shard (updated twice a second).",
-    );
-    for sh in &shards {
-        let labels = format!("shard=\"{}\"", sh.index);
-        o.value("uturn_stream_connections", &labels, sh.stream_open);
-    }
-    o.head(
-        "uturn_stream_events_total",
-        "counter",
-        "TCP/TLS connections accepted, refused at --max-connections, closed (and why), and frames dropped for a full send queue or a closed connection, by shard.",
-    );
-    for sh in &shards {
-        for (j, event) in crate::shard::stream::STREAM_EVENTS.iter().enumerate() {
-            let labels = format!("shard=\"{}\",event=\"{event}\"", sh.index);
-            o.value("uturn_stream_events_total", &labels, sh.stream_events[j]);
+    for (i, (name, help)) in super::STREAM_METRICS.iter().enumerate() {
+        o.head(name, if i == 0 { "gauge" } else { "counter" }, help);
+        for sh in &shards {
+            o.value(name, &format!("shard=\"{}\"", sh.index), sh.streams[i]);
         }
     }
 

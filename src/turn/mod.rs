@@ -46,13 +46,13 @@ impl Transport {
         matches!(self, Transport::Tcp | Transport::Tls)
     }
 
-    /// coturn's spelling in Redis status messages (`type=UDP`; a TLS client is
-    /// `type=TLS/TCP`, as coturn 4.6.1 writes it).
+    /// The transport's name (`type=UDP` in Redis status messages and metrics; coturn's
+    /// Redis status spells a TLS client `TLS/TCP`, see `stats::status_text`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
-            Transport::Tls => "TLS/TCP",
+            Transport::Tls => "TLS",
             Transport::Dtls => "DTLS",
         }
     }
