@@ -126,6 +126,9 @@ impl ShardState {
                         + c.not_stun,
                     refused = c.peer_refused + c.quota_refused + c.ports_exhausted,
                     send_errors = self.io.send_errors,
+                    oversize = self.io.truncated,
+                    no_buffers = self.io.no_buffers,
+                    cq_lost = self.io.cq_lost,
                     "shard summary"
                 );
             }
