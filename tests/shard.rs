@@ -74,6 +74,9 @@ fn spawn_faulty(backend: &str, fault: &str) -> Process {
                 "0-1",
             ])
             .env("UTURN_TEST_FAULT", fault)
+            // As a service runs it: scripts/test.sh sets RUST_BACKTRACE=1, and symbolising a
+            // debug binary's backtrace alone took over a second on the loaded test machine.
+            .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -631,23 +634,30 @@ fn default_listening_covers_ipv4_and_ipv6() {
     running.stop();
 }
 
-/// CPU time (user + system, clock ticks) of this process's thread named `name`.
-fn thread_ticks(name: &str) -> Option<u64> {
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        return Some(utime + stime);
-    }
-    None
+/// Ids of this process's threads named `name` (other tests' servers have shard threads of
+/// the same names).
+fn thread_ids(name: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time (user + system, clock ticks) of this process's thread `tid`.
+fn thread_ticks(tid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A peer floods a client that never reads, through a shard with 16 provided buffers:
@@ -661,7 +671,16 @@ fn buffer_exhaustion_neither_blocks_other_clients_nor_spins() {
         buffers: Some(16),
         ..TestKnobs::default()
     };
+    let earlier = thread_ids("uturn-shard-0");
     let running = start(config, &events, knobs);
+    let mut ours = thread_ids("uturn-shard-0");
+    ours.retain(|t| !earlier.contains(t));
+    assert_eq!(
+        ours.len(),
+        1,
+        "another test started a shard at the same moment: {ours:?}"
+    );
+    let shard_thread = ours.remove(0);
     let server = running.local_addrs()[0];
     let flooded = Relay::new(server);
     let mut other = Relay::new(server);
@@ -692,11 +711,10 @@ fn buffer_exhaustion_neither_blocks_other_clients_nor_spins() {
     stop.store(true, Ordering::Relaxed);
     flooding.join().unwrap();
     // Quiet: a shard that keeps re-arming starved receives burns its core.
-    let name = "uturn-shard-0";
-    let before = thread_ticks(name).expect("shard thread");
+    let before = thread_ticks(&shard_thread).expect("shard thread");
     // A measurement window (CPU over one second), not a wait for an event.
     std::thread::sleep(Duration::from_secs(1));
-    let used = thread_ticks(name).expect("shard thread") - before;
+    let used = thread_ticks(&shard_thread).expect("shard thread") - before;
     assert!(other.round_trip(100), "relaying after the flood");
     drop(flooded);
     let report = running.stop().remove(0);

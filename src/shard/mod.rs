@@ -9,6 +9,7 @@
 mod failure;
 mod host;
 mod knobs;
+mod live;
 mod pktinfo;
 mod portable;
 mod state;
@@ -130,6 +131,7 @@ pub(crate) struct ShardSpec {
     pub failures: mpsc::Sender<ShardFailure>,
     pub metrics: Arc<crate::metrics::ShardMetrics>,
     pub draining: Arc<AtomicBool>,
+    pub live: Arc<live::LiveSettings>,
     pub udp: bool,
     pub streams: stream::StreamOptions,
 }
@@ -157,6 +159,8 @@ pub struct Running {
     failures: mpsc::Receiver<ShardFailure>,
     metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
     draining: Arc<AtomicBool>,
+    live: Arc<live::LiveSettings>,
+    quotas: Arc<Quotas>,
     certificates: Option<Arc<tls::Certificates>>,
 }
 
@@ -194,6 +198,17 @@ impl Running {
         }
     }
 
+    /// A reloaded peer policy and `--max-bps` for every shard (see `turn::server::live` for
+    /// what they apply to); each shard takes them within one loop turn.
+    pub fn reconfigure(&self, config: &Config) {
+        self.live.set(peer_policy(config), config.max_bps);
+        self.quotas
+            .set_limits(config.user_quota, config.total_quota);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
     /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
     /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
     /// is gone, so the kernel hashes its clients to shards that do not know them).
@@ -222,6 +237,17 @@ impl Running {
             .map(|t| t.join().unwrap_or_default())
             .collect()
     }
+}
+
+/// The peer policy the configuration asks for.
+pub fn peer_policy(config: &Config) -> PeerPolicy {
+    let mut policy = PeerPolicy {
+        allow_loopback: config.allow_loopback_peers,
+        allowed: config.allowed_peer_ips.clone(),
+        denied: config.denied_peer_ips.clone(),
+    };
+    policy.allowed.shrink_to_fit();
+    policy
 }
 
 /// Starts one shard per configured core (test knobs from `UTURN_TEST_*`, see
@@ -312,12 +338,7 @@ pub fn start_with_streams(
     let quotas = Arc::new(Quotas::new(config.user_quota, config.total_quota));
     let stop = Arc::new(AtomicBool::new(false));
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
-    let mut policy = PeerPolicy {
-        allow_loopback: config.allow_loopback_peers,
-        allowed: config.allowed_peer_ips.clone(),
-        denied: config.denied_peer_ips.clone(),
-    };
-    policy.allowed.shrink_to_fit();
+    let policy = peer_policy(config);
     streams.check_free(&listen)?;
     tracing::info!(
         shards = cores.len(),
@@ -337,6 +358,8 @@ pub fn start_with_streams(
         backends: Vec::new(),
         metrics: Vec::new(),
         draining: Arc::new(AtomicBool::new(false)),
+        live: Arc::new(live::LiveSettings::new(policy.clone(), config.max_bps)),
+        quotas: quotas.clone(),
         certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
@@ -390,6 +413,7 @@ pub fn start_with_streams(
             failures: failures_tx.clone(),
             metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
             draining: running.draining.clone(),
+            live: running.live.clone(),
             udp: !config.no_udp,
             streams: streams.clone(),
         };
@@ -450,6 +474,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
         metrics: spec.metrics.clone(),
         draining: spec.draining.clone(),
+        live: spec.live.clone(),
+        live_seen: 0,
         streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);

@@ -125,14 +125,20 @@ impl Uturn {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Waits until the server answers Binding; false if it exited or `timeout` passed.
+    /// Waits until every shard runs ("uturn ready" in the log) and the server answers
+    /// Binding; false if it exited or `timeout` passed. The first shard answers before the
+    /// others have joined the SO_REUSEPORT group, and a joining shard re-hashes clients
+    /// away from the shard holding their allocation: a test must not start before.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
         let addr = self.addr();
+        let log = self.log.clone();
         let child = &mut self.child;
         let mut exited = false;
         wait_until(within(timeout), || {
             exited = matches!(child.try_wait(), Ok(Some(_)));
-            exited || binding(addr, Duration::from_millis(200)).is_some()
+            exited
+                || (std::fs::read_to_string(&log).is_ok_and(|l| l.contains("uturn ready"))
+                    && binding(addr, Duration::from_millis(200)).is_some())
         }) && !exited
     }
 

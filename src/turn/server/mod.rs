@@ -15,6 +15,7 @@ mod authenticate;
 mod config;
 mod expiry;
 mod forward;
+mod live;
 mod request;
 mod requests;
 mod table;
