@@ -18,6 +18,8 @@ COPY benches benches
 COPY bpf bpf
 COPY examples examples
 COPY src src
+# The XDP program, compiled and committed (src/xdp embeds it; no clang needed here).
+COPY bpf/uturn_xdp.o bpf/uturn_xdp.o
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin uturn \

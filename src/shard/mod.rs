@@ -249,6 +249,7 @@ pub fn peer_policy(config: &Config) -> PeerPolicy {
     policy.allowed.shrink_to_fit();
     policy
 }
+
 /// Starts one shard per configured core (test knobs from `UTURN_TEST_*`, see
 /// [`TestKnobs::from_env`]; none in production).
 pub fn start(
