@@ -120,6 +120,8 @@ fn webrtc_client(backend: &str) {
                 }
                 other => panic!("no echo for packet {i}: {other:?}"),
             }
+            // Pacing like a media stream (not a wait for an event): webrtc-rs binds the
+            // channel in the background, so later packets take the ChannelData path.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(echoed, 30);

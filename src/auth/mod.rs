@@ -7,6 +7,8 @@
 //! the core owns them (and the quota ledger). Must not: parse STUN beyond key derivation, or
 //! touch sockets. The dependency runs one way: auth → turn.
 
+pub mod userdb;
+
 pub use crate::turn::observer::{AuthDecision, AuthRequest, Observer, Ticket};
 pub use crate::turn::quotas::{QuotaExceeded, Quotas};
 

@@ -6,16 +6,34 @@
 //! the core's inputs/outputs, event dispatch to the observer and the stats sink.
 //! Must not: make protocol decisions (that is `turn`).
 
+mod failure;
+mod host;
+mod knobs;
+mod live;
+mod pktinfo;
 mod portable;
+mod state;
+pub mod stream;
+mod stream_conn;
+pub mod tls;
 mod uring;
+
+pub use failure::ShardFailure;
+pub use host::port_slices;
+use host::{
+    default_listen_ips, default_relay_ip, default_relay_ip_v6, own_addresses, raise_file_limit,
+};
+pub use knobs::{Fault, FaultKind, TestKnobs};
+pub use state::IoCounters;
+pub(crate) use state::ShardState;
 
 use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
-use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters};
+use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -26,105 +44,41 @@ use std::time::{Duration, Instant};
 const LISTEN_SOCKET_BUFFER: usize = 4 << 20;
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
 
+/// The largest datagram either backend takes, from a client or a peer: what fits an
+/// io_uring provided buffer (4,096 bytes) after the receive header and the core's
+/// headroom and tailroom. Larger ones are dropped and counted (`IoCounters::truncated`).
+pub const MAX_DATAGRAM: usize = uring::MAX_DATAGRAM;
+
 /// Wakes a shard from another thread (stop, asynchronous authentication answers).
 pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
 
-/// The part of a shard every backend shares: the TURN core ([`Server`]), the observer,
-/// the stats sink, the answers of asynchronous authentication and the stop flag.
-pub(crate) struct ShardState {
-    pub server: Server,
-    pub observer: Arc<dyn Observer>,
-    pub sink: Option<Arc<dyn EventSink>>,
-    pub auth_rx: mpsc::Receiver<(u64, AuthDecision)>,
-    pub stop: Arc<AtomicBool>,
-    pub io: IoCounters,
-    /// For the periodic summary line: shard index, when it was last written and the
-    /// datagrams received by then.
-    pub index: usize,
-    pub summary_at: Instant,
-    pub summary_received: u64,
+/// A listening socket (an SO_REUSEPORT member) at `addr`; on a wildcard address it
+/// reports each datagram's destination, so replies leave from the address the client used.
+pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = bind_udp(addr, true, LISTEN_SOCKET_BUFFER)?;
+    if addr.ip().is_unspecified() {
+        pktinfo::enable(&socket, addr)?;
+    }
+    Ok(socket)
 }
 
-/// How often a busy shard logs a summary line (an idle one stays quiet).
-const SUMMARY_EVERY: Duration = Duration::from_secs(60);
-
-/// Drops and faults below the core, per shard.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    pub received: u64,
-    pub sent: u64,
-    pub send_errors: u64,
-    pub truncated: u64,
-    pub no_buffers: u64,
-}
-
-impl ShardState {
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+/// The listener that sends as `local`: the one bound there, or the wildcard listener of
+/// its port and family, with `local`'s address as the source to set.
+pub(crate) fn listener_for<S>(
+    listeners: &[(SocketAddr, S)],
+    local: SocketAddr,
+) -> Option<(&S, Option<IpAddr>)> {
+    if let Some((_, s)) = listeners.iter().find(|(addr, _)| *addr == local) {
+        return Some((s, None));
     }
-
-    /// Delivers events to the observer and the stats sink.
-    pub fn dispatch_events(&mut self) {
-        while let Some(event) = self.server.poll_event() {
-            match &event {
-                Event::AllocationCreated { info, .. } => self.observer.on_allocation_created(info),
-                Event::AllocationDeleted { info, totals, .. } => {
-                    self.observer.on_allocation_removed(info, totals)
-                }
-                _ => {}
-            }
-            if let Some(sink) = &self.sink {
-                sink.send(event);
-            }
-        }
-    }
-
-    /// How long the shard may sleep: until the core's next timer, at most `idle`.
-    pub fn sleep_for(&self, now: Instant, idle: Duration) -> Duration {
-        self.server
-            .poll_timeout()
-            .map_or(idle, |t| t.saturating_duration_since(now).min(idle))
-    }
-
-    /// End of a loop turn: answers of asynchronous authentication, due timers, and now and
-    /// then a summary line in the log.
-    pub fn end_turn(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
-        self.take_auth_results(now, sockets);
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
-            self.server.handle_timeout(now, sockets);
-        }
-        if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
-            if self.io.received != self.summary_received {
-                let c = self.server.counters();
-                tracing::info!(
-                    shard = self.index,
-                    allocations = self.server.allocation_count(),
-                    received = self.io.received,
-                    relayed_to_peer = c.relayed_to_peer,
-                    relayed_to_client = c.relayed_to_client,
-                    unauthenticated = c.unauthenticated,
-                    dropped = c.no_allocation
-                        + c.no_permission
-                        + c.no_channel
-                        + c.rate_limited
-                        + c.malformed
-                        + c.not_stun,
-                    refused = c.peer_refused + c.quota_refused + c.ports_exhausted,
-                    send_errors = self.io.send_errors,
-                    "shard summary"
-                );
-            }
-            self.summary_at = now;
-            self.summary_received = self.io.received;
-        }
-    }
-
-    pub fn take_auth_results(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
-        while let Ok((ticket, decision)) = self.auth_rx.try_recv() {
-            self.server
-                .handle_auth_result(now, ticket, decision, sockets);
-        }
-    }
+    listeners
+        .iter()
+        .find(|(addr, _)| {
+            addr.ip().is_unspecified()
+                && addr.port() == local.port()
+                && addr.is_ipv4() == local.is_ipv4()
+        })
+        .map(|(_, s)| (s, Some(local.ip())))
 }
 
 /// Creates a nonblocking UDP socket bound at `addr`.
@@ -173,6 +127,13 @@ pub(crate) struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    pub knobs: TestKnobs,
+    pub failures: mpsc::Sender<ShardFailure>,
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
+    pub draining: Arc<AtomicBool>,
+    pub live: Arc<live::LiveSettings>,
+    pub udp: bool,
+    pub streams: stream::StreamOptions,
 }
 
 /// What a shard reports when it ends.
@@ -182,6 +143,9 @@ pub struct ShardReport {
     pub backend: &'static str,
     pub counters: ServerCounters,
     pub io: IoCounters,
+    pub streams: stream::StreamCounters,
+    /// Why the shard stopped on its own, if it did.
+    pub failure: Option<String>,
 }
 
 /// A running server: its shards and how to stop them.
@@ -192,6 +156,12 @@ pub struct Running {
     listen: Vec<SocketAddr>,
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
+    failures: mpsc::Receiver<ShardFailure>,
+    metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+    draining: Arc<AtomicBool>,
+    live: Arc<live::LiveSettings>,
+    quotas: Arc<Quotas>,
+    certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl Running {
@@ -214,6 +184,47 @@ impl Running {
         &self.backends
     }
 
+    /// What each shard publishes for the metrics endpoint, by shard index.
+    pub fn metrics(&self) -> &[Arc<crate::metrics::ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// Draining shards refuse new allocations (300 with an alternate server, else 403) and
+    /// keep serving the ones they have; applied by each shard within one loop turn.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
+    /// A reloaded peer policy and `--max-bps` for every shard (see `turn::server::live` for
+    /// what they apply to); each shard takes them within one loop turn.
+    pub fn reconfigure(&self, config: &Config) {
+        self.live.set(peer_policy(config), config.max_bps);
+        self.quotas
+            .set_limits(config.user_quota, config.total_quota);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
+    /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
+    /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
+    /// is gone, so the kernel hashes its clients to shards that do not know them).
+    pub fn wait_failure(&self, timeout: Duration) -> Option<ShardFailure> {
+        self.failures.recv_timeout(timeout).ok()
+    }
+
+    /// Reads the TLS certificate and key files again (for SIGHUP); new handshakes on every
+    /// shard use them. On an error the certificate in use stays. Without TLS, nothing.
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
+        match &self.certificates {
+            Some(c) => c.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// Deletes every allocation through the core (so observers and stats hear of it),
     /// stops and joins every shard.
     pub fn stop(self) -> Vec<ShardReport> {
@@ -228,121 +239,48 @@ impl Running {
     }
 }
 
-/// The address relay sockets bind to and XOR-RELAYED-ADDRESS shows, when `--relay-ip` is
-/// not given: the listening IP if it is specific, else the host's primary IPv4 address
-/// (found by routing, no packet sent), else loopback.
-fn default_relay_ip(listen: IpAddr) -> IpAddr {
-    if !listen.is_unspecified() {
-        return listen;
-    }
-    let routed = UdpSocket::bind("0.0.0.0:0").and_then(|s| {
-        // connect() on UDP only consults the routing table; nothing is sent.
-        s.connect("192.0.2.1:9")?;
-        s.local_addr()
-    });
-    match routed {
-        Ok(a) if !a.ip().is_unspecified() => a.ip(),
-        _ => {
-            tracing::warn!("no --relay-ip and no routable address found: relaying on 127.0.0.1");
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        }
-    }
-}
-
-/// Splits `min..=max` into `n` disjoint contiguous slices.
-pub fn port_slices(min: u16, max: u16, n: usize) -> Vec<(u16, u16)> {
-    let total = u32::from(max) - u32::from(min) + 1;
-    let n = (n as u32).clamp(1, total);
-    let per = total / n;
-    (0..n)
-        .map(|i| {
-            let start = u32::from(min) + i * per;
-            let end = if i == n - 1 {
-                u32::from(max)
-            } else {
-                start + per - 1
-            };
-            (start as u16, end as u16)
-        })
-        .collect()
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as servers do: every allocation holds
-/// a relay socket, so the usual soft limit of 1024 would cap a server at about a thousand
-/// allocations. Logs the resulting limit, and warns when the relay port range is larger.
-fn raise_file_limit(relay_ports: usize) {
-    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        Ok(limits) => limits,
-        Err(e) => {
-            tracing::warn!("cannot read RLIMIT_NOFILE: {e}");
-            return;
-        }
+/// The peer policy the configuration asks for.
+pub fn peer_policy(config: &Config) -> PeerPolicy {
+    let mut policy = PeerPolicy {
+        allow_loopback: config.allow_loopback_peers,
+        allowed: config.allowed_peer_ips.clone(),
+        denied: config.denied_peer_ips.clone(),
     };
-    let limit = if soft < hard {
-        match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(soft, hard, "cannot raise RLIMIT_NOFILE: {e}");
-                soft
-            }
-        }
-    } else {
-        soft
-    };
-    // Listening sockets, rings, the log and Redis need a few more descriptors.
-    let needed = relay_ports as u64 + 64;
-    if limit < needed {
-        tracing::warn!(
-            limit,
-            needed,
-            "open file limit is below the relay port range: allocations will fail with 508 once descriptors run out (raise the hard limit, e.g. LimitNOFILE= in the systemd unit)"
-        );
-    } else {
-        tracing::info!(limit, "open file limit");
-    }
+    policy.allowed.shrink_to_fit();
+    policy
 }
 
-/// Every IP this server listens or relays on, or advertises (all interface addresses when
-/// it listens or relays on a wildcard): the core lets clients reach these only on relay ports.
-fn own_addresses(config: &Config, listen: &[IpAddr], relays: &[Option<IpAddr>]) -> Vec<IpAddr> {
-    let external = config
-        .external_ips
-        .iter()
-        .flat_map(|(public, private)| [Some(*public), *private]);
-    let configured: Vec<IpAddr> = listen
-        .iter()
-        .copied()
-        .map(Some)
-        .chain(relays.iter().copied())
-        .chain(external)
-        .flatten()
-        .collect();
-    let mut own: Vec<IpAddr> = configured
-        .iter()
-        .copied()
-        .filter(|ip| !ip.is_unspecified())
-        .collect();
-    if configured.iter().any(IpAddr::is_unspecified) {
-        if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
-            own.extend(interfaces.filter_map(|i| {
-                let a = i.address?;
-                a.as_sockaddr_in()
-                    .map(|s| IpAddr::V4(std::net::SocketAddrV4::from(*s).ip().to_owned()))
-                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-            }));
-        }
-    }
-    let mut own: Vec<IpAddr> = own.into_iter().map(|ip| ip.to_canonical()).collect();
-    own.sort();
-    own.dedup();
-    own
-}
-
-/// Starts one shard per configured core.
+/// Starts one shard per configured core (test knobs from `UTURN_TEST_*`, see
+/// [`TestKnobs::from_env`]; none in production).
 pub fn start(
     config: &Config,
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
+) -> io::Result<Running> {
+    start_with(config, observer, sink, TestKnobs::from_env()?)
+}
+
+/// [`start`] with explicit test knobs.
+#[doc(hidden)]
+pub fn start_with(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    start_with_streams(config, streams, observer, sink, knobs)
+}
+
+/// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
+/// the configuration's stream options are not read.
+#[doc(hidden)]
+pub fn start_with_streams(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
 ) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
@@ -353,7 +291,7 @@ pub fn start(
         config.cores.iter().map(|&c| Some(c)).collect()
     };
     let listen_ips = if config.listening_ips.is_empty() {
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        default_listen_ips()
     } else {
         config.listening_ips.clone()
     };
@@ -368,10 +306,22 @@ pub fn start(
         .find(IpAddr::is_ipv4)
         .or_else(|| config.relay_ips.first().copied())
         .unwrap_or_else(|| default_relay_ip(listen_ips[0]));
-    let relay_v6 = config.relay_ips.iter().copied().find(IpAddr::is_ipv6);
+    let relay_v6 = config
+        .relay_ips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv6)
+        .or_else(|| {
+            let listen_v6 = listen_ips.iter().copied().find(IpAddr::is_ipv6)?;
+            config
+                .relay_ips
+                .is_empty()
+                .then(|| default_relay_ip_v6(listen_v6))
+                .flatten()
+        });
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
-    for addr in &listen {
+    for addr in listen.iter().filter(|_| !config.no_udp) {
         if let Err(e) = bind_udp(*addr, false, 0) {
             return Err(io::Error::new(
                 e.kind(),
@@ -388,30 +338,29 @@ pub fn start(
     let quotas = Arc::new(Quotas::new(config.user_quota, config.total_quota));
     let stop = Arc::new(AtomicBool::new(false));
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
-    let mut policy = PeerPolicy {
-        allow_loopback: config.allow_loopback_peers,
-        allowed: config.allowed_peer_ips.clone(),
-        denied: config.denied_peer_ips.clone(),
-    };
-    policy.allowed.shrink_to_fit();
-    if config.no_tcp || config.no_tls || config.no_dtls {
-        tracing::info!(
-            "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
-        );
-    }
+    let policy = peer_policy(config);
+    streams.check_free(&listen)?;
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
+        relay_v6 = ?relay_v6,
         listen = ?listen,
         "starting"
     );
+    let (failures_tx, failures) = mpsc::channel();
     let mut running = Running {
+        failures,
         threads: Vec::new(),
         wakers: Vec::new(),
         stop: stop.clone(),
         listen: listen.clone(),
         port_slices: slices.clone(),
         backends: Vec::new(),
+        metrics: Vec::new(),
+        draining: Arc::new(AtomicBool::new(false)),
+        live: Arc::new(live::LiveSettings::new(policy.clone(), config.max_bps)),
+        quotas: quotas.clone(),
+        certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -460,7 +409,15 @@ pub fn start(
             stop: stop.clone(),
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
+            knobs: knobs.clone(),
+            failures: failures_tx.clone(),
+            metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
+            draining: running.draining.clone(),
+            live: running.live.clone(),
+            udp: !config.no_udp,
+            streams: streams.clone(),
         };
+        running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("uturn-shard-{index}"))
@@ -514,10 +471,24 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         index: spec.index,
         summary_at: Instant::now(),
         summary_received: 0,
+        fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
+        metrics: spec.metrics.clone(),
+        draining: spec.draining.clone(),
+        live: spec.live.clone(),
+        live_seen: 0,
+        streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
-        match uring::Shard::new(&spec.listen, spec.batch_wait_us) {
+        let relay_sockets = spec.server.ports.clone().count();
+        match uring::Shard::new(
+            &spec.listen,
+            spec.udp,
+            &spec.streams,
+            relay_sockets,
+            spec.batch_wait_us,
+            &spec.knobs,
+        ) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -526,8 +497,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
                 }
                 let _ = ready.send(Ok((wake, "io-uring")));
                 let mut state = state_fn(server);
-                shard.run(&mut state);
-                return report(spec.index, "io-uring", &state);
+                let failure = failure::contain(shard, &mut state, uring::Shard::run);
+                return report(&spec, "io-uring", &state, failure);
             }
             Err(e) if spec.backend == Backend::IoUring => {
                 let _ = ready.send(Err(io::Error::new(
@@ -543,7 +514,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
         }
     }
-    match portable::Shard::new(&spec.listen) {
+    match portable::Shard::new(&spec.listen, spec.udp, &spec.streams) {
         Ok(shard) => {
             let wake = shard.waker();
             set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -552,8 +523,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
             let _ = ready.send(Ok((wake, "portable")));
             let mut state = state_fn(server);
-            shard.run(&mut state);
-            report(spec.index, "portable", &state)
+            let failure = failure::contain(shard, &mut state, portable::Shard::run);
+            report(&spec, "portable", &state, failure)
         }
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -572,28 +543,29 @@ fn set_ticket_sink(server: &mut Server, tx: mpsc::Sender<(u64, AuthDecision)>, w
     }));
 }
 
-fn report(index: usize, backend: &'static str, state: &ShardState) -> ShardReport {
+/// The shard's report; a failure also goes to [`Running::wait_failure`], logged with its
+/// cause.
+fn report(
+    spec: &ShardSpec,
+    backend: &'static str,
+    state: &ShardState,
+    failure: Option<String>,
+) -> ShardReport {
+    if let Some(cause) = &failure {
+        let failure = ShardFailure {
+            index: spec.index,
+            backend,
+            cause: cause.clone(),
+        };
+        tracing::error!("{failure}; its allocations were deleted, the server must stop");
+        let _ = spec.failures.send(failure);
+    }
     ShardReport {
-        index,
+        index: spec.index,
         backend,
         counters: state.server.counters().clone(),
         io: state.io.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_slices_are_disjoint_and_cover_the_range() {
-        let s = port_slices(49152, 65535, 3);
-        assert_eq!(s.first().unwrap().0, 49152);
-        assert_eq!(s.last().unwrap().1, 65535);
-        for w in s.windows(2) {
-            assert_eq!(w[0].1 + 1, w[1].0);
-        }
-        assert_eq!(port_slices(1000, 1001, 4).len(), 2, "never an empty slice");
-        assert_eq!(port_slices(5, 5, 1), vec![(5, 5)]);
+        streams: state.streams.clone(),
+        failure,
     }
 }
