@@ -13,7 +13,8 @@
  * that does not match an entry exactly, or that this program cannot forward as it is, goes
  * to the kernel stack unchanged (XDP_PASS): STUN, unbound channels, fragments, IPv4 options,
  * IPv6 extension headers, VLAN tags, datagrams too big for the egress MTU, and routes or
- * neighbours the kernel does not know yet.
+ * neighbours the kernel does not know yet. The one rewritten datagram it passes up is an
+ * IPv4 one for a loopback address received on loopback: the stack delivers it locally.
  *
  * The license string is GPL-compatible because bpf_fib_lookup is a GPL-only helper.
  */
@@ -38,9 +39,13 @@
 /* Default capacity; the loader may change it before loading. */
 #define MAX_ENTRIES 16384
 
+/* Not preallocated: per-CPU values cost 104 bytes per possible CPU and entry, which for a
+ * full map on a many-core host would be hundreds of MB held from the start. Entries are
+ * only ever inserted from user space, so allocating then costs nothing per packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct forward_key);
 	__type(value, struct forward_value);
 } forward SEC(".maps");
@@ -48,6 +53,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct reverse_key);
 	__type(value, struct reverse_value);
 } reverse SEC(".maps");
@@ -163,6 +169,18 @@ static __always_inline int parse(struct xdp_md *ctx, struct datagram *d, int v6)
 
 		if (ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
 			return -1;
+		/* The rewrite writes a fresh header checksum: a damaged header must not be
+		 * laundered into a valid one, so it goes to the stack (which drops it). */
+		{
+			const __u16 *w = (const __u16 *)ip;
+			__u32 sum = 0;
+
+#pragma unroll
+			for (int i = 0; i < 10; i++)
+				sum = csum_add(sum, w[i]);
+			if (csum_fold(sum) != 0xffff)
+				return -1;
+		}
 		/* MF set or a fragment offset: a fragment. */
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return -1;
@@ -234,6 +252,36 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct next_hop *hop, co
 	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
 	__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
 	hop->expires = now + NEXT_HOP_TTL_NS;
+	return 0;
+}
+
+/* An IPv4 datagram for a loopback address that arrived on loopback (peer and client on
+ * this host, the offload in generic mode on `lo`) is rewritten and handed to the stack,
+ * which delivers it to the destination socket: no route lookup, the frame's own MACs kept,
+ * and no UDP checksum (0, legal over IPv4). A local sender leaves the checksum for the
+ * receiver to finish (CHECKSUM_PARTIAL), which XDP cannot see, so no incremental update
+ * could be right; over IPv6, where the checksum is mandatory, loopback is not offloaded. */
+#define LOOPBACK_IFINDEX 1
+
+static __always_inline int local_delivery(struct xdp_md *ctx, const __u8 *dst, int v6)
+{
+	if (ctx->ingress_ifindex != LOOPBACK_IFINDEX || v6)
+		return 0;
+	return dst[12] == 127;
+}
+
+/* The "next hop" of a locally delivered datagram: the MACs it came with. */
+static __always_inline int same_macs(struct xdp_md *ctx, struct next_hop *hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__builtin_memcpy(hop->smac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(hop->dmac, eth->h_dest, ETH_ALEN);
+	hop->ifindex = LOOPBACK_IFINDEX;
 	return 0;
 }
 
@@ -329,6 +377,9 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 	__u16 check = 0;
 	__u16 off = l4_offset(v6) + sizeof(struct udphdr) + 4 + len;
 	__u16 ip_len;
+	struct next_hop here = {};
+	const struct next_hop *hop;
+	int local;
 
 	__builtin_memcpy(key.client_addr, d->tuple.peer_addr, 16);
 	__builtin_memcpy(key.server_addr, d->tuple.relay_addr, 16);
@@ -340,11 +391,19 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 		return -1;
 
 	ip_len = (v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr)) + sizeof(struct udphdr) + len;
-	if (next_hop(ctx, &v->hop, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port, ip_len,
-		     d->tos, v6))
-		return XDP_PASS;
+	local = local_delivery(ctx, v->peer_addr, v6);
+	if (local) {
+		if (same_macs(ctx, &here))
+			return XDP_PASS;
+		hop = &here;
+	} else {
+		if (next_hop(ctx, &v->hop, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port,
+			     ip_len, d->tos, v6))
+			return XDP_PASS;
+		hop = &v->hop;
+	}
 
-	if (d->udp_check) {
+	if (d->udp_check && !local) {
 		__u32 sum = (__u16)~d->udp_check;
 
 		sum = csum_sub(sum, channel);
@@ -378,15 +437,15 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct datagram *d, __be1
 
 	if (bpf_xdp_adjust_head(ctx, 4))
 		return XDP_PASS;
-	if (write_headers(ctx, &v->hop, d, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port,
-			  len, check, v6))
+	if (write_headers(ctx, hop, d, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port, len,
+			  check, v6))
 		return XDP_ABORTED;
 	trim_tail(ctx, len, v6);
 
 	v->counters.packets++;
 	v->counters.rx_bytes += d->payload_len;
 	v->counters.tx_bytes += len;
-	return send(ctx, &v->hop);
+	return local ? XDP_PASS : send(ctx, hop);
 }
 
 /* peer -> client, or XDP_PASS when the source is no bound peer of that relay address. */
@@ -399,6 +458,9 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 	__u16 ip_len;
 	void *data, *end;
 	__be16 *chd;
+	struct next_hop here = {};
+	const struct next_hop *hop;
+	int local;
 
 	v = bpf_map_lookup_elem(&reverse, &d->tuple);
 	if (!v)
@@ -407,11 +469,19 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 	if (len > 0xffff - 4 - sizeof(struct udphdr) - hdr_len)
 		return XDP_PASS;
 	ip_len = hdr_len + sizeof(struct udphdr) + 4 + len;
-	if (next_hop(ctx, &v->hop, v->server_addr, v->client_addr, v->server_port, v->client_port,
-		     ip_len, d->tos, v6))
-		return XDP_PASS;
+	local = local_delivery(ctx, v->client_addr, v6);
+	if (local) {
+		if (same_macs(ctx, &here))
+			return XDP_PASS;
+		hop = &here;
+	} else {
+		if (next_hop(ctx, &v->hop, v->server_addr, v->client_addr, v->server_port,
+			     v->client_port, ip_len, d->tos, v6))
+			return XDP_PASS;
+		hop = &v->hop;
+	}
 
-	if (d->udp_check) {
+	if (d->udp_check && !local) {
 		__u32 sum = (__u16)~d->udp_check;
 
 		sum = csum_add(sum, v->channel);
@@ -424,7 +494,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 
 	if (bpf_xdp_adjust_head(ctx, -4))
 		return XDP_PASS;
-	if (write_headers(ctx, &v->hop, d, v->server_addr, v->client_addr, v->server_port,
+	if (write_headers(ctx, hop, d, v->server_addr, v->client_addr, v->server_port,
 			  v->client_port, len + 4, check, v6))
 		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
@@ -439,7 +509,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct datagram *d, int
 	v->counters.packets++;
 	v->counters.rx_bytes += len;
 	v->counters.tx_bytes += len + 4;
-	return send(ctx, &v->hop);
+	return local ? XDP_PASS : send(ctx, hop);
 }
 
 static __always_inline int relay(struct xdp_md *ctx, int v6)

@@ -395,9 +395,12 @@ fn passes(f: &Family) {
         let tot = u16::from_be_bytes([opts[16], opts[17]]) + 4;
         opts[16..18].copy_from_slice(&tot.to_be_bytes());
         assert_pass(&o, &opts, xc0, "IPv4 options");
-        let mut tcp = base;
+        let mut tcp = base.clone();
         tcp[23] = 6;
         assert_pass(&o, &tcp, xc0, "TCP");
+        let mut damaged = base;
+        damaged[22] ^= 0x01; // TTL changed, header checksum left as it was
+        assert_pass(&o, &damaged, xc0, "IPv4 header checksum wrong");
     } else {
         let base = from_client(&cd(0x4001));
         let mut frag = base.clone();
@@ -543,5 +546,98 @@ fn map_api_install_remove_counters() {
         assert_eq!(o.maps().len(), (0, 0));
         assert_pass(&o, &frame, xc0, "after remove");
         assert_eq!(o.maps_mut().remove(&b).unwrap(), OffloadTraffic::default());
+    });
+}
+
+/// IPv4 for loopback addresses received on loopback: rewritten and passed up for local
+/// delivery, MACs kept, no UDP checksum; anywhere else, and over IPv6, left untouched.
+#[test]
+fn loopback_is_delivered_locally_over_ipv4_only() {
+    let lab = Lab::new();
+    lab.run(|| {
+        let mut o = load();
+        let lo = ifindex("lo");
+        let b = ChannelOffload {
+            client: sa("127.0.0.1:40000"),
+            server: sa("127.0.0.1:3478"),
+            channel: 0x4001,
+            relay: sa("127.0.0.1:50000"),
+            peer: sa("127.0.0.2:7000"),
+            allocation: 1,
+        };
+        o.maps_mut().install(&b).unwrap();
+        let local = |u: &mut Udp| {
+            u.src_mac = [0; 6];
+            u.dst_mac = [0; 6];
+        };
+
+        let data = pattern(33, 4);
+        let mut rx = Udp::new(b.client, b.server, &channel_data(0x4001, &data, &[1, 2, 3]));
+        local(&mut rx);
+        let out = o.test_run().unwrap().run(&rx.frame(), lo, 1).unwrap();
+        assert_eq!(out.action, Action::Pass);
+        let mut want = rx.clone();
+        (want.src, want.dst, want.payload) = (b.relay, b.peer, data.clone());
+        (want.ttl, want.no_checksum) = (64, true);
+        assert_eq!(out.frame, want.frame());
+
+        let mut rx = Udp::new(b.peer, b.relay, &data);
+        local(&mut rx);
+        let out = o.test_run().unwrap().run(&rx.frame(), lo, 1).unwrap();
+        assert_eq!(out.action, Action::Pass);
+        let mut want = rx.clone();
+        (want.src, want.dst) = (b.server, b.client);
+        want.payload = channel_data(0x4001, &data, &[]);
+        (want.ttl, want.no_checksum) = (64, true);
+        assert_eq!(out.frame, want.frame());
+        let t = o.maps().read_counters(&b).unwrap();
+        assert_eq!((t.to_peer.packets, t.to_client.packets), (1, 1));
+
+        // Loopback destinations arriving elsewhere are the stack's business (martians).
+        let rx = Udp::new(b.client, b.server, &channel_data(0x4001, &data, &[]));
+        assert_pass(
+            &o,
+            &rx.frame(),
+            ifindex("xc0"),
+            "loopback peer, not received on lo",
+        );
+
+        let b6 = ChannelOffload {
+            client: sa("[::1]:40000"),
+            server: sa("[::1]:3478"),
+            channel: 0x4002,
+            relay: sa("[::1]:50000"),
+            peer: sa("[::1]:7000"),
+            allocation: 2,
+        };
+        o.maps_mut().install(&b6).unwrap();
+        let mut rx = Udp::new(b6.client, b6.server, &channel_data(0x4002, &data, &[]));
+        local(&mut rx);
+        assert_pass(&o, &rx.frame(), lo, "IPv6 loopback");
+        assert_eq!(o.maps().read_counters(&b).unwrap(), t);
+    });
+}
+
+/// A full map refuses the install; nothing of the refused binding stays, the installed one
+/// keeps working.
+#[test]
+fn full_maps_refuse_installs_whole() {
+    let lab = Lab::new();
+    lab.run(|| {
+        lab::require_root();
+        let mut o = Offload::load(1).expect("load the XDP program");
+        let f = v4();
+        let b = binding(&f, 0x4001, 50000, f.peer);
+        o.maps_mut().install(&b).unwrap();
+        let other = binding(&f, 0x4002, 50001, f.near_peer);
+        assert!(matches!(o.maps_mut().install(&other), Err(Error::Map(_))));
+        assert_eq!(o.maps().len(), (1, 1));
+        let frame = Udp::new(f.client, f.server, &channel_data(0x4001, &[5; 8], &[])).frame();
+        let out = o
+            .test_run()
+            .unwrap()
+            .run(&frame, ifindex("xc0"), 1)
+            .unwrap();
+        assert_eq!(out.action, Action::Redirect);
     });
 }

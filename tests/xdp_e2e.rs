@@ -19,7 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use lab::Netns;
-use uturn::client::{Client, Incoming};
+use uturn::client::{Client, ClientError, Incoming};
 use uturn::stun;
 use uturn::xdp::{ChannelOffload, Mode, Offload, DEFAULT_MAX_ENTRIES};
 use uturn_process::Server;
@@ -127,29 +127,6 @@ impl Topology {
     }
 }
 
-fn start_server(ns: &Netns, plan: &Plan) -> Server {
-    Server::start(
-        ns,
-        &[
-            "-L",
-            plan.server_ip,
-            "-E",
-            plan.relay_ip,
-            "-p",
-            "3478",
-            "-u",
-            "alice:secret",
-            "-r",
-            "xdp.test",
-            "--cores",
-            "0",
-            "--allowed-peer-ip",
-            plan.peer_ip,
-        ],
-        false,
-    )
-}
-
 fn wait_until<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
     loop {
         if let Some(v) = f() {
@@ -164,26 +141,44 @@ fn wait_until<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// One datagram at the peer, from the relay address, within 2 s.
+/// One datagram at the peer, from the relay address, within 2 s. A receive with a timeout
+/// is not restarted after a signal (EINTR, seen under load while children start and stop),
+/// so an interrupted wait is resumed until the deadline.
 fn peer_recv(peer: &UdpSocket, relayed: SocketAddr) -> Vec<u8> {
     let mut buf = [0u8; 2048];
-    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let (n, from) = peer
-        .recv_from(&mut buf)
-        .expect("peer: datagram from the relay");
-    assert_eq!(from, relayed, "the peer sees the relay address");
-    buf[..n].to_vec()
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "peer: no datagram from the relay within 2 s"
+        );
+        peer.set_read_timeout(Some(left)).unwrap();
+        match peer.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                assert_eq!(from, relayed, "the peer sees the relay address");
+                return buf[..n].to_vec();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("peer: no datagram from the relay: {e}"),
+        }
+    }
 }
 
 fn client_recv(client: &mut Client) -> Vec<u8> {
-    match client
-        .recv(Duration::from_secs(2))
-        .expect("client: ChannelData")
-    {
-        Incoming::ChannelData { channel, data } => {
-            assert_eq!(channel, CHANNEL);
-            data
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "client: no ChannelData within 2 s");
+        match client.recv(left) {
+            Ok(Incoming::ChannelData { channel, data }) => {
+                assert_eq!(channel, CHANNEL);
+                return data;
+            }
+            Ok(other) => panic!("client: expected ChannelData, got {other:?}"),
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("client: no ChannelData: {e}"),
         }
-        other => panic!("client: expected ChannelData, got {other:?}"),
     }
 }
 
@@ -205,19 +200,97 @@ fn ipv4_generic_kernel_relays_an_offloaded_channel_both_ways() {
 fn relay(plan: &Plan, mode: Mode) {
     lab::require_root();
     let t = Topology::new(plan);
-    let server = start_server(&t.server, plan);
-    let (server_addr, peer_addr) = (sa(plan.server), sa(plan.peer));
+    exercise(
+        &Scene {
+            server_ns: &t.server,
+            client_ns: &t.client,
+            peer_ns: &t.peer,
+            args: vec![
+                "-L",
+                plan.server_ip,
+                "-E",
+                plan.relay_ip,
+                "-p",
+                "3478",
+                "--allowed-peer-ip",
+                plan.peer_ip,
+            ],
+            devices: &["xc0", "xp0"],
+            client_ip: plan.client_ip,
+            server: sa(plan.server),
+            peer: sa(plan.peer),
+            relay_ip: plan.relay_ip,
+            v6: plan.family == "ipv6",
+        },
+        mode,
+    );
+}
 
-    let peer = t
-        .peer
+/// Client, uturn and peer on one host, in one namespace: XDP in generic mode on `lo`
+/// rewrites and hands each datagram back to the stack for the local socket.
+#[test]
+fn loopback_generic_kernel_relays_an_offloaded_channel_both_ways() {
+    lab::require_root();
+    let ns = Netns::new();
+    let wait = Instant::now() + Duration::from_secs(10);
+    ns.run(|| wait_until(wait, || UdpSocket::bind("127.0.0.1:0").ok()));
+    exercise(
+        &Scene {
+            server_ns: &ns,
+            client_ns: &ns,
+            peer_ns: &ns,
+            args: vec![
+                "-L",
+                "127.0.0.1",
+                "-E",
+                "127.0.0.1",
+                "-p",
+                "3478",
+                "--allow-loopback-peers",
+            ],
+            devices: &["lo"],
+            client_ip: "127.0.0.1",
+            server: sa("127.0.0.1:3478"),
+            peer: sa("127.0.0.1:7000"),
+            relay_ip: "127.0.0.1",
+            v6: false,
+        },
+        Mode::Generic,
+    );
+}
+
+/// Where uturn, its client and the peer run, and how uturn is started.
+struct Scene<'a> {
+    server_ns: &'a Netns,
+    client_ns: &'a Netns,
+    peer_ns: &'a Netns,
+    args: Vec<&'a str>,
+    /// Interfaces of the server namespace the program is attached to.
+    devices: &'a [&'a str],
+    client_ip: &'a str,
+    server: SocketAddr,
+    peer: SocketAddr,
+    relay_ip: &'a str,
+    v6: bool,
+}
+
+fn exercise(scene: &Scene, mode: Mode) {
+    let mut args = scene.args.clone();
+    args.extend(["-u", "alice:secret", "-r", "xdp.test", "--cores", "0"]);
+    let server = Server::start(scene.server_ns, &args, false);
+    let (server_addr, peer_addr) = (scene.server, scene.peer);
+
+    let peer = scene
+        .peer_ns
         .run(|| UdpSocket::bind(peer_addr).expect("peer socket"));
-    let socket = t.client.run(|| {
-        UdpSocket::bind(SocketAddr::new(plan.client_ip.parse().unwrap(), 0)).expect("client socket")
+    let socket = scene.client_ns.run(|| {
+        UdpSocket::bind(SocketAddr::new(scene.client_ip.parse().unwrap(), 0))
+            .expect("client socket")
     });
     let mut client = Client::with_socket(socket, server_addr, "alice", "secret");
     client.set_timeout(Duration::from_millis(300));
     // Without REQUESTED-ADDRESS-FAMILY the relay address is IPv4 (RFC 8656 §7.1).
-    let v6 = plan.family == "ipv6";
+    let v6 = scene.v6;
     let relayed = wait_until(Instant::now() + Duration::from_secs(15), || {
         client
             .allocate_with(&|b| {
@@ -228,7 +301,7 @@ fn relay(plan: &Plan, mode: Mode) {
             .map_err(|e| eprintln!("allocate (retried until uturn is up): {e}"))
             .ok()
     });
-    assert_eq!(relayed.ip().to_string(), plan.relay_ip);
+    assert_eq!(relayed.ip().to_string(), scene.relay_ip);
     client.create_permission(&[peer_addr]).unwrap();
     client.channel_bind(CHANNEL, peer_addr).unwrap();
 
@@ -238,9 +311,9 @@ fn relay(plan: &Plan, mode: Mode) {
     peer.send_to(b"back via uturn", relayed).unwrap();
     assert_eq!(client_recv(&mut client), b"back via uturn");
 
-    let mut offload = t.server.run(|| {
+    let mut offload = scene.server_ns.run(|| {
         let mut o = Offload::load(DEFAULT_MAX_ENTRIES).expect("load the XDP program");
-        for dev in ["xc0", "xp0"] {
+        for dev in scene.devices {
             assert_eq!(o.attach(dev, mode).expect("attach"), mode);
         }
         o

@@ -2,7 +2,8 @@
 //! `turn_total_traffic_*`), `uturn_*` for the rest. Counters end in `_total` where they
 //! are uturn's own.
 
-use super::Sources;
+use super::{AllocationsByTransport, Sources};
+use crate::shard::stream::STREAM_EVENTS;
 use crate::turn::{Dropped, Refusal};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,15 +40,27 @@ fn load(a: &AtomicU64) -> u64 {
 /// The whole exposition, rendered from the current values.
 pub fn render(s: &Sources) -> String {
     let mut o = Out(String::with_capacity(8192));
-    let shards: Vec<_> = s.shards.iter().map(|m| m.snapshot()).collect();
+    let shards: Vec<_> = s
+        .shards
+        .get()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|m| m.snapshot())
+        .collect();
 
     o.head(
         "turn_total_allocations",
         "gauge",
         "Allocations alive now, by client transport.",
     );
-    let allocations: u64 = shards.iter().map(|s| s.allocations).sum();
-    o.value("turn_total_allocations", "type=\"UDP\"", allocations);
+    for (i, t) in AllocationsByTransport::TRANSPORTS.iter().enumerate() {
+        let alive = load(&s.allocations.alive[i]);
+        o.value(
+            "turn_total_allocations",
+            &format!("type=\"{}\"", t.name()),
+            alive,
+        );
+    }
 
     let names = ["rcvp", "rcvb", "sentp", "sentb"];
     let what = [
@@ -147,6 +160,26 @@ pub fn render(s: &Sources) -> String {
         o.head(name, "counter", help);
         for sh in &shards {
             o.value(name, &format!("shard=\"{}\"", sh.index), get(sh));
+        }
+    }
+    o.head(
+        "uturn_stream_connections",
+        "gauge",
+        "TCP and TLS client connections open, by shard (at the stream side's last sweep).",
+    );
+    for sh in &shards {
+        let labels = format!("shard=\"{}\"", sh.index);
+        o.value("uturn_stream_connections", &labels, sh.stream_open);
+    }
+    o.head(
+        "uturn_stream_events_total",
+        "counter",
+        "TCP/TLS connections accepted, refused at --max-connections, closed (and why), and frames dropped for a full send queue or a closed connection, by shard.",
+    );
+    for sh in &shards {
+        for (j, event) in STREAM_EVENTS.iter().enumerate() {
+            let labels = format!("shard=\"{}\",event=\"{event}\"", sh.index);
+            o.value("uturn_stream_events_total", &labels, sh.stream_events[j]);
         }
     }
 

@@ -3,6 +3,7 @@
 //! relaxed atomic stores (no lock, no allocation, nothing per packet), read by the HTTP
 //! thread.
 
+use crate::shard::stream::{StreamCounters, STREAM_EVENTS};
 use crate::shard::IoCounters;
 use crate::turn::{Dropped, Refusal, ServerCounters};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,10 @@ pub struct ShardMetrics {
     no_buffers: AtomicU64,
     cq_overflowed: AtomicU64,
     cq_lost: AtomicU64,
+    /// TCP/TLS connections open (at the stream side's last sweep).
+    stream_open: AtomicU64,
+    /// By [`STREAM_EVENTS`] index.
+    stream_events: [AtomicU64; STREAM_EVENTS.len()],
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -45,6 +50,9 @@ pub struct ShardSnapshot {
     pub no_buffers: u64,
     pub cq_overflowed: u64,
     pub cq_lost: u64,
+    pub stream_open: u64,
+    /// By [`STREAM_EVENTS`] index.
+    pub stream_events: [u64; STREAM_EVENTS.len()],
 }
 
 impl ShardMetrics {
@@ -63,11 +71,19 @@ impl ShardMetrics {
             no_buffers: AtomicU64::new(0),
             cq_overflowed: AtomicU64::new(0),
             cq_lost: AtomicU64::new(0),
+            stream_open: AtomicU64::new(0),
+            stream_events: Default::default(),
         }
     }
 
     /// Called by the shard once per loop turn.
-    pub fn publish(&self, counters: &ServerCounters, io: &IoCounters, allocations: usize) {
+    pub fn publish(
+        &self,
+        counters: &ServerCounters,
+        io: &IoCounters,
+        streams: &StreamCounters,
+        allocations: usize,
+    ) {
         let r = Ordering::Relaxed;
         self.allocations.store(allocations as u64, r);
         self.relayed_to_peer.store(counters.relayed_to_peer, r);
@@ -85,6 +101,10 @@ impl ShardMetrics {
         self.no_buffers.store(io.no_buffers, r);
         self.cq_overflowed.store(io.cq_overflowed, r);
         self.cq_lost.store(io.cq_lost, r);
+        self.stream_open.store(streams.open, r);
+        for (slot, v) in self.stream_events.iter().zip(streams.events()) {
+            slot.store(v, r);
+        }
     }
 
     pub fn snapshot(&self) -> ShardSnapshot {
@@ -103,6 +123,8 @@ impl ShardMetrics {
             no_buffers: self.no_buffers.load(r),
             cq_overflowed: self.cq_overflowed.load(r),
             cq_lost: self.cq_lost.load(r),
+            stream_open: self.stream_open.load(r),
+            stream_events: std::array::from_fn(|i| self.stream_events[i].load(r)),
         }
     }
 }
@@ -136,7 +158,12 @@ mod tests {
             cq_overflowed: 23,
             cq_lost: 24,
         };
-        m.publish(&c, &io, 22);
+        let streams = StreamCounters {
+            open: 30,
+            accepted: 31,
+            ..StreamCounters::default()
+        };
+        m.publish(&c, &io, &streams, 22);
         let s = m.snapshot();
         assert_eq!(s.index, 3);
         for (i, &cause) in Refusal::ALL.iter().enumerate() {
@@ -149,5 +176,8 @@ mod tests {
         assert_eq!((s.received, s.sent, s.send_errors), (17, 18, 19));
         assert_eq!((s.truncated, s.no_buffers, s.allocations), (20, 21, 22));
         assert_eq!((s.cq_overflowed, s.cq_lost), (23, 24));
+        assert_eq!(s.stream_open, 30);
+        assert_eq!(s.stream_events, streams.events());
+        assert_eq!(s.stream_events[0], 31, "{}", STREAM_EVENTS[0]);
     }
 }

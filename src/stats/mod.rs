@@ -186,8 +186,11 @@ pub fn allocation_base(info: &AllocationInfo) -> String {
 
 /// `new lifetime=…` / `refreshed lifetime=…` status text.
 pub fn status_text(word: &str, info: &AllocationInfo, lifetime: u32) -> String {
+    let (ssl, cipher) = info
+        .tls
+        .map_or(("NONE", "NONE"), |t| (t.protocol, t.cipher));
     format!(
-        "{word} lifetime={lifetime}, type={}, local={}, remote={}, ssl=NONE, cipher=NONE",
+        "{word} lifetime={lifetime}, type={}, local={}, remote={}, ssl={ssl}, cipher={cipher}",
         info.five_tuple.transport.as_str(),
         info.five_tuple.server,
         info.five_tuple.client

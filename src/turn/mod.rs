@@ -46,13 +46,22 @@ impl Transport {
         matches!(self, Transport::Tcp | Transport::Tls)
     }
 
-    /// coturn's spelling in Redis status messages (`type=UDP`).
+    /// coturn's spelling in Redis status messages (`type=UDP`; a TLS client is
+    /// `type=TLS/TCP`, as coturn 4.6.1 writes it).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
+            Transport::Tls => "TLS/TCP",
             Transport::Dtls => "DTLS",
+        }
+    }
+
+    /// The protocol's own name (`UDP`, `TCP`, `TLS`, `DTLS`), as metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tls => "TLS",
+            other => other.as_str(),
         }
     }
 }
@@ -117,6 +126,14 @@ impl Traffic {
     }
 }
 
+/// The TLS session of a client's connection, named as coturn writes it in Redis
+/// (`ssl=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384`: OpenSSL's names).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TlsSession {
+    pub protocol: &'static str,
+    pub cipher: &'static str,
+}
+
 /// What stays the same for an allocation's whole life; shared with stats and the observer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocationInfo {
@@ -126,6 +143,8 @@ pub struct AllocationInfo {
     pub realm: String,
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
+    /// The client's TLS session, when it came over TLS.
+    pub tls: Option<TlsSession>,
 }
 
 /// Why an allocation went away.

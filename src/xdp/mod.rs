@@ -34,8 +34,8 @@ use aya::{Ebpf, EbpfLoader};
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/uturn_xdp.o");
 const PROGRAM: &str = "uturn_xdp";
 
-/// Entries per map unless the caller asks otherwise. Each entry costs ~110 bytes per
-/// possible CPU (per-CPU values of 104 bytes), preallocated by the kernel.
+/// Entries per map unless the caller asks otherwise. An installed entry costs ~110 bytes
+/// per possible CPU (per-CPU values of 104 bytes); the maps are not preallocated.
 pub const DEFAULT_MAX_ENTRIES: u32 = 16384;
 
 /// How the program runs on an interface (`--xdp-mode`): `Native` in the driver (veth, most
@@ -141,14 +141,17 @@ impl Offload {
         let mut offload = match Offload::load(max_entries) {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!("XDP offload off, relaying stays in user space: {e}");
+                tracing::warn!(
+                    "XDP offload off, relaying stays in user space: {}",
+                    with_causes(&e)
+                );
                 return None;
             }
         };
         for interface in interfaces {
             match offload.attach(interface, mode) {
                 Ok(got) => tracing::info!(interface, mode = ?got, "XDP offload attached"),
-                Err(e) => tracing::warn!("XDP offload not on {interface}: {e}"),
+                Err(e) => tracing::warn!("XDP offload not on {interface}: {}", with_causes(&e)),
             }
         }
         if offload.attached.is_empty() {
@@ -188,6 +191,20 @@ impl Offload {
     }
 }
 
+/// `e` and its causes, "a: b: c" (aya's messages leave the errno to the cause).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.ends_with(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
     Ok(ebpf
         .program_mut(PROGRAM)
@@ -198,6 +215,10 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
 /// bpf_fib_lookup answers "forwarding disabled" for datagrams received on an interface
 /// without forwarding, so the program would pass everything up: say so at attach time.
 fn warn_without_forwarding(interface: &str) {
+    // On loopback the program delivers locally, without a route lookup.
+    if interface == "lo" {
+        return;
+    }
     for family in ["ipv4", "ipv6"] {
         let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
         if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
