@@ -3,7 +3,6 @@
 //! are uturn's own.
 
 use super::{AllocationsByTransport, Sources};
-use crate::shard::stream::STREAM_EVENTS;
 use crate::turn::{Dropped, Refusal};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +56,7 @@ pub fn render(s: &Sources) -> String {
         let alive = load(&s.allocations.alive[i]);
         o.value(
             "turn_total_allocations",
-            &format!("type=\"{}\"", t.name()),
+            &format!("type=\"{}\"", t.as_str()),
             alive,
         );
     }
@@ -162,24 +161,10 @@ pub fn render(s: &Sources) -> String {
             o.value(name, &format!("shard=\"{}\"", sh.index), get(sh));
         }
     }
-    o.head(
-        "uturn_stream_connections",
-        "gauge",
-        "TCP and TLS client connections open, by shard (at the stream side's last sweep).",
-    );
-    for sh in &shards {
-        let labels = format!("shard=\"{}\"", sh.index);
-        o.value("uturn_stream_connections", &labels, sh.stream_open);
-    }
-    o.head(
-        "uturn_stream_events_total",
-        "counter",
-        "TCP/TLS connections accepted, refused at --max-connections, closed (and why), and frames dropped for a full send queue or a closed connection, by shard.",
-    );
-    for sh in &shards {
-        for (j, event) in STREAM_EVENTS.iter().enumerate() {
-            let labels = format!("shard=\"{}\",event=\"{event}\"", sh.index);
-            o.value("uturn_stream_events_total", &labels, sh.stream_events[j]);
+    for (i, (name, help)) in super::STREAM_METRICS.iter().enumerate() {
+        o.head(name, if i == 0 { "gauge" } else { "counter" }, help);
+        for sh in &shards {
+            o.value(name, &format!("shard=\"{}\"", sh.index), sh.streams[i]);
         }
     }
 

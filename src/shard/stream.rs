@@ -103,23 +103,6 @@ impl StreamOptions {
     }
 }
 
-impl StreamCounters {
-    /// The event counters by [`STREAM_EVENTS`] label.
-    pub fn events(&self) -> [u64; STREAM_EVENTS.len()] {
-        [
-            self.accepted,
-            self.refused,
-            self.closed,
-            self.framing_errors,
-            self.tls_errors,
-            self.handshake_timeouts,
-            self.idle_closed,
-            self.queue_drops,
-            self.no_connection,
-        ]
-    }
-}
-
 impl StreamOptions {
     /// The stream listeners' addresses for the listening addresses `listen`.
     fn addresses(&self, listen: &[SocketAddr]) -> Vec<(SocketAddr, Transport)> {
@@ -152,19 +135,6 @@ impl StreamOptions {
     }
 }
 
-/// The labels of [`StreamCounters::events`], in its order (Prometheus `event=`).
-pub const STREAM_EVENTS: [&str; 9] = [
-    "accepted",
-    "refused",
-    "closed",
-    "framing_error",
-    "tls_error",
-    "handshake_timeout",
-    "idle_closed",
-    "queue_drop",
-    "no_connection",
-];
-
 /// Stream-side events and drops of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamCounters {
@@ -182,11 +152,8 @@ pub struct StreamCounters {
     /// Frames for a connection that had closed.
     pub no_connection: u64,
     pub frames: u64,
-    /// Connections open, those holding an allocation by transport, and user-space bytes
-    /// their buffers hold, at the last sweep.
+    /// Connections open, and user-space bytes their buffers hold, at the last sweep.
     pub open: u64,
-    pub allocations_tcp: u64,
-    pub allocations_tls: u64,
     pub buffered_bytes: u64,
 }
 
@@ -507,15 +474,10 @@ impl Streams {
         }
     }
 
-    /// Counts what is open now into the counters, which go to the shard's state (for its
-    /// report) and to the metrics endpoint.
+    /// Counts what is open now into the counters, which go to the shard's state (its
+    /// report, and the metrics it publishes every turn).
     fn publish(&mut self, state: &mut ShardState) {
-        let mut allocated = [0u64; 2];
-        for conn in self.conns.iter().flatten().filter(|c| c.allocated) {
-            allocated[usize::from(conn.tuple.transport == Transport::Tls)] += 1;
-        }
         self.counters.open = self.open as u64;
-        [self.counters.allocations_tcp, self.counters.allocations_tls] = allocated;
         self.counters.buffered_bytes = self.buffered_bytes() as u64;
         state.streams = self.counters.clone();
     }

@@ -46,22 +46,14 @@ impl Transport {
         matches!(self, Transport::Tcp | Transport::Tls)
     }
 
-    /// coturn's spelling in Redis status messages (`type=UDP`; a TLS client is
-    /// `type=TLS/TCP`, as coturn 4.6.1 writes it).
+    /// The transport's name (`type=UDP` in Redis status messages and metrics; coturn's
+    /// Redis status spells a TLS client `TLS/TCP`, see `stats::status_text`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
-            Transport::Tls => "TLS/TCP",
-            Transport::Dtls => "DTLS",
-        }
-    }
-
-    /// The protocol's own name (`UDP`, `TCP`, `TLS`, `DTLS`), as metrics label it.
-    pub fn name(self) -> &'static str {
-        match self {
             Transport::Tls => "TLS",
-            other => other.as_str(),
+            Transport::Dtls => "DTLS",
         }
     }
 }
