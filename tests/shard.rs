@@ -203,7 +203,12 @@ fn start(config: Config, events: &Arc<Events>, knobs: TestKnobs) -> Running {
 
 fn fault(kind: FaultKind, shard: usize, after: u64) -> TestKnobs {
     TestKnobs {
-        fault: Some(Fault { kind, shard, after }),
+        fault: Some(Fault {
+            kind,
+            shard,
+            after,
+            times: 1,
+        }),
         ..TestKnobs::default()
     }
 }
@@ -377,6 +382,33 @@ fn transient_io_uring_errors_are_retried() {
 fn dropped_completions_are_counted_and_relaying_goes_on() {
     let report = transient_error_keeps_relaying(Backend::IoUring, libc::EBADR);
     assert!(report.io.cq_lost >= 1, "{:?}", report.io);
+}
+
+/// A transient error that does not go away is not retried for ever: after 5 s the shard
+/// counts as unable to go on.
+#[test]
+fn a_transient_error_that_persists_is_fatal() {
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| c.backend = Backend::IoUring);
+    let mut knobs = fault(FaultKind::WaitError(libc::EAGAIN), 0, 1);
+    if let Some(f) = &mut knobs.fault {
+        f.times = 0;
+    }
+    let running = start(config, &events, knobs);
+    let server = running.local_addrs()[0];
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(&binding_request(), server).unwrap();
+    let sent = Instant::now();
+    let failure = running
+        .wait_failure(Duration::from_secs(15))
+        .expect("the shard gave up");
+    let took = sent.elapsed();
+    assert!(failure.cause.contains("kept failing"), "{failure}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+        "gave up after {took:?}"
+    );
+    running.stop();
 }
 
 #[test]

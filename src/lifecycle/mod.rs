@@ -204,12 +204,6 @@ impl Lifecycle<'_> {
             }
         };
         self.observer.replace((self.build_observer)(&self.config));
-        // The same files, read again: certificates rotate in place.
-        if let Err(e) = self.running.reload_certificates() {
-            tracing::error!(
-                "reload (SIGHUP): TLS certificates not reloaded, the ones in use stay: {e}"
-            );
-        }
         tracing::info!(
             applied = ?changes.live,
             users = self.config.users.len(),

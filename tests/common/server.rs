@@ -13,12 +13,16 @@ use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 /// SO_REUSEPORT never shares a port). uturn listens with SO_REUSEPORT, so on a port another
 /// process's server holds (other worktrees run their tests on this machine too, as the
 /// same user) the kernel would silently split the clients between the two servers.
+/// uturn listens on TCP on the same port too, so the port must be free for TCP as well.
 pub fn free_listen_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
 }
 
 /// Whether nobody holds UDP `port` on 127.0.0.1 or ::1 right now.
