@@ -14,6 +14,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches benches
+# The prebuilt XDP object is compiled into the binary (no clang needed here).
+COPY bpf bpf
 COPY examples examples
 COPY src src
 # The XDP program, compiled and committed (src/xdp embeds it; no clang needed here).
@@ -30,8 +32,8 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin utur
 COPY --from=build /uturn /usr/local/bin/uturn
 COPY tuning/turnserver.conf.example /etc/uturn/turnserver.conf.example
 USER 10001:10001
-# TURN (UDP), metrics and probes (TCP, with --prometheus), relay ports (UDP).
-EXPOSE 3478/udp 9641/tcp 49152-65535/udp
+# TURN (UDP and TCP), TURN over TLS, metrics and probes (with --prometheus), relay ports.
+EXPOSE 3478/udp 3478/tcp 5349/tcp 9641/tcp 49152-65535/udp
 # SIGTERM drains (bounded by --drain-timeout), SIGUSR1 drains until the allocations are
 # gone, SIGHUP reloads the -c file: uturn is PID 1 here and handles all of them itself.
 STOPSIGNAL SIGTERM

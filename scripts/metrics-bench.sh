@@ -4,7 +4,8 @@
 # GETs /metrics once a second for the whole run), alternating ROUNDS times; prints server
 # CPU per relayed packet for each and the ratio. Loopback only.
 #
-# usage: scripts/metrics-bench.sh   env: ROUNDS (3), ALLOCS (1000), RATE (20000), DURATION (5)
+# usage: scripts/metrics-bench.sh   env: ROUNDS (3), ALLOCS (1000), RATE (20000), DURATION (5),
+#        SKIP_BUILD=1 to use the release binaries as they are
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -15,7 +16,7 @@ SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 free_port() { python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_${1:-DGRAM}); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --bins --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins --quiet
 PID=""
 SCRAPER=""
 cleanup() {

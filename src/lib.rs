@@ -116,7 +116,7 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
         }
     };
     let mut sink = stats.as_ref().map(|p| p.sink());
-    let mut sources = metrics::Sources {
+    let sources = metrics::Sources {
         stats: stats.as_ref().map(|p| p.shared_counters()),
         userdb: userdb.as_ref().map(|db| db.counters()),
         ..Default::default()
@@ -129,6 +129,7 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
         sink = Some(Arc::new(metrics::TrafficTap {
             inner: sink,
             totals: sources.traffic.clone(),
+            allocations: sources.allocations.clone(),
         }));
     }
     let signals = match lifecycle::signals(true) {
@@ -137,6 +138,23 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
             tracing::error!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let sources = Arc::new(sources);
+    let endpoint = if config.prometheus {
+        let addr = std::net::SocketAddr::new(config.prometheus_address, config.prometheus_port);
+        match metrics::Endpoint::start(addr, sources.clone()) {
+            Ok(e) => {
+                tracing::info!(address = %e.local_addr(), "metrics on /metrics, probes on /healthz and /readyz");
+                Some(e)
+            }
+            Err(e) => {
+                tracing::error!(%addr, "cannot serve metrics: {e}");
+                eprintln!("uturn: cannot serve metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
     };
     // The kernel fast path (`--xdp`): any failure is one log line and changes nothing else.
     // Held until exit: dropping it detaches the program.
@@ -149,28 +167,11 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    sources.shards = running.metrics().to_vec();
+    let _ = sources.shards.set(running.metrics().to_vec());
     let health = sources.health.clone();
     health
         .listening
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let endpoint = if config.prometheus {
-        let addr = std::net::SocketAddr::new(config.prometheus_address, config.prometheus_port);
-        match metrics::Endpoint::start(addr, Arc::new(sources)) {
-            Ok(e) => {
-                tracing::info!(address = %e.local_addr(), "metrics on /metrics, probes on /healthz and /readyz");
-                Some(e)
-            }
-            Err(e) => {
-                tracing::error!(%addr, "cannot serve metrics: {e}");
-                eprintln!("uturn: cannot serve metrics on {addr}: {e}");
-                running.stop();
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
-    };
     tracing::info!(
         listen = ?running.local_addrs(),
         shards = running.shard_count(),

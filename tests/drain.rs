@@ -196,7 +196,10 @@ fn sigusr1_refuses_new_allocations_keeps_old_ones_and_stops_when_they_are_gone()
 
 #[test]
 fn sigterm_drains_until_the_timeout_then_deletes_the_rest() {
-    let mut server = Server::start(&["--drain-timeout", "2"]);
+    let redis = RedisServer::start();
+    let sub = Subscriber::start(redis.url(), "turn/*");
+    sub.wait_subscribed(1);
+    let mut server = Server::start(&["--drain-timeout", "2", "--redis-url", &redis.url()]);
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut c = relaying_client(server.addr, &peer);
@@ -214,6 +217,19 @@ fn sigterm_drains_until_the_timeout_then_deletes_the_rest() {
     );
     let log = server.log_text();
     assert!(log.contains("--drain-timeout reached"), "{log}");
+    // What was left at the timeout was deleted through the core: Redis heard `deleted`
+    // and the totals, which count the round trip made while draining.
+    let messages = sub.wait_for("deleted and totals", Duration::from_secs(10), |m| {
+        m.iter()
+            .any(|(c, p)| c.ends_with("/status") && p == "deleted")
+            && m.iter().any(|(c, _)| c.ends_with("/total_traffic"))
+    });
+    let totals = messages
+        .iter()
+        .find(|(c, _)| c.ends_with("/total_traffic"))
+        .map(|(_, p)| p.clone())
+        .unwrap();
+    assert!(totals.starts_with("rcvp=1,"), "{totals}");
 }
 
 #[test]

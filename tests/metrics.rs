@@ -122,6 +122,9 @@ fn metrics_count_the_traffic_sent_and_probes_answer() {
         .unwrap();
     let during = Metrics::scrape(http);
     assert_eq!(during.get("turn_total_allocations", &[("type", "UDP")]), 1);
+    assert_eq!(during.get("turn_total_allocations", &[("type", "TCP")]), 0);
+    assert_eq!(during.get("turn_total_allocations", &[("type", "TLS")]), 0);
+    assert!(during.sum("uturn_stream_connections", &[]).is_some());
     assert_eq!(during.get("uturn_shard_allocations", &[]), 1);
 
     const N: u64 = 300;

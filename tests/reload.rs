@@ -33,6 +33,10 @@ struct Server {
 
 impl Server {
     fn start(users: &[&str]) -> Server {
+        Server::start_with(users, &["allow-loopback-peers"])
+    }
+
+    fn start_with(users: &[&str], extra: &[&str]) -> Server {
         let (port, min, max) = free_block();
         let dir = std::env::temp_dir().join(format!("uturn-reload-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -46,7 +50,7 @@ impl Server {
             min,
             max,
         };
-        s.write(users, "info", &[]);
+        s.write(users, "info", extra);
         let file = std::fs::File::create(&s.log).unwrap();
         s.child = Command::new(env!("CARGO_BIN_EXE_uturn"))
             .arg("-c")
@@ -63,7 +67,7 @@ impl Server {
 
     fn write(&self, users: &[&str], log_level: &str, extra: &[&str]) {
         let mut text = format!(
-            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={}\nmin-port={}\nmax-port={}\nrealm=example.org\nallow-loopback-peers\nlog-level={log_level}\n",
+            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={}\nmin-port={}\nmax-port={}\nrealm=example.org\nlog-level={log_level}\n",
             self.addr.port(),
             self.min,
             self.max
@@ -182,11 +186,15 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
     });
     for i in 0..9 {
         let level = if i % 2 == 0 { "debug" } else { "info" };
-        server.write(&["alice:secret", "bob:bobpw"], level, &[]);
+        server.write(
+            &["alice:secret", "bob:bobpw"],
+            level,
+            &["allow-loopback-peers"],
+        );
         server.reload();
     }
     // The tenth removes bob.
-    server.write(&["alice:secret"], "info", &[]);
+    server.write(&["alice:secret"], "info", &["allow-loopback-peers"]);
     server.reload();
     let at_last_reload = sent.load(Ordering::Relaxed);
     wait_for("traffic after the reloads", Duration::from_secs(5), || {
@@ -212,18 +220,47 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
     assert!(server.log_text().contains("reload (SIGHUP) refused"));
     assert!(allocate(server.addr, "alice", "secret").is_ok());
 
-    // Options that cannot change live are named, and keep their running values.
-    server.write(
-        &["alice:secret"],
-        "info",
-        &["max-bps=1000", "listening-port=1"],
+    // The peer policy is live: without allow-loopback-peers a new permission for a
+    // loopback peer is refused, while alice's channel (made before) keeps relaying.
+    let other_loopback: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let mut carol = allocate(server.addr, "alice", "secret").unwrap();
+    carol
+        .create_permission(&[other_loopback])
+        .expect("loopback peers allowed");
+    server.write(&["alice:secret"], "info", &["max-bps=1000000"]);
+    server.reload();
+    let mut dave = allocate(server.addr, "alice", "secret").unwrap();
+    assert_eq!(
+        dave.create_permission(&[other_loopback])
+            .unwrap_err()
+            .code(),
+        Some(403),
+        "the reloaded peer policy was not applied"
     );
+    let log = server.log_text();
+    assert!(
+        log.contains("\"max-bps\"") && log.contains("\"allow-loopback-peers\""),
+        "{log}"
+    );
+
+    // Quotas are live: at total-quota=1 (alice holds several) a new allocation gets 486,
+    // and again one when the limit is lifted.
+    server.write(&["alice:secret"], "info", &["total-quota=1"]);
+    server.reload();
+    assert_eq!(
+        allocate(server.addr, "alice", "secret").err(),
+        Some(Some(486))
+    );
+    server.write(&["alice:secret"], "info", &[]);
+    server.reload();
+    assert!(allocate(server.addr, "alice", "secret").is_ok());
+
+    // Options that cannot change live are named, and keep their running values.
+    server.write(&["alice:secret"], "info", &["listening-port=1"]);
     server.reload();
     let log = server.log_text();
     assert!(
-        log.contains("need a restart")
-            && log.contains("\"max-bps\"")
-            && log.contains("\"listening-port\""),
+        log.contains("need a restart") && log.contains("\"listening-port\""),
         "{log}"
     );
     assert!(binding(server.addr, Duration::from_secs(1)).is_some());
@@ -234,4 +271,84 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
     println!("reloads: 10 under load, {sent} round trips, {lost} lost");
     assert!(sent > 200, "too little traffic to show anything: {sent}");
     assert_eq!(lost, 0, "{lost} of {sent} round trips lost across reloads");
+}
+
+/// A self-signed certificate for `cn` written over `cert` and `key` (openssl).
+fn make_cert(cn: &str, cert: &std::path::Path, key: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={cn}"), "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("the openssl tool is needed to make a test certificate (Debian: openssl)");
+    assert!(out.status.success(), "openssl failed: {out:?}");
+}
+
+/// The subject of the certificate the TLS listener at `port` presents (openssl s_client).
+fn served_subject(port: u16) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-subject"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    x509.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let subject = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&subject.stdout).trim().to_owned()
+}
+
+#[test]
+fn sighup_rotates_tls_certificates_and_keeps_them_when_the_new_files_fail() {
+    let dir = std::env::temp_dir().join(format!("uturn-reload-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    make_cert("first", &cert, &key);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lines = [
+        format!("cert={}", cert.display()),
+        format!("pkey={}", key.display()),
+        format!("tls-listening-port={tls_port}"),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let server = Server::start_with(&["alice:secret"], &lines);
+    wait_for("the TLS listener", Duration::from_secs(10), || {
+        served_subject(tls_port).contains("first")
+    });
+
+    make_cert("second", &cert, &key);
+    assert!(
+        served_subject(tls_port).contains("first"),
+        "changed before the reload"
+    );
+    server.write(&["alice:secret"], "info", &lines);
+    server.reload();
+    assert!(
+        served_subject(tls_port).contains("second"),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("tls=\"reloaded\""));
+
+    // A half-written key during the next rotation: the reload keeps the running pair.
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\ntruncated").unwrap();
+    server.reload();
+    assert!(server.log_text().contains("TLS certificates kept"));
+    assert!(served_subject(tls_port).contains("second"));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -74,6 +74,9 @@ fn spawn_faulty(backend: &str, fault: &str) -> Process {
                 "0-1",
             ])
             .env("UTURN_TEST_FAULT", fault)
+            // As a service runs it: scripts/test.sh sets RUST_BACKTRACE=1, and symbolising a
+            // debug binary's backtrace alone took over a second on the loaded test machine.
+            .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -200,7 +203,12 @@ fn start(config: Config, events: &Arc<Events>, knobs: TestKnobs) -> Running {
 
 fn fault(kind: FaultKind, shard: usize, after: u64) -> TestKnobs {
     TestKnobs {
-        fault: Some(Fault { kind, shard, after }),
+        fault: Some(Fault {
+            kind,
+            shard,
+            after,
+            times: 1,
+        }),
         ..TestKnobs::default()
     }
 }
@@ -374,6 +382,33 @@ fn transient_io_uring_errors_are_retried() {
 fn dropped_completions_are_counted_and_relaying_goes_on() {
     let report = transient_error_keeps_relaying(Backend::IoUring, libc::EBADR);
     assert!(report.io.cq_lost >= 1, "{:?}", report.io);
+}
+
+/// A transient error that does not go away is not retried for ever: after 5 s the shard
+/// counts as unable to go on.
+#[test]
+fn a_transient_error_that_persists_is_fatal() {
+    let events = Arc::new(Events::default());
+    let config = common::loopback_config(1, |c| c.backend = Backend::IoUring);
+    let mut knobs = fault(FaultKind::WaitError(libc::EAGAIN), 0, 1);
+    if let Some(f) = &mut knobs.fault {
+        f.times = 0;
+    }
+    let running = start(config, &events, knobs);
+    let server = running.local_addrs()[0];
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(&binding_request(), server).unwrap();
+    let sent = Instant::now();
+    let failure = running
+        .wait_failure(Duration::from_secs(15))
+        .expect("the shard gave up");
+    let took = sent.elapsed();
+    assert!(failure.cause.contains("kept failing"), "{failure}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+        "gave up after {took:?}"
+    );
+    running.stop();
 }
 
 #[test]
@@ -599,23 +634,30 @@ fn default_listening_covers_ipv4_and_ipv6() {
     running.stop();
 }
 
-/// CPU time (user + system, clock ticks) of this process's thread named `name`.
-fn thread_ticks(name: &str) -> Option<u64> {
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        return Some(utime + stime);
-    }
-    None
+/// Ids of this process's threads named `name` (other tests' servers have shard threads of
+/// the same names).
+fn thread_ids(name: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time (user + system, clock ticks) of this process's thread `tid`.
+fn thread_ticks(tid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A peer floods a client that never reads, through a shard with 16 provided buffers:
@@ -629,7 +671,16 @@ fn buffer_exhaustion_neither_blocks_other_clients_nor_spins() {
         buffers: Some(16),
         ..TestKnobs::default()
     };
+    let earlier = thread_ids("uturn-shard-0");
     let running = start(config, &events, knobs);
+    let mut ours = thread_ids("uturn-shard-0");
+    ours.retain(|t| !earlier.contains(t));
+    assert_eq!(
+        ours.len(),
+        1,
+        "another test started a shard at the same moment: {ours:?}"
+    );
+    let shard_thread = ours.remove(0);
     let server = running.local_addrs()[0];
     let flooded = Relay::new(server);
     let mut other = Relay::new(server);
@@ -660,11 +711,10 @@ fn buffer_exhaustion_neither_blocks_other_clients_nor_spins() {
     stop.store(true, Ordering::Relaxed);
     flooding.join().unwrap();
     // Quiet: a shard that keeps re-arming starved receives burns its core.
-    let name = "uturn-shard-0";
-    let before = thread_ticks(name).expect("shard thread");
+    let before = thread_ticks(&shard_thread).expect("shard thread");
     // A measurement window (CPU over one second), not a wait for an event.
     std::thread::sleep(Duration::from_secs(1));
-    let used = thread_ticks(name).expect("shard thread") - before;
+    let used = thread_ticks(&shard_thread).expect("shard thread") - before;
     assert!(other.round_trip(100), "relaying after the flood");
     drop(flooded);
     let report = running.stop().remove(0);

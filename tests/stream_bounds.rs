@@ -284,3 +284,70 @@ fn idle_connections_are_closed_and_connections_are_capped() {
     assert_eq!(streams.refused, 1, "{streams:?}");
     assert_eq!(streams.idle_closed, 3, "{streams:?}");
 }
+
+/// Sum of the samples of `name` whose label text contains every `labels` piece, from the
+/// binary's Prometheus endpoint.
+fn scrape_sum(port: u16, name: &str, labels: &[&str]) -> Option<u64> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((metric, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, label_text) = metric.split_once('{').unwrap_or((metric, ""));
+        if metric_name == name && labels.iter().all(|l| label_text.contains(l)) {
+            *found.get_or_insert(0) += value.parse::<u64>().ok()?;
+        }
+    }
+    found
+}
+
+/// The metrics endpoint counts stream connections (open now, accepted, closed for bad
+/// framing) and allocations by client transport, as the stream side and the core see them.
+#[test]
+fn stream_connections_are_in_the_metrics() {
+    let prom = free_tcp_port();
+    let mut server = Uturn::start(
+        "auto",
+        &["--prometheus", "--prometheus-port", &prom.to_string()],
+    );
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let mut garbage = TcpStream::connect(server.addr()).unwrap();
+    garbage.write_all(&[0xff; 8]).unwrap();
+    let mut client = TcpTurn::connect(server.addr(), "alice", "secret");
+    client.allocate();
+    let total = |name: &str| scrape_sum(prom, name, &[]);
+    let allocations = |kind: &str| {
+        let label = format!("type=\"{kind}\"");
+        scrape_sum(prom, "turn_total_allocations", &[label.as_str()])
+    };
+    wait_for(
+        "the connections in the metrics",
+        Duration::from_secs(10),
+        || {
+            scrape_sum(prom, "uturn_stream_connections", &[]) == Some(4)
+                && total("uturn_stream_accepted_total") == Some(5)
+                && total("uturn_stream_framing_errors_total") == Some(1)
+                && allocations("TCP") == Some(1)
+                && allocations("UDP") == Some(0)
+        },
+    );
+    drop(held);
+    drop(client);
+    wait_for("the closes in the metrics", Duration::from_secs(10), || {
+        scrape_sum(prom, "uturn_stream_connections", &[]) == Some(0)
+            && allocations("TCP") == Some(0)
+    });
+    assert_eq!(server.stop(), Some(0));
+}

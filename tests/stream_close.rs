@@ -155,3 +155,121 @@ fn closing_the_connection_tells_the_observer_once() {
     let closed: u64 = reports.iter().map(|r| r.streams.closed).sum();
     assert_eq!((accepted, closed), (3, 3), "{reports:?}");
 }
+
+/// A request followed at once by the client's FIN: the server answers and then sees the end
+/// (it does not wait for the idle timeout to notice the connection is gone).
+#[test]
+fn a_request_and_the_end_arriving_together_are_both_seen() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use uturn::stun::{Class, MessageBuilder, Method};
+    let config = loopback_config(1, |_| {});
+    let running = start_in_process(&config, None, None, 20);
+    let server = running.local_addrs()[0];
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(server).unwrap();
+        let mut out = Vec::new();
+        MessageBuilder::new(&mut out, Class::Request, Method::BINDING, &[3; 12]);
+        s.write_all(&out).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        // read_to_end returns only once the server closed its side.
+        s.read_to_end(&mut answer)
+            .expect("the server closes the connection after the client's end");
+        let msg = uturn::stun::Message::parse(&answer).expect("a Binding response");
+        assert_eq!(msg.class(), Class::Success);
+    }
+    let reports = running.stop();
+    assert_eq!(reports[0].streams.closed, 20, "{:?}", reports[0].streams);
+    assert_eq!(reports[0].streams.idle_closed, 0);
+}
+
+/// TCP clients over IPv6 (a listener on ::1): allocation, relaying and the close work as
+/// over IPv4.
+#[test]
+fn tcp_over_ipv6() {
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "this host has no IPv6 loopback (::1): the IPv6 TCP test cannot run"
+    );
+    let config = loopback_config(1, |c| {
+        c.listening_ips = vec!["::1".parse().unwrap()];
+    });
+    let running = start_in_process(&config, None, None, 20);
+    let server = running.local_addrs()[0];
+    assert!(server.is_ipv6());
+    let client = allocate_send_close(server);
+    assert!(client.is_ipv6());
+    wait_for(
+        "the allocation to go with its connection",
+        Duration::from_secs(10),
+        || {
+            running
+                .metrics()
+                .iter()
+                .all(|m| m.snapshot().allocations == 0)
+        },
+    );
+    let reports = running.stop();
+    assert_eq!(reports[0].streams.accepted, 1);
+}
+
+/// coturn's TLS client through uturn with Redis: the status names the transport
+/// `TLS/TCP` and the session's protocol and cipher as coturn does, and the allocation goes
+/// when the client's connection does.
+#[test]
+fn tls_allocations_name_their_session_in_redis() {
+    let redis = RedisServer::start();
+    let sub = Subscriber::start(redis.url(), "turn/realm/*/user/*/allocation/*");
+    let (tls, tls_port) = stream_support::tls_args("redis");
+    let mut args = vec![
+        "--allow-loopback-peers".to_string(),
+        "--redis-url".to_string(),
+        redis.url(),
+    ];
+    args.extend(tls);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Uturn::start("auto", &args);
+    let peer = Peer::start();
+    let (code, out) = uclient(
+        tls_port,
+        peer.port,
+        &["-t", "-S", "-m", "1", "-n", "10", "-l", "100"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let messages = sub.wait_for(
+        "the TLS allocation's totals",
+        Duration::from_secs(10),
+        |m| m.iter().any(|(c, _)| c.ends_with("/total_traffic/peer")),
+    );
+    let new: Vec<&str> = messages
+        .iter()
+        .filter(|(c, p)| c.ends_with("/status") && p.starts_with("new "))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert!(!new.is_empty(), "{messages:?}");
+    for status in new {
+        let rest = status
+            .split_once(&format!(
+                ", type=TLS/TCP, local=127.0.0.1:{tls_port}, remote=127.0.0.1:"
+            ))
+            .unwrap_or_else(|| panic!("not coturn's TLS status: {status}"))
+            .1;
+        let (_, session) = rest.split_once(", ").unwrap();
+        assert!(
+            [
+                "ssl=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384",
+                "ssl=TLSv1.3, cipher=TLS_AES_128_GCM_SHA256",
+                "ssl=TLSv1.3, cipher=TLS_CHACHA20_POLY1305_SHA256",
+                "ssl=TLSv1.2, cipher=ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ssl=TLSv1.2, cipher=ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ssl=TLSv1.2, cipher=ECDHE-ECDSA-CHACHA20-POLY1305",
+            ]
+            .contains(&session),
+            "{status}"
+        );
+    }
+    assert_eq!(server.stop(), Some(0));
+}

@@ -147,3 +147,42 @@ fn certificates_are_replaced_without_a_restart() {
     assert_eq!(allocate_over_tls(server, &rustls::version::TLS13), second);
     running.stop();
 }
+
+/// The binary re-reads its certificate files on SIGHUP: a rotated certificate is served
+/// to the next TLS client without a restart.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let (cert, key) = make_cert("sighup");
+    let tls_port = free_tcp_port();
+    let args = [
+        "--allow-loopback-peers".to_string(),
+        "--cert".to_string(),
+        cert.display().to_string(),
+        "--pkey".to_string(),
+        key.display().to_string(),
+        "--tls-listening-port".to_string(),
+        tls_port.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Uturn::start("auto", &args);
+    let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let first = leaf_of(&cert);
+    assert_eq!(allocate_over_tls(addr, &rustls::version::TLS13), first);
+    let (new_cert, new_key) = make_cert("sighup-new");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let second = leaf_of(&cert);
+    let reloads = |log: &str| log.matches("reload (SIGHUP) done").count();
+    let before = reloads(&server.log_text());
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("the reload's log line", Duration::from_secs(10), || {
+        reloads(&server.log_text()) > before
+    });
+    assert_eq!(allocate_over_tls(addr, &rustls::version::TLS13), second);
+    assert_eq!(allocate_over_tls(addr, &rustls::version::TLS12), second);
+    assert_eq!(server.stop(), Some(0));
+}

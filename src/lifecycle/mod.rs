@@ -188,11 +188,27 @@ impl Lifecycle<'_> {
         self.config.log_level = new.log_level;
         self.config.drain_timeout = new.drain_timeout;
         self.config.drain_min_allocations = new.drain_min_allocations;
+        self.config.max_bps = new.max_bps;
+        self.config.user_quota = new.user_quota;
+        self.config.total_quota = new.total_quota;
+        self.config.allow_loopback_peers = new.allow_loopback_peers;
+        self.config.denied_peer_ips = new.denied_peer_ips;
+        self.config.allowed_peer_ips = new.allowed_peer_ips;
+        self.running.reconfigure(&self.config);
+        // The same --cert/--pkey files, read again: rotation replaces their contents.
+        let certificates = match self.running.reload_certificates() {
+            Ok(()) => "reloaded",
+            Err(e) => {
+                tracing::error!("reload (SIGHUP): TLS certificates kept, the new files fail: {e}");
+                "kept"
+            }
+        };
         self.observer.replace((self.build_observer)(&self.config));
         tracing::info!(
             applied = ?changes.live,
             users = self.config.users.len(),
             secrets = self.config.static_auth_secrets.len(),
+            tls = if self.config.cert.is_some() { certificates } else { "none" },
             "reload (SIGHUP) done"
         );
     }

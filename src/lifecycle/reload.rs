@@ -2,7 +2,10 @@
 //!
 //! Applied live: static users (`--user`), TURN REST secrets (`--static-auth-secret`,
 //! `--use-auth-secret`) — through [`ReloadableObserver`], which the shards consult for new
-//! allocations only — the log level, and the drain limits. A user removed by a reload can no
+//! allocations only — the peer policy and `--max-bps` (to each shard's core, see
+//! `turn::server::live`), the quotas (for allocations made from then on), the log level,
+//! and the drain limits; TLS certificates are read again from the same `--cert`/`--pkey`
+//! files (a pair that fails to load leaves the running one). A user removed by a reload can no
 //! longer allocate; allocations it already has keep their key and run until they expire or
 //! are deleted (the core never asks the observer again for them).
 //! Everything else is reported as needing a restart and left as it runs; a file that does
@@ -78,6 +81,12 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
         "log-level" => log_level,
         "drain-timeout" => drain_timeout,
         "drain-min-allocations" => drain_min_allocations,
+        "max-bps" => max_bps,
+        "user-quota" => user_quota,
+        "total-quota" => total_quota,
+        "allow-loopback-peers" => allow_loopback_peers,
+        "denied-peer-ip" => denied_peer_ips,
+        "allowed-peer-ip" => allowed_peer_ips,
     );
     compare!(old, new, c.restart,
         "listening-ip" => listening_ips,
@@ -88,14 +97,8 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
         "max-port" => max_port,
         "realm" => realm,
         "redis-userdb" => redis_userdb,
-        "user-quota" => user_quota,
-        "total-quota" => total_quota,
-        "max-bps" => max_bps,
         "max-permissions-per-allocation" => max_permissions_per_allocation,
         "max-channels-per-allocation" => max_channels_per_allocation,
-        "allow-loopback-peers" => allow_loopback_peers,
-        "denied-peer-ip" => denied_peer_ips,
-        "allowed-peer-ip" => allowed_peer_ips,
         "max-allocate-lifetime" => max_allocate_lifetime,
         "default-allocate-lifetime" => default_allocate_lifetime,
         "permission-lifetime" => permission_lifetime,
@@ -134,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn users_secrets_and_log_level_are_live_ports_and_peers_need_a_restart() {
+    fn users_log_level_bandwidth_and_peers_are_live_ports_need_a_restart() {
         let old = parse(&["--realm", "r", "--user", "a:1", "--max-bps", "10"]);
         let new = parse(&[
             "--realm",
@@ -151,9 +154,22 @@ mod tests {
             "10.0.0.0/8",
         ]);
         let c = changes(&old, &new);
-        assert_eq!(c.live, ["user", "log-level"]);
-        assert_eq!(c.restart, ["listening-port", "max-bps", "denied-peer-ip"]);
+        assert_eq!(c.live, ["user", "log-level", "max-bps", "denied-peer-ip"]);
+        assert_eq!(c.restart, ["listening-port"]);
         assert_eq!(changes(&old, &old), Changes::default());
+    }
+
+    #[test]
+    fn reloaded_quotas_apply_to_the_next_allocation() {
+        use crate::turn::quotas::{QuotaExceeded, Quotas};
+        let q = Quotas::new(1, 0);
+        assert_eq!(q.acquire("a"), Ok(()));
+        assert_eq!(q.acquire("a"), Err(QuotaExceeded::User));
+        q.set_limits(2, 2);
+        assert_eq!(q.acquire("a"), Ok(()));
+        assert_eq!(q.acquire("b"), Err(QuotaExceeded::Total));
+        q.set_limits(0, 0);
+        assert_eq!(q.acquire("b"), Ok(()));
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod taps;
 
 pub use http::Endpoint;
 pub use render::render;
-pub use shard::{ShardMetrics, ShardSnapshot};
-pub use taps::{AuthCounters, CountingObserver, TrafficTap, TrafficTotals};
+pub use shard::{ShardMetrics, ShardSnapshot, STREAM_METRICS};
+pub use taps::{AllocationsByTransport, AuthCounters, CountingObserver, TrafficTap, TrafficTotals};
 
 use crate::auth::userdb::UserDbCounters;
 use crate::stats::StatsCounters;
@@ -41,8 +41,11 @@ impl Health {
 #[derive(Default)]
 pub struct Sources {
     pub health: Arc<Health>,
-    pub shards: Vec<Arc<ShardMetrics>>,
+    /// Set once the shards run (the endpoint starts before them, so a taken port stops
+    /// the start before any client is served, and probes answer from the first moment).
+    pub shards: std::sync::OnceLock<Vec<Arc<ShardMetrics>>>,
     pub traffic: Arc<TrafficTotals>,
+    pub allocations: Arc<AllocationsByTransport>,
     pub auth: Arc<AuthCounters>,
     pub stats: Option<Arc<StatsCounters>>,
     pub userdb: Option<Arc<UserDbCounters>>,

@@ -2,7 +2,7 @@
 //! `turn_total_traffic_*`), `uturn_*` for the rest. Counters end in `_total` where they
 //! are uturn's own.
 
-use super::Sources;
+use super::{AllocationsByTransport, Sources};
 use crate::turn::{Dropped, Refusal};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,15 +39,27 @@ fn load(a: &AtomicU64) -> u64 {
 /// The whole exposition, rendered from the current values.
 pub fn render(s: &Sources) -> String {
     let mut o = Out(String::with_capacity(8192));
-    let shards: Vec<_> = s.shards.iter().map(|m| m.snapshot()).collect();
+    let shards: Vec<_> = s
+        .shards
+        .get()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|m| m.snapshot())
+        .collect();
 
     o.head(
         "turn_total_allocations",
         "gauge",
         "Allocations alive now, by client transport.",
     );
-    let allocations: u64 = shards.iter().map(|s| s.allocations).sum();
-    o.value("turn_total_allocations", "type=\"UDP\"", allocations);
+    for (i, t) in AllocationsByTransport::TRANSPORTS.iter().enumerate() {
+        let alive = load(&s.allocations.alive[i]);
+        o.value(
+            "turn_total_allocations",
+            &format!("type=\"{}\"", t.as_str()),
+            alive,
+        );
+    }
 
     let names = ["rcvp", "rcvb", "sentp", "sentb"];
     let what = [
@@ -147,6 +159,12 @@ pub fn render(s: &Sources) -> String {
         o.head(name, "counter", help);
         for sh in &shards {
             o.value(name, &format!("shard=\"{}\"", sh.index), get(sh));
+        }
+    }
+    for (i, (name, help)) in super::STREAM_METRICS.iter().enumerate() {
+        o.head(name, if i == 0 { "gauge" } else { "counter" }, help);
+        for sh in &shards {
+            o.value(name, &format!("shard=\"{}\"", sh.index), sh.streams[i]);
         }
     }
 

@@ -3,9 +3,60 @@
 //! relaxed atomic stores (no lock, no allocation, nothing per packet), read by the HTTP
 //! thread.
 
+use crate::shard::stream::StreamCounters;
 use crate::shard::IoCounters;
 use crate::turn::{Dropped, Refusal, ServerCounters};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The TCP/TLS side's counters published per shard: (metric, help), in the order of
+/// [`stream_values`]. The first is a gauge, the rest counters.
+pub const STREAM_METRICS: [(&str, &str); 8] = [
+    (
+        "uturn_stream_connections",
+        "TCP/TLS client connections open (at the shard's last sweep), by shard.",
+    ),
+    (
+        "uturn_stream_accepted_total",
+        "TCP/TLS client connections accepted, by shard.",
+    ),
+    (
+        "uturn_stream_refused_total",
+        "TCP/TLS connections closed at accept (--max-connections), by shard.",
+    ),
+    (
+        "uturn_stream_framing_errors_total",
+        "TCP/TLS connections closed for bytes that are not STUN or ChannelData, by shard.",
+    ),
+    (
+        "uturn_stream_tls_errors_total",
+        "TLS handshakes or records that failed, by shard.",
+    ),
+    (
+        "uturn_stream_handshake_timeouts_total",
+        "TLS handshakes that did not finish in time, by shard.",
+    ),
+    (
+        "uturn_stream_idle_closed_total",
+        "TCP/TLS connections closed for idleness, by shard.",
+    ),
+    (
+        "uturn_stream_queue_drops_total",
+        "Frames for a TCP/TLS client dropped on a full send queue, by shard.",
+    ),
+];
+
+fn stream_values(s: &StreamCounters) -> [u64; 8] {
+    [
+        s.open,
+        s.accepted,
+        s.refused,
+        s.framing_errors,
+        s.tls_errors,
+        s.handshake_timeouts,
+        s.idle_closed,
+        s.queue_drops,
+    ]
+}
 
 /// One shard's published values.
 #[derive(Debug)]
@@ -25,6 +76,7 @@ pub struct ShardMetrics {
     no_buffers: AtomicU64,
     cq_overflowed: AtomicU64,
     cq_lost: AtomicU64,
+    streams: [AtomicU64; 8],
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -45,6 +97,8 @@ pub struct ShardSnapshot {
     pub no_buffers: u64,
     pub cq_overflowed: u64,
     pub cq_lost: u64,
+    /// In the order of [`STREAM_METRICS`].
+    pub streams: [u64; 8],
 }
 
 impl ShardMetrics {
@@ -63,11 +117,18 @@ impl ShardMetrics {
             no_buffers: AtomicU64::new(0),
             cq_overflowed: AtomicU64::new(0),
             cq_lost: AtomicU64::new(0),
+            streams: Default::default(),
         }
     }
 
     /// Called by the shard once per loop turn.
-    pub fn publish(&self, counters: &ServerCounters, io: &IoCounters, allocations: usize) {
+    pub fn publish(
+        &self,
+        counters: &ServerCounters,
+        io: &IoCounters,
+        streams: &StreamCounters,
+        allocations: usize,
+    ) {
         let r = Ordering::Relaxed;
         self.allocations.store(allocations as u64, r);
         self.relayed_to_peer.store(counters.relayed_to_peer, r);
@@ -85,6 +146,9 @@ impl ShardMetrics {
         self.no_buffers.store(io.no_buffers, r);
         self.cq_overflowed.store(io.cq_overflowed, r);
         self.cq_lost.store(io.cq_lost, r);
+        for (slot, v) in self.streams.iter().zip(stream_values(streams)) {
+            slot.store(v, r);
+        }
     }
 
     pub fn snapshot(&self) -> ShardSnapshot {
@@ -103,6 +167,7 @@ impl ShardMetrics {
             no_buffers: self.no_buffers.load(r),
             cq_overflowed: self.cq_overflowed.load(r),
             cq_lost: self.cq_lost.load(r),
+            streams: std::array::from_fn(|i| self.streams[i].load(r)),
         }
     }
 }
@@ -136,7 +201,13 @@ mod tests {
             cq_overflowed: 23,
             cq_lost: 24,
         };
-        m.publish(&c, &io, 22);
+        let streams = StreamCounters {
+            open: 30,
+            accepted: 31,
+            queue_drops: 37,
+            ..StreamCounters::default()
+        };
+        m.publish(&c, &io, &streams, 22);
         let s = m.snapshot();
         assert_eq!(s.index, 3);
         for (i, &cause) in Refusal::ALL.iter().enumerate() {
@@ -149,5 +220,6 @@ mod tests {
         assert_eq!((s.received, s.sent, s.send_errors), (17, 18, 19));
         assert_eq!((s.truncated, s.no_buffers, s.allocations), (20, 21, 22));
         assert_eq!((s.cq_overflowed, s.cq_lost), (23, 24));
+        assert_eq!(s.streams, [30, 31, 0, 0, 0, 0, 0, 37]);
     }
 }

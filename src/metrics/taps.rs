@@ -6,7 +6,7 @@
 
 use crate::auth::{AuthDecision, AuthRequest, Observer, Ticket};
 use crate::stats::EventSink;
-use crate::turn::{AllocationInfo, Event, Traffic};
+use crate::turn::{AllocationInfo, Event, Traffic, Transport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -40,17 +40,48 @@ impl TrafficTotals {
     }
 }
 
-/// An [`EventSink`] in front of the stats sink (if any) that adds up traffic.
+/// Allocations alive now by client transport (UDP, TCP, TLS, DTLS), from the creation and
+/// deletion events: exact and live.
+#[derive(Debug, Default)]
+pub struct AllocationsByTransport {
+    pub alive: [AtomicU64; 4],
+}
+
+impl AllocationsByTransport {
+    pub const TRANSPORTS: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Dtls,
+    ];
+
+    fn slot(&self, t: Transport) -> &AtomicU64 {
+        let i = Self::TRANSPORTS.iter().position(|&x| x == t).unwrap_or(0);
+        &self.alive[i]
+    }
+}
+
+/// An [`EventSink`] in front of the stats sink (if any) that adds up traffic and counts
+/// allocations by transport.
 pub struct TrafficTap {
     pub inner: Option<Arc<dyn EventSink>>,
     pub totals: Arc<TrafficTotals>,
+    pub allocations: Arc<AllocationsByTransport>,
 }
 
 impl EventSink for TrafficTap {
     fn send(&self, event: Event) {
         match &event {
+            Event::AllocationCreated { info, .. } => {
+                let slot = self.allocations.slot(info.five_tuple.transport);
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
             Event::Traffic { delta, .. } => self.totals.add(delta),
-            Event::AllocationDeleted { last, .. } => self.totals.add(last),
+            Event::AllocationDeleted { info, last, .. } => {
+                self.totals.add(last);
+                let slot = self.allocations.slot(info.five_tuple.transport);
+                slot.fetch_sub(1, Ordering::Relaxed);
+            }
             _ => {}
         }
         if let Some(inner) = &self.inner {

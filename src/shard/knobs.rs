@@ -19,13 +19,15 @@ pub enum FaultKind {
     WaitError(i32),
 }
 
-/// A fault injected into one shard once it has received `after` datagrams.
+/// A fault injected into one shard once it has received `after` datagrams, `times` times
+/// in a row (0: at every wait from then on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[doc(hidden)]
 pub struct Fault {
     pub kind: FaultKind,
     pub shard: usize,
     pub after: u64,
+    pub times: u64,
 }
 
 /// Test knobs of one server; `Default` is production.
@@ -42,7 +44,7 @@ pub struct TestKnobs {
 }
 
 impl TestKnobs {
-    /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N]`, ERRNO a number or
+    /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N][,times=N]`, ERRNO a number or
     /// one of EBADR EAGAIN EINTR EBUSY ENOMEM EFAULT), `UTURN_TEST_CQ_ENTRIES`,
     /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`. A set variable that does not parse
     /// is an error, so a test never runs without the fault it asked for.
@@ -104,18 +106,20 @@ fn parse_fault(text: &str) -> Option<Fault> {
         kind,
         shard: 0,
         after: 1,
+        times: 1,
     };
     for part in parts {
         match part.split_once('=')? {
             ("shard", n) => fault.shard = n.parse().ok()?,
             ("after", n) => fault.after = n.parse().ok()?,
+            ("times", n) => fault.times = n.parse().ok()?,
             _ => return None,
         }
     }
     Some(fault)
 }
 
-/// One shard's armed fault: fires once, when the shard has received enough.
+/// One shard's armed fault: fires when the shard has received enough, as often as asked.
 pub(crate) struct Trigger(Option<Fault>);
 
 impl Trigger {
@@ -128,7 +132,11 @@ impl Trigger {
     pub fn wait_result(&mut self, received: u64, result: io::Result<()>) -> io::Result<()> {
         match self.0 {
             Some(f) if received >= f.after => {
-                self.0 = None;
+                self.0 = match f.times {
+                    1 => None,
+                    0 => Some(f),
+                    n => Some(Fault { times: n - 1, ..f }),
+                };
                 match f.kind {
                     FaultKind::Panic => panic!("injected test fault (UTURN_TEST_FAULT)"),
                     FaultKind::WaitError(e) => Err(io::Error::from_raw_os_error(e)),
@@ -150,15 +158,17 @@ mod tests {
             Some(Fault {
                 kind: FaultKind::Panic,
                 shard: 0,
-                after: 1
+                after: 1,
+                times: 1
             })
         );
         assert_eq!(
-            parse_fault("wait:EBADR,shard=1,after=7"),
+            parse_fault("wait:EBADR,shard=1,after=7,times=0"),
             Some(Fault {
                 kind: FaultKind::WaitError(libc::EBADR),
                 shard: 1,
-                after: 7
+                after: 7,
+                times: 0
             })
         );
         assert_eq!(
@@ -184,6 +194,14 @@ mod tests {
         let e = t.wait_result(2, Ok(())).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
         assert!(t.wait_result(3, Ok(())).is_ok(), "once");
+        let mut twice = Trigger::new(parse_fault("wait:EAGAIN,times=2"));
+        assert!(twice.wait_result(1, Ok(())).is_err());
+        assert!(twice.wait_result(1, Ok(())).is_err());
+        assert!(twice.wait_result(1, Ok(())).is_ok());
+        let mut always = Trigger::new(parse_fault("wait:EAGAIN,times=0"));
+        for _ in 0..100 {
+            assert!(always.wait_result(1, Ok(())).is_err());
+        }
         let mut inert = Trigger::new(None);
         assert!(inert.wait_result(u64::MAX, Ok(())).is_ok());
     }

@@ -7,7 +7,9 @@
 //! Must not: make protocol decisions (that is `turn`).
 
 mod failure;
+mod host;
 mod knobs;
+mod live;
 mod pktinfo;
 mod portable;
 mod state;
@@ -17,6 +19,10 @@ pub mod tls;
 mod uring;
 
 pub use failure::ShardFailure;
+pub use host::port_slices;
+use host::{
+    default_listen_ips, default_relay_ip, default_relay_ip_v6, own_addresses, raise_file_limit,
+};
 pub use knobs::{Fault, FaultKind, TestKnobs};
 pub use state::IoCounters;
 pub(crate) use state::ShardState;
@@ -27,7 +33,7 @@ use crate::stats::EventSink;
 use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -125,6 +131,7 @@ pub(crate) struct ShardSpec {
     pub failures: mpsc::Sender<ShardFailure>,
     pub metrics: Arc<crate::metrics::ShardMetrics>,
     pub draining: Arc<AtomicBool>,
+    pub live: Arc<live::LiveSettings>,
     pub udp: bool,
     pub streams: stream::StreamOptions,
 }
@@ -152,6 +159,8 @@ pub struct Running {
     failures: mpsc::Receiver<ShardFailure>,
     metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
     draining: Arc<AtomicBool>,
+    live: Arc<live::LiveSettings>,
+    quotas: Arc<Quotas>,
     certificates: Option<Arc<tls::Certificates>>,
 }
 
@@ -189,6 +198,17 @@ impl Running {
         }
     }
 
+    /// A reloaded peer policy and `--max-bps` for every shard (see `turn::server::live` for
+    /// what they apply to); each shard takes them within one loop turn.
+    pub fn reconfigure(&self, config: &Config) {
+        self.live.set(peer_policy(config), config.max_bps);
+        self.quotas
+            .set_limits(config.user_quota, config.total_quota);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
     /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
     /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
     /// is gone, so the kernel hashes its clients to shards that do not know them).
@@ -219,142 +239,15 @@ impl Running {
     }
 }
 
-/// The address relay sockets bind to and XOR-RELAYED-ADDRESS shows, when `--relay-ip` is
-/// not given: the listening IP if it is specific, else the host's primary IPv4 address
-/// (found by routing, no packet sent), else loopback.
-fn default_relay_ip(listen: IpAddr) -> IpAddr {
-    if !listen.is_unspecified() {
-        return listen;
-    }
-    let routed = UdpSocket::bind("0.0.0.0:0").and_then(|s| {
-        // connect() on UDP only consults the routing table; nothing is sent.
-        s.connect("192.0.2.1:9")?;
-        s.local_addr()
-    });
-    match routed {
-        Ok(a) if !a.ip().is_unspecified() => a.ip(),
-        _ => {
-            tracing::warn!("no --relay-ip and no routable address found: relaying on 127.0.0.1");
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        }
-    }
-}
-
-/// Where to listen without `--listening-ip`: every IPv4 address and, where the host has
-/// IPv6, every IPv6 address (as coturn does).
-fn default_listen_ips() -> Vec<IpAddr> {
-    let mut ips = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
-    let has_ipv6 = std::fs::read_to_string("/proc/net/if_inet6")
-        .is_ok_and(|s| !s.trim().is_empty())
-        && UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok();
-    if has_ipv6 {
-        ips.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-    }
-    ips
-}
-
-/// The IPv6 relay address when none is given: a specific IPv6 listening address, else the
-/// host's primary global IPv6 address (found by routing, no packet sent), else none (IPv6
-/// relays refused with 440).
-fn default_relay_ip_v6(listen: IpAddr) -> Option<IpAddr> {
-    if !listen.is_unspecified() {
-        return Some(listen);
-    }
-    let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok()?;
-    // connect() on UDP only consults the routing table; nothing is sent.
-    s.connect("[2001:db8::1]:9").ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-    (!ip.is_unspecified() && !ip.is_loopback() && !link_local).then_some(ip)
-}
-
-/// Splits `min..=max` into `n` disjoint contiguous slices.
-pub fn port_slices(min: u16, max: u16, n: usize) -> Vec<(u16, u16)> {
-    let total = u32::from(max) - u32::from(min) + 1;
-    let n = (n as u32).clamp(1, total);
-    let per = total / n;
-    (0..n)
-        .map(|i| {
-            let start = u32::from(min) + i * per;
-            let end = if i == n - 1 {
-                u32::from(max)
-            } else {
-                start + per - 1
-            };
-            (start as u16, end as u16)
-        })
-        .collect()
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as servers do: every allocation holds
-/// a relay socket, so the usual soft limit of 1024 would cap a server at about a thousand
-/// allocations. Logs the resulting limit, and warns when the relay port range is larger.
-fn raise_file_limit(relay_ports: usize) {
-    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        Ok(limits) => limits,
-        Err(e) => {
-            tracing::warn!("cannot read RLIMIT_NOFILE: {e}");
-            return;
-        }
+/// The peer policy the configuration asks for.
+pub fn peer_policy(config: &Config) -> PeerPolicy {
+    let mut policy = PeerPolicy {
+        allow_loopback: config.allow_loopback_peers,
+        allowed: config.allowed_peer_ips.clone(),
+        denied: config.denied_peer_ips.clone(),
     };
-    let limit = if soft < hard {
-        match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(soft, hard, "cannot raise RLIMIT_NOFILE: {e}");
-                soft
-            }
-        }
-    } else {
-        soft
-    };
-    // Listening sockets, rings, the log and Redis need a few more descriptors.
-    let needed = relay_ports as u64 + 64;
-    if limit < needed {
-        tracing::warn!(
-            limit,
-            needed,
-            "open file limit is below the relay port range: allocations will fail with 508 once descriptors run out (raise the hard limit, e.g. LimitNOFILE= in the systemd unit)"
-        );
-    } else {
-        tracing::info!(limit, "open file limit");
-    }
-}
-
-/// Every IP this server listens or relays on, or advertises (all interface addresses when
-/// it listens or relays on a wildcard): the core lets clients reach these only on relay ports.
-fn own_addresses(config: &Config, listen: &[IpAddr], relays: &[Option<IpAddr>]) -> Vec<IpAddr> {
-    let external = config
-        .external_ips
-        .iter()
-        .flat_map(|(public, private)| [Some(*public), *private]);
-    let configured: Vec<IpAddr> = listen
-        .iter()
-        .copied()
-        .map(Some)
-        .chain(relays.iter().copied())
-        .chain(external)
-        .flatten()
-        .collect();
-    let mut own: Vec<IpAddr> = configured
-        .iter()
-        .copied()
-        .filter(|ip| !ip.is_unspecified())
-        .collect();
-    if configured.iter().any(IpAddr::is_unspecified) {
-        if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
-            own.extend(interfaces.filter_map(|i| {
-                let a = i.address?;
-                a.as_sockaddr_in()
-                    .map(|s| IpAddr::V4(std::net::SocketAddrV4::from(*s).ip().to_owned()))
-                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-            }));
-        }
-    }
-    let mut own: Vec<IpAddr> = own.into_iter().map(|ip| ip.to_canonical()).collect();
-    own.sort();
-    own.dedup();
-    own
+    policy.allowed.shrink_to_fit();
+    policy
 }
 
 /// Starts one shard per configured core (test knobs from `UTURN_TEST_*`, see
@@ -445,12 +338,7 @@ pub fn start_with_streams(
     let quotas = Arc::new(Quotas::new(config.user_quota, config.total_quota));
     let stop = Arc::new(AtomicBool::new(false));
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
-    let mut policy = PeerPolicy {
-        allow_loopback: config.allow_loopback_peers,
-        allowed: config.allowed_peer_ips.clone(),
-        denied: config.denied_peer_ips.clone(),
-    };
-    policy.allowed.shrink_to_fit();
+    let policy = peer_policy(config);
     streams.check_free(&listen)?;
     tracing::info!(
         shards = cores.len(),
@@ -470,6 +358,8 @@ pub fn start_with_streams(
         backends: Vec::new(),
         metrics: Vec::new(),
         draining: Arc::new(AtomicBool::new(false)),
+        live: Arc::new(live::LiveSettings::new(policy.clone(), config.max_bps)),
+        quotas: quotas.clone(),
         certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
@@ -523,6 +413,7 @@ pub fn start_with_streams(
             failures: failures_tx.clone(),
             metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
             draining: running.draining.clone(),
+            live: running.live.clone(),
             udp: !config.no_udp,
             streams: streams.clone(),
         };
@@ -583,6 +474,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
         metrics: spec.metrics.clone(),
         draining: spec.draining.clone(),
+        live: spec.live.clone(),
+        live_seen: 0,
         streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
@@ -674,22 +567,5 @@ fn report(
         io: state.io.clone(),
         streams: state.streams.clone(),
         failure,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_slices_are_disjoint_and_cover_the_range() {
-        let s = port_slices(49152, 65535, 3);
-        assert_eq!(s.first().unwrap().0, 49152);
-        assert_eq!(s.last().unwrap().1, 65535);
-        for w in s.windows(2) {
-            assert_eq!(w[0].1 + 1, w[1].0);
-        }
-        assert_eq!(port_slices(1000, 1001, 4).len(), 2, "never an empty slice");
-        assert_eq!(port_slices(5, 5, 1), vec![(5, 5)]);
     }
 }

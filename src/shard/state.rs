@@ -30,6 +30,9 @@ pub(crate) struct ShardState {
     pub metrics: Arc<crate::metrics::ShardMetrics>,
     /// Set by `Running::set_draining`; applied to the core at the end of a turn.
     pub draining: Arc<AtomicBool>,
+    /// Peer policy and `--max-bps` as reloaded, and the generation this shard applied.
+    pub live: Arc<super::live::LiveSettings>,
+    pub live_seen: u64,
     /// The stream side's counters, as of its last sweep and when the shard stops.
     pub streams: super::stream::StreamCounters,
 }
@@ -98,9 +101,11 @@ impl ShardState {
         if draining != self.server.is_draining() {
             self.server.set_draining(draining);
         }
+        self.live.apply(&mut self.live_seen, &mut self.server);
         self.metrics.publish(
             self.server.counters(),
             &self.io,
+            &self.streams,
             self.server.allocation_count(),
         );
         if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
@@ -121,6 +126,9 @@ impl ShardState {
                         + c.not_stun,
                     refused = c.peer_refused + c.quota_refused + c.ports_exhausted,
                     send_errors = self.io.send_errors,
+                    oversize = self.io.truncated,
+                    no_buffers = self.io.no_buffers,
+                    cq_lost = self.io.cq_lost,
                     "shard summary"
                 );
             }

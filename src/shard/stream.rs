@@ -173,6 +173,8 @@ struct Listener {
 pub(crate) struct Streams {
     poll: Poll,
     events: Events,
+    /// This wakeup's events: (token, readable, the peer closed or failed, writable).
+    ready: Vec<(Token, bool, bool, bool)>,
     listeners: Vec<Listener>,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
@@ -182,6 +184,8 @@ pub(crate) struct Streams {
     options: StreamOptions,
     tls: Option<Arc<rustls::ServerConfig>>,
     buf: Box<[u8]>,
+    /// Connections whose client ended its side this turn, closed at its end.
+    ending: Vec<usize>,
     next_sweep: Instant,
     pub counters: StreamCounters,
 }
@@ -205,6 +209,7 @@ impl Streams {
         Ok(Some(Streams {
             poll,
             events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
             listeners,
             conns: Vec::new(),
             free: Vec::new(),
@@ -213,6 +218,7 @@ impl Streams {
             tls: options.tls.as_ref().map(Certificates::server_config),
             options: options.clone(),
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            ending: Vec::new(),
             next_sweep: Instant::now() + SWEEP_EVERY,
             counters: StreamCounters::default(),
         }))
@@ -238,32 +244,30 @@ impl Streams {
                 }
                 return;
             }
-            let ready: Vec<(Token, bool, bool)> = self
-                .events
-                .iter()
-                .map(|e| {
-                    (
-                        e.token(),
-                        e.is_readable() || e.is_read_closed() || e.is_error(),
-                        e.is_writable(),
-                    )
-                })
-                .collect();
-            for &(Token(t), readable, writable) in &ready {
+            // Taken and put back, so it keeps its capacity (no allocation per wakeup).
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(self.events.iter().map(|e| {
+                let ended = e.is_read_closed() || e.is_error();
+                (e.token(), e.is_readable() || ended, ended, e.is_writable())
+            }));
+            for &(Token(t), readable, ended, writable) in &ready {
                 if t < CONN_BASE {
                     self.accept(t, now);
                     continue;
                 }
                 let slot = t - CONN_BASE;
                 if readable {
-                    self.read(slot, now, state, relays);
+                    self.read(slot, ended, now, state, relays);
                 }
                 if writable {
                     self.flush(slot, now, state, relays);
                 }
             }
             // The outer poller is edge-triggered on this set: stop only once it is drained.
-            if ready.len() < self.events.capacity() {
+            let drained = ready.len() < self.events.capacity();
+            self.ready = ready;
+            if drained {
                 return;
             }
         }
@@ -347,6 +351,7 @@ impl Streams {
     fn read(
         &mut self,
         slot: usize,
+        to_end: bool,
         now: Instant,
         state: &mut ShardState,
         relays: &mut dyn RelayIo,
@@ -354,9 +359,18 @@ impl Streams {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
+        if conn.ended {
+            return;
+        }
         let tuple = conn.tuple;
         let frames = &mut self.counters.frames;
-        let result = conn.read(&mut self.buf, now, |frame| {
+        let mut tell = !conn.session_told;
+        let result = conn.read(&mut self.buf, to_end, now, |frame, session| {
+            // Before the first request: the allocation it may make carries the session.
+            if let (true, Some(session)) = (tell, session) {
+                state.server.set_tls_session(tuple, session);
+                tell = false;
+            }
             *frames += 1;
             state.io.received += 1;
             let action = state
@@ -371,8 +385,18 @@ impl Streams {
                 relays.send_to_peer(&mut state.io, relay, peer, &frame[payload]);
             }
         });
-        if let Err(why) = result {
-            self.close(slot, why, now, state, relays);
+        if !tell {
+            conn.session_told = true;
+        }
+        match result {
+            Ok(()) => {}
+            // The client's end may come with its last requests: their answers are still
+            // in the core's queue, so the close waits for the end of this turn.
+            Err(Closed::Peer) => {
+                conn.ended = true;
+                self.ending.push(slot);
+            }
+            Err(why) => self.close(slot, why, now, state, relays),
         }
     }
 
@@ -420,16 +444,18 @@ impl Streams {
             .connection_closed(now, conn.tuple, relays.sockets());
     }
 
-    /// Closes connections past their deadline: TLS handshakes too slow, and connections
-    /// holding no allocation that have been quiet for the idle timeout.
+    /// End of a loop turn: closes the connections their clients ended (their answers are
+    /// written by now), and those past a deadline: TLS handshakes too slow, connections
+    /// holding no allocation quiet for the idle timeout.
     pub fn sweep(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
+        for slot in std::mem::take(&mut self.ending) {
+            self.close(slot, Closed::Peer, now, state, relays);
+        }
         if now < self.next_sweep {
             return;
         }
         self.next_sweep = now + SWEEP_EVERY;
-        self.counters.open = self.open as u64;
-        self.counters.buffered_bytes = self.buffered_bytes() as u64;
-        state.streams = self.counters.clone();
+        self.publish(state);
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_ref() else {
                 continue;
@@ -446,6 +472,14 @@ impl Streams {
                 self.close(slot, Closed::Peer, now, state, relays);
             }
         }
+    }
+
+    /// Counts what is open now into the counters, which go to the shard's state (its
+    /// report, and the metrics it publishes every turn).
+    fn publish(&mut self, state: &mut ShardState) {
+        self.counters.open = self.open as u64;
+        self.counters.buffered_bytes = self.buffered_bytes() as u64;
+        state.streams = self.counters.clone();
     }
 
     /// Sends a core transmit meant for a stream client; gives it back when it is for UDP.

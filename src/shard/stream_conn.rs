@@ -8,7 +8,7 @@
 //! the stream module's job, from what these calls report).
 
 use crate::stun::framing::{FramingError, Reassembler};
-use crate::turn::FiveTuple;
+use crate::turn::{FiveTuple, TlsSession};
 use bytes::{BufMut, BytesMut};
 use mio::net::TcpStream;
 use rustls::ServerConnection;
@@ -53,6 +53,11 @@ pub(crate) struct Connection {
     pub opened_at: Instant,
     /// An allocation lives on this connection's 5-tuple.
     pub allocated: bool,
+    /// The core knows this connection's TLS session.
+    pub session_told: bool,
+    /// The client ended its side: nothing more is read, the connection closes once the
+    /// answers to what it sent last have been written.
+    pub ended: bool,
 }
 
 impl Connection {
@@ -74,6 +79,8 @@ impl Connection {
             active_at: now,
             opened_at: now,
             allocated: false,
+            session_told: false,
+            ended: false,
         }
     }
 
@@ -86,16 +93,21 @@ impl Connection {
         self.out.capacity() + self.frames.capacity()
     }
 
-    /// Reads until the socket would block, passing every whole frame to `frame`, and
-    /// writes what TLS has to say in return (handshake, alerts).
+    /// Reads until the socket would block (`to_end`: until it reports its end, as the
+    /// peer closed it), passing every whole frame to `frame` with the TLS session it came
+    /// over (none on TCP), and writes what TLS has to say in return (handshake, alerts).
     pub fn read(
         &mut self,
         buf: &mut [u8],
+        to_end: bool,
         now: Instant,
-        mut frame: impl FnMut(&[u8]),
+        mut frame: impl FnMut(&[u8], Option<TlsSession>),
     ) -> Result<(), Closed> {
         let result = match self.tls.as_mut() {
-            None => read_plain(&mut self.socket, &mut self.frames, buf, &mut frame),
+            None => {
+                let mut plain = |f: &[u8]| frame(f, None);
+                read_plain(&mut self.socket, &mut self.frames, buf, to_end, &mut plain)
+            }
             Some(tls) => read_tls(tls, &mut self.socket, &mut self.frames, buf, &mut frame),
         };
         self.active_at = now;
@@ -167,8 +179,9 @@ impl Connection {
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
             take_records(tls, &mut self.out);
-            let _ = self.flush();
         }
+        // Best effort: what the socket does not take now is lost with the connection.
+        let _ = self.flush();
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -187,14 +200,23 @@ fn read_plain(
     socket: &mut TcpStream,
     frames: &mut Reassembler,
     buf: &mut [u8],
+    to_end: bool,
     frame: &mut impl FnMut(&[u8]),
 ) -> Result<(), Closed> {
     loop {
         match socket.read(buf) {
             Ok(0) => return Err(Closed::Peer),
-            Ok(n) => frames
-                .push(&buf[..n], &mut *frame)
-                .map_err(Closed::Framing)?,
+            Ok(n) => {
+                frames
+                    .push(&buf[..n], &mut *frame)
+                    .map_err(Closed::Framing)?;
+                // A short read emptied the socket's buffer; later bytes raise a new edge
+                // (epoll(7)), so the read that would only say "would block" is saved,
+                // unless the peer's end came with this edge and must still be read.
+                if n < buf.len() && !to_end {
+                    return Ok(());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(Closed::Peer),
@@ -207,7 +229,7 @@ fn read_tls(
     socket: &mut TcpStream,
     frames: &mut Reassembler,
     buf: &mut [u8],
-    frame: &mut impl FnMut(&[u8]),
+    frame: &mut impl FnMut(&[u8], Option<TlsSession>),
 ) -> Result<(), Closed> {
     loop {
         match tls.read_tls(socket) {
@@ -218,6 +240,9 @@ fn read_tls(
             Err(_) => return Err(Closed::Peer),
         }
         let state = tls.process_new_packets().map_err(|_| Closed::Tls)?;
+        // Plaintext only follows a finished handshake.
+        let session = (!tls.is_handshaking()).then(|| super::tls::session(tls));
+        let mut deliver = |f: &[u8]| frame(f, session);
         let mut plain = state.plaintext_bytes_to_read();
         while plain > 0 {
             let n = tls.reader().read(buf).map_err(|_| Closed::Tls)?;
@@ -226,7 +251,7 @@ fn read_tls(
             }
             plain = plain.saturating_sub(n);
             frames
-                .push(&buf[..n], &mut *frame)
+                .push(&buf[..n], &mut deliver)
                 .map_err(Closed::Framing)?;
         }
         if state.peer_has_closed() {

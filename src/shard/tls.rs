@@ -121,6 +121,14 @@ fn read(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<CertifiedK
     Ok(certified)
 }
 
+/// A finished session's protocol and cipher suite, named as coturn names them.
+pub fn session(conn: &rustls::ServerConnection) -> crate::turn::TlsSession {
+    crate::turn::TlsSession {
+        protocol: protocol_name(conn.protocol_version()),
+        cipher: cipher_name(conn.negotiated_cipher_suite().map(|s| s.suite())),
+    }
+}
+
 /// The protocol as coturn writes it after `ssl=` (OpenSSL's `SSL_get_version`).
 pub fn protocol_name(version: Option<ProtocolVersion>) -> &'static str {
     match version {

@@ -186,11 +186,17 @@ pub fn allocation_base(info: &AllocationInfo) -> String {
 
 /// `new lifetime=…` / `refreshed lifetime=…` status text.
 pub fn status_text(word: &str, info: &AllocationInfo, lifetime: u32) -> String {
+    let (ssl, cipher) = info
+        .tls
+        .map_or(("NONE", "NONE"), |t| (t.protocol, t.cipher));
+    // What coturn 4.6.1 publishes for a TLS client.
+    let kind = match info.five_tuple.transport {
+        crate::turn::Transport::Tls => "TLS/TCP",
+        other => other.as_str(),
+    };
     format!(
-        "{word} lifetime={lifetime}, type={}, local={}, remote={}, ssl=NONE, cipher=NONE",
-        info.five_tuple.transport.as_str(),
-        info.five_tuple.server,
-        info.five_tuple.client
+        "{word} lifetime={lifetime}, type={kind}, local={}, remote={}, ssl={ssl}, cipher={cipher}",
+        info.five_tuple.server, info.five_tuple.client
     )
 }
 

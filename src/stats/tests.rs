@@ -14,6 +14,7 @@ fn info(realm: &str) -> AllocationInfo {
             transport: Transport::Udp,
         },
         relay: "127.0.0.1:50000".parse().unwrap(),
+        tls: None,
     }
 }
 
@@ -126,5 +127,21 @@ fn bounded_queue_merges_traffic_and_keeps_totals() {
             .count(),
         2,
         "status events are kept"
+    );
+}
+
+#[test]
+fn status_of_a_tls_client_names_its_session_as_coturn_does() {
+    let mut i = info("example.org");
+    i.five_tuple.transport = Transport::Tls;
+    i.five_tuple.server = "127.0.0.1:5349".parse().unwrap();
+    i.tls = Some(crate::turn::TlsSession {
+        protocol: "TLSv1.2",
+        cipher: "ECDHE-ECDSA-AES256-GCM-SHA384",
+    });
+    // Byte for byte what coturn 4.6.1 published for a turnutils_uclient -t -S client.
+    assert_eq!(
+        status_text("new", &i, 777),
+        "new lifetime=777, type=TLS/TCP, local=127.0.0.1:5349, remote=127.0.0.1:44996, ssl=TLSv1.2, cipher=ECDHE-ECDSA-AES256-GCM-SHA384"
     );
 }

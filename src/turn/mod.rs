@@ -46,7 +46,8 @@ impl Transport {
         matches!(self, Transport::Tcp | Transport::Tls)
     }
 
-    /// coturn's spelling in Redis status messages (`type=UDP`).
+    /// The transport's name (`type=UDP` in Redis status messages and metrics; coturn's
+    /// Redis status spells a TLS client `TLS/TCP`, see `stats::status_text`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
@@ -117,6 +118,14 @@ impl Traffic {
     }
 }
 
+/// The TLS session of a client's connection, named as coturn writes it in Redis
+/// (`ssl=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384`: OpenSSL's names).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TlsSession {
+    pub protocol: &'static str,
+    pub cipher: &'static str,
+}
+
 /// What stays the same for an allocation's whole life; shared with stats and the observer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocationInfo {
@@ -126,6 +135,8 @@ pub struct AllocationInfo {
     pub realm: String,
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
+    /// The client's TLS session, when it came over TLS.
+    pub tls: Option<TlsSession>,
 }
 
 /// Why an allocation went away.

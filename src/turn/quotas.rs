@@ -5,6 +5,7 @@
 //! packet, so a small lock is fine here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Which quota a new allocation would exceed.
@@ -17,8 +18,9 @@ pub enum QuotaExceeded {
 /// Server-wide allocation counts, shared by all shards.
 #[derive(Debug, Default)]
 pub struct Quotas {
-    user_quota: usize,
-    total_quota: usize,
+    /// Atomics so a reload (SIGHUP) can change them under running shards.
+    user_quota: AtomicUsize,
+    total_quota: AtomicUsize,
     counts: Mutex<QuotaCounts>,
 }
 
@@ -32,20 +34,36 @@ impl Quotas {
     /// Zero means unlimited.
     pub fn new(user_quota: usize, total_quota: usize) -> Self {
         Quotas {
-            user_quota,
-            total_quota,
+            user_quota: AtomicUsize::new(user_quota),
+            total_quota: AtomicUsize::new(total_quota),
             counts: Mutex::default(),
         }
+    }
+
+    /// New limits (zero: unlimited) for allocations made from now on; allocations held
+    /// beyond a lowered limit stay until they end.
+    pub fn set_limits(&self, user_quota: usize, total_quota: usize) {
+        self.user_quota.store(user_quota, Ordering::Relaxed);
+        self.total_quota.store(total_quota, Ordering::Relaxed);
+    }
+
+    /// (user quota, total quota); zero is unlimited.
+    pub fn limits(&self) -> (usize, usize) {
+        (
+            self.user_quota.load(Ordering::Relaxed),
+            self.total_quota.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts one more allocation for `username`, or says which quota is reached.
     pub fn acquire(&self, username: &str) -> Result<(), QuotaExceeded> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total_quota > 0 && counts.total >= self.total_quota {
+        let (user_quota, total_quota) = self.limits();
+        if total_quota > 0 && counts.total >= total_quota {
             return Err(QuotaExceeded::Total);
         }
         let user = counts.per_user.get(username).copied().unwrap_or(0);
-        if self.user_quota > 0 && user >= self.user_quota {
+        if user_quota > 0 && user >= user_quota {
             return Err(QuotaExceeded::User);
         }
         counts.total += 1;

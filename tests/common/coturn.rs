@@ -17,7 +17,10 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("{name} not found: install Debian's coturn package (scripts/test.sh does)");
 }
 
-/// `turnutils_peer` echoing on a free loopback port.
+/// `turnutils_peer` echoing on two consecutive free loopback ports (it binds `-p PORT` and
+/// PORT+1, and `turnutils_uclient` sends its RTCP half to PORT+1: with PORT+1 taken by
+/// another process half the traffic is lost). The ports are ephemeral ones, outside every
+/// test relay range.
 pub struct Peer {
     child: Child,
     pub port: u16,
@@ -25,21 +28,29 @@ pub struct Peer {
 
 impl Peer {
     pub fn start() -> Peer {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free = |p: u16| UdpSocket::bind(("127.0.0.1", p)).is_ok();
+        let port = (0..1000)
+            .map(|_| {
+                UdpSocket::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .find(|&p| p < u16::MAX && free(p + 1))
+            .expect("two consecutive free ports");
         let child = Command::new(tool("turnutils_peer"))
             .args(["-L", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn turnutils_peer");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for("turnutils_peer to echo", Duration::from_secs(10), || {
-            echoes(addr)
-        });
+        for p in [port, port + 1] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], p));
+            wait_for("turnutils_peer to echo", Duration::from_secs(10), || {
+                echoes(addr)
+            });
+        }
         Peer { child, port }
     }
 }

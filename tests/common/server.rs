@@ -13,12 +13,16 @@ use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 /// SO_REUSEPORT never shares a port). uturn listens with SO_REUSEPORT, so on a port another
 /// process's server holds (other worktrees run their tests on this machine too, as the
 /// same user) the kernel would silently split the clients between the two servers.
+/// uturn listens on TCP on the same port too, so the port must be free for TCP as well.
 pub fn free_listen_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
 }
 
 /// Whether nobody holds UDP `port` on 127.0.0.1 or ::1 right now.
@@ -125,14 +129,20 @@ impl Uturn {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Waits until the server answers Binding; false if it exited or `timeout` passed.
+    /// Waits until every shard runs ("uturn ready" in the log) and the server answers
+    /// Binding; false if it exited or `timeout` passed. The first shard answers before the
+    /// others have joined the SO_REUSEPORT group, and a joining shard re-hashes clients
+    /// away from the shard holding their allocation: a test must not start before.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
         let addr = self.addr();
+        let log = self.log.clone();
         let child = &mut self.child;
         let mut exited = false;
         wait_until(within(timeout), || {
             exited = matches!(child.try_wait(), Ok(Some(_)));
-            exited || binding(addr, Duration::from_millis(200)).is_some()
+            exited
+                || (std::fs::read_to_string(&log).is_ok_and(|l| l.contains("uturn ready"))
+                    && binding(addr, Duration::from_millis(200)).is_some())
         }) && !exited
     }
 

@@ -33,8 +33,7 @@ impl Shard {
             let args = SubmitArgs::new().timespec(&ts);
             let _ = self.io.ring.submitter().submit_with_args(1, &args);
             self.io.submitted();
-            let mut done = std::mem::take(&mut self.io.backlog);
-            done.extend(self.io.ring.completion());
+            let done: Vec<cqueue::Entry> = self.io.ring.completion().collect();
             for entry in done {
                 if let Some(lent) = self.buffers.take(&entry) {
                     self.buffers.give_back(lent);

@@ -10,7 +10,7 @@ use crate::shard::pktinfo::{self, SourceControl};
 use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
 use crate::turn::{RelayId, RelaySockets};
 use io_uring::types::{CancelBuilder, Fd};
-use io_uring::{cqueue, opcode, squeue, IoUring};
+use io_uring::{opcode, squeue, IoUring};
 use socket2::SockAddr;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -76,9 +76,6 @@ pub(super) struct Io {
     pub starved: Vec<Op>,
     /// Receives armed and not yet finished (to drain at shutdown).
     pub armed: usize,
-    /// Completions moved out of the completion queue while submitting (a burst of
-    /// cancellations must not overflow it); the loop handles them first.
-    pub backlog: Vec<cqueue::Entry>,
     closing: Vec<Closing>,
     /// Test only: this many next submits fail as if the kernel said EBUSY.
     #[cfg(test)]
@@ -115,27 +112,20 @@ impl Io {
             rearm: Vec::with_capacity(64),
             starved: Vec::new(),
             armed: 0,
-            backlog: Vec::new(),
             closing: Vec::new(),
             #[cfg(test)]
             fail_submits: 0,
         }
     }
 
-    /// Submits what is queued, then moves completions out of a completion queue that is
-    /// half full, so bursts of operations queued within one turn cannot overflow it.
+    /// Submits what is queued.
     pub fn submit(&mut self) -> io::Result<usize> {
         #[cfg(test)]
         if self.fail_submits > 0 {
             self.fail_submits -= 1;
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
-        let submitted = self.ring.submit();
-        let mut cq = self.ring.completion();
-        if cq.len() >= cq.capacity() / 2 {
-            self.backlog.extend(&mut cq);
-        }
-        submitted
+        self.ring.submit()
     }
 
     /// Everything queued reached the kernel.

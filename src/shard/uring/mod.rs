@@ -264,7 +264,9 @@ impl Shard {
     }
 
     fn serve(&mut self, state: &mut ShardState) -> std::io::Result<()> {
-        let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(CQ_MIN as usize);
+        // As large as the queue, so it never grows while the shard runs.
+        let cq = self.io.ring.params().cq_entries() as usize;
+        let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(cq);
         let mut failing_since = None;
         loop {
             let now = Instant::now();
@@ -289,12 +291,7 @@ impl Shard {
             } else {
                 (1, SubmitArgs::new().timespec(&ts))
             };
-            let waited = if self.io.backlog.is_empty() {
-                self.io.ring.submitter().submit_with_args(want, &args)
-            } else {
-                // Completions are waiting already: submit without sleeping.
-                self.io.ring.submit()
-            };
+            let waited = self.io.ring.submitter().submit_with_args(want, &args);
             match state.fault.wait_result(state.io.received, waited.map(drop)) {
                 Ok(()) => {
                     failing_since = None;
@@ -307,7 +304,6 @@ impl Shard {
             }
             self.count_dropped(state, false);
             completions.clear();
-            completions.append(&mut self.io.backlog);
             completions.extend(self.io.ring.completion());
             let now = Instant::now();
             self.pacer.count(now, completions.len());

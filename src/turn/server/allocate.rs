@@ -264,6 +264,7 @@ impl Server {
             realm: self.config.realm.clone(),
             five_tuple: req.tuple,
             relay,
+            tls: self.tls_sessions.get(&req.tuple).copied(),
         });
         let expires = now + Duration::from_secs(lifetime.into());
         let max_bps = self.config.max_bps;

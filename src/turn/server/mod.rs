@@ -15,6 +15,7 @@ mod authenticate;
 mod config;
 mod expiry;
 mod forward;
+mod live;
 mod request;
 mod requests;
 mod table;
@@ -122,6 +123,8 @@ pub struct Server {
     next_seq: u64,
     rng: u64,
     pending: HashMap<u64, Parked>,
+    /// TLS sessions of the stream connections that have one, for allocation info.
+    tls_sessions: HashMap<FiveTuple, super::TlsSession>,
     next_ticket: u64,
     ticket_sink: Option<TicketSink>,
     /// Refuse new allocations (Refresh, CreatePermission and ChannelBind keep working).
@@ -152,6 +155,7 @@ impl Server {
             next_seq: 1,
             rng: seed | 1,
             pending: HashMap::new(),
+            tls_sessions: HashMap::new(),
             next_ticket: 1,
             ticket_sink: None,
             draining: false,
@@ -241,9 +245,16 @@ impl Server {
         sockets: &mut dyn RelaySockets,
     ) {
         self.pending.retain(|_, parked| parked.tuple != tuple);
+        self.tls_sessions.remove(&tuple);
         if let Some(slot) = self.by_tuple.get(&tuple).copied() {
             self.delete(slot, super::DeleteReason::ConnectionClosed, sockets);
         }
+    }
+
+    /// The TLS connection of `tuple` finished its handshake: allocations made on it carry
+    /// `session` (Redis shows it as coturn does). Forgotten at `connection_closed`.
+    pub fn set_tls_session(&mut self, tuple: FiveTuple, session: super::TlsSession) {
+        self.tls_sessions.insert(tuple, session);
     }
 
     /// While on, Allocate is refused: 300 Try Alternate with an ALTERNATE-SERVER of the
