@@ -48,7 +48,7 @@ const SEND_SLOTS: usize = 4096;
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 16384;
 const IDLE: Duration = Duration::from_secs(60);
-/// Completions a batched wakeup waits for before its minimum wait is over.
+/// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
 
 /// What became of a received datagram.
@@ -160,7 +160,7 @@ impl Shard {
             wake_buf: Box::new(0),
             wake_armed: false,
             features,
-            pacer: Pacer::new(batch_wait_us),
+            pacer: Pacer::new(batch_wait_us, BATCH),
         };
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
@@ -203,11 +203,14 @@ impl Shard {
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
-            // With a minimum wait, one wakeup gathers up to BATCH completions or whatever
-            // arrived within batch_wait_us; an idle shard still sleeps until its timer.
+            // With a minimum wait, one wakeup gathers the receives the measured rate brings
+            // within batch_wait_us (at most BATCH), or whatever arrived by then; the
+            // completions of the sends in flight land in the same queue, so they are added
+            // to the count rather than ending the wait early or counting as traffic. An
+            // idle shard still sleeps until its timer.
             let (want, args) = if self.pacer.waiting() {
                 (
-                    BATCH,
+                    self.io.sends_in_flight() + self.pacer.receives_wanted(),
                     SubmitArgs::new()
                         .timespec(&ts)
                         .min_wait_usec(self.pacer.wait_us),
@@ -227,7 +230,16 @@ impl Shard {
             completions.clear();
             completions.extend(self.io.ring.completion());
             let now = Instant::now();
-            self.pacer.count(now, completions.len());
+            let receives = completions
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        Op::decode(e.user_data()),
+                        Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
+                    )
+                })
+                .count();
+            self.pacer.count(now, receives);
             for entry in &completions {
                 self.complete(state, now, entry);
             }
