@@ -52,8 +52,9 @@ pub fn observer_from_config(config: &Config) -> Arc<dyn Observer> {
     )
 }
 
-/// Runs the server until SIGINT or SIGTERM: shards, the stats thread when Redis is
-/// configured, then a clean stop that deletes every allocation through the core.
+/// Runs the server until SIGINT or SIGTERM (exit 0) or until a shard fails (exit 1, after
+/// every other shard stopped cleanly): shards, the stats thread when Redis is configured,
+/// then a stop that deletes every allocation through the core.
 pub fn run(config: Config) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let observer = observer_from_config(&config);
@@ -89,9 +90,19 @@ pub fn run(config: Config) -> ExitCode {
         backend = running.backends().first().copied().unwrap_or("none"),
         "uturn ready"
     );
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "stopping");
-    }
+    // A shard that cannot go on stops the whole process, so a supervisor restarts it:
+    // without that shard's SO_REUSEPORT member the kernel would hash its clients to shards
+    // that do not hold their allocations.
+    let failure = loop {
+        if let Some(signal) = signals.pending().next() {
+            tracing::info!(signal, "stopping");
+            break None;
+        }
+        if let Some(failure) = running.wait_failure(std::time::Duration::from_millis(50)) {
+            tracing::error!("{failure}: stopping every shard and exiting with an error");
+            break Some(failure);
+        }
+    };
     let reports = running.stop();
     for r in &reports {
         tracing::info!(shard = r.index, backend = r.backend, counters = ?r.counters, io = ?r.io, "shard stopped");
@@ -99,5 +110,11 @@ pub fn run(config: Config) -> ExitCode {
     if let Some(stats) = stats {
         stats.stop(std::time::Duration::from_secs(3));
     }
-    ExitCode::SUCCESS
+    match failure {
+        Some(failure) => {
+            eprintln!("uturn: {failure}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
 }

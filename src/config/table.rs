@@ -126,7 +126,7 @@ use Initial::{Note, Value};
 
 /// Every option uturn implements, in help order.
 pub(crate) const UTURN: &[Opt] = &[
-    list("listening-ip", Some('L'), "IP", Note("0.0.0.0"), "listen address (repeatable)", |c, i| {
+    list("listening-ip", Some('L'), "IP", Note("0.0.0.0 and ::"), "listen address (repeatable; default: every IPv4 address, and every IPv6 one where the host has IPv6)", |c, i| {
         c.listening_ips.push(i.ip()?);
         Ok(())
     }),

@@ -6,16 +6,25 @@
 //! the core's inputs/outputs, event dispatch to the observer and the stats sink.
 //! Must not: make protocol decisions (that is `turn`).
 
+mod failure;
+mod knobs;
+mod pktinfo;
 mod portable;
+mod state;
 mod uring;
+
+pub use failure::ShardFailure;
+pub use knobs::{Fault, FaultKind, TestKnobs};
+pub use state::IoCounters;
+pub(crate) use state::ShardState;
 
 use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
-use crate::turn::{Event, PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
+use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -26,105 +35,41 @@ use std::time::{Duration, Instant};
 const LISTEN_SOCKET_BUFFER: usize = 4 << 20;
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
 
+/// The largest datagram either backend takes, from a client or a peer: what fits an
+/// io_uring provided buffer (4,096 bytes) after the receive header and the core's
+/// headroom and tailroom. Larger ones are dropped and counted (`IoCounters::truncated`).
+pub const MAX_DATAGRAM: usize = uring::MAX_DATAGRAM;
+
 /// Wakes a shard from another thread (stop, asynchronous authentication answers).
 pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
 
-/// The part of a shard every backend shares: the TURN core ([`Server`]), the observer,
-/// the stats sink, the answers of asynchronous authentication and the stop flag.
-pub(crate) struct ShardState {
-    pub server: Server,
-    pub observer: Arc<dyn Observer>,
-    pub sink: Option<Arc<dyn EventSink>>,
-    pub auth_rx: mpsc::Receiver<(u64, AuthDecision)>,
-    pub stop: Arc<AtomicBool>,
-    pub io: IoCounters,
-    /// For the periodic summary line: shard index, when it was last written and the
-    /// datagrams received by then.
-    pub index: usize,
-    pub summary_at: Instant,
-    pub summary_received: u64,
+/// A listening socket (an SO_REUSEPORT member) at `addr`; on a wildcard address it
+/// reports each datagram's destination, so replies leave from the address the client used.
+pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = bind_udp(addr, true, LISTEN_SOCKET_BUFFER)?;
+    if addr.ip().is_unspecified() {
+        pktinfo::enable(&socket, addr)?;
+    }
+    Ok(socket)
 }
 
-/// How often a busy shard logs a summary line (an idle one stays quiet).
-const SUMMARY_EVERY: Duration = Duration::from_secs(60);
-
-/// Drops and faults below the core, per shard.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    pub received: u64,
-    pub sent: u64,
-    pub send_errors: u64,
-    pub truncated: u64,
-    pub no_buffers: u64,
-}
-
-impl ShardState {
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+/// The listener that sends as `local`: the one bound there, or the wildcard listener of
+/// its port and family, with `local`'s address as the source to set.
+pub(crate) fn listener_for<S>(
+    listeners: &[(SocketAddr, S)],
+    local: SocketAddr,
+) -> Option<(&S, Option<IpAddr>)> {
+    if let Some((_, s)) = listeners.iter().find(|(addr, _)| *addr == local) {
+        return Some((s, None));
     }
-
-    /// Delivers events to the observer and the stats sink.
-    pub fn dispatch_events(&mut self) {
-        while let Some(event) = self.server.poll_event() {
-            match &event {
-                Event::AllocationCreated { info, .. } => self.observer.on_allocation_created(info),
-                Event::AllocationDeleted { info, totals, .. } => {
-                    self.observer.on_allocation_removed(info, totals)
-                }
-                _ => {}
-            }
-            if let Some(sink) = &self.sink {
-                sink.send(event);
-            }
-        }
-    }
-
-    /// How long the shard may sleep: until the core's next timer, at most `idle`.
-    pub fn sleep_for(&self, now: Instant, idle: Duration) -> Duration {
-        self.server
-            .poll_timeout()
-            .map_or(idle, |t| t.saturating_duration_since(now).min(idle))
-    }
-
-    /// End of a loop turn: answers of asynchronous authentication, due timers, and now and
-    /// then a summary line in the log.
-    pub fn end_turn(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
-        self.take_auth_results(now, sockets);
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
-            self.server.handle_timeout(now, sockets);
-        }
-        if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
-            if self.io.received != self.summary_received {
-                let c = self.server.counters();
-                tracing::info!(
-                    shard = self.index,
-                    allocations = self.server.allocation_count(),
-                    received = self.io.received,
-                    relayed_to_peer = c.relayed_to_peer,
-                    relayed_to_client = c.relayed_to_client,
-                    unauthenticated = c.unauthenticated,
-                    dropped = c.no_allocation
-                        + c.no_permission
-                        + c.no_channel
-                        + c.rate_limited
-                        + c.malformed
-                        + c.not_stun,
-                    refused = c.peer_refused + c.quota_refused + c.ports_exhausted,
-                    send_errors = self.io.send_errors,
-                    "shard summary"
-                );
-            }
-            self.summary_at = now;
-            self.summary_received = self.io.received;
-        }
-    }
-
-    pub fn take_auth_results(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
-        while let Ok((ticket, decision)) = self.auth_rx.try_recv() {
-            self.server
-                .handle_auth_result(now, ticket, decision, sockets);
-        }
-    }
+    listeners
+        .iter()
+        .find(|(addr, _)| {
+            addr.ip().is_unspecified()
+                && addr.port() == local.port()
+                && addr.is_ipv4() == local.is_ipv4()
+        })
+        .map(|(_, s)| (s, Some(local.ip())))
 }
 
 /// Creates a nonblocking UDP socket bound at `addr`.
@@ -173,6 +118,8 @@ pub(crate) struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    pub knobs: TestKnobs,
+    pub failures: mpsc::Sender<ShardFailure>,
 }
 
 /// What a shard reports when it ends.
@@ -182,6 +129,8 @@ pub struct ShardReport {
     pub backend: &'static str,
     pub counters: ServerCounters,
     pub io: IoCounters,
+    /// Why the shard stopped on its own, if it did.
+    pub failure: Option<String>,
 }
 
 /// A running server: its shards and how to stop them.
@@ -192,6 +141,7 @@ pub struct Running {
     listen: Vec<SocketAddr>,
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
+    failures: mpsc::Receiver<ShardFailure>,
 }
 
 impl Running {
@@ -212,6 +162,13 @@ impl Running {
     /// The backend each shard runs ("io-uring" or "portable").
     pub fn backends(&self) -> &[&'static str] {
         &self.backends
+    }
+
+    /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
+    /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
+    /// is gone, so the kernel hashes its clients to shards that do not know them).
+    pub fn wait_failure(&self, timeout: Duration) -> Option<ShardFailure> {
+        self.failures.recv_timeout(timeout).ok()
     }
 
     /// Deletes every allocation through the core (so observers and stats hear of it),
@@ -247,6 +204,34 @@ fn default_relay_ip(listen: IpAddr) -> IpAddr {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         }
     }
+}
+
+/// Where to listen without `--listening-ip`: every IPv4 address and, where the host has
+/// IPv6, every IPv6 address (as coturn does).
+fn default_listen_ips() -> Vec<IpAddr> {
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+    let has_ipv6 = std::fs::read_to_string("/proc/net/if_inet6")
+        .is_ok_and(|s| !s.trim().is_empty())
+        && UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok();
+    if has_ipv6 {
+        ips.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+    ips
+}
+
+/// The IPv6 relay address when none is given: a specific IPv6 listening address, else the
+/// host's primary global IPv6 address (found by routing, no packet sent), else none (IPv6
+/// relays refused with 440).
+fn default_relay_ip_v6(listen: IpAddr) -> Option<IpAddr> {
+    if !listen.is_unspecified() {
+        return Some(listen);
+    }
+    let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok()?;
+    // connect() on UDP only consults the routing table; nothing is sent.
+    s.connect("[2001:db8::1]:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    (!ip.is_unspecified() && !ip.is_loopback() && !link_local).then_some(ip)
 }
 
 /// Splits `min..=max` into `n` disjoint contiguous slices.
@@ -302,11 +287,23 @@ fn raise_file_limit(relay_ports: usize) {
     }
 }
 
-/// Starts one shard per configured core.
+/// Starts one shard per configured core (test knobs from `UTURN_TEST_*`, see
+/// [`TestKnobs::from_env`]; none in production).
 pub fn start(
     config: &Config,
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
+) -> io::Result<Running> {
+    start_with(config, observer, sink, TestKnobs::from_env()?)
+}
+
+/// [`start`] with explicit test knobs.
+#[doc(hidden)]
+pub fn start_with(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
 ) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
@@ -317,7 +314,7 @@ pub fn start(
         config.cores.iter().map(|&c| Some(c)).collect()
     };
     let listen_ips = if config.listening_ips.is_empty() {
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        default_listen_ips()
     } else {
         config.listening_ips.clone()
     };
@@ -332,7 +329,19 @@ pub fn start(
         .find(IpAddr::is_ipv4)
         .or_else(|| config.relay_ips.first().copied())
         .unwrap_or_else(|| default_relay_ip(listen_ips[0]));
-    let relay_v6 = config.relay_ips.iter().copied().find(IpAddr::is_ipv6);
+    let relay_v6 = config
+        .relay_ips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv6)
+        .or_else(|| {
+            let listen_v6 = listen_ips.iter().copied().find(IpAddr::is_ipv6)?;
+            config
+                .relay_ips
+                .is_empty()
+                .then(|| default_relay_ip_v6(listen_v6))
+                .flatten()
+        });
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
     for addr in &listen {
@@ -366,10 +375,13 @@ pub fn start(
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
+        relay_v6 = ?relay_v6,
         listen = ?listen,
         "starting"
     );
+    let (failures_tx, failures) = mpsc::channel();
     let mut running = Running {
+        failures,
         threads: Vec::new(),
         wakers: Vec::new(),
         stop: stop.clone(),
@@ -421,6 +433,8 @@ pub fn start(
             stop: stop.clone(),
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
+            knobs: knobs.clone(),
+            failures: failures_tx.clone(),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -475,10 +489,12 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         index: spec.index,
         summary_at: Instant::now(),
         summary_received: 0,
+        fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
-        match uring::Shard::new(&spec.listen, spec.batch_wait_us) {
+        let relay_sockets = spec.server.ports.clone().count();
+        match uring::Shard::new(&spec.listen, relay_sockets, spec.batch_wait_us, &spec.knobs) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -487,8 +503,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
                 }
                 let _ = ready.send(Ok((wake, "io-uring")));
                 let mut state = state_fn(server);
-                shard.run(&mut state);
-                return report(spec.index, "io-uring", &state);
+                let failure = failure::contain(shard, &mut state, uring::Shard::run);
+                return report(&spec, "io-uring", &state, failure);
             }
             Err(e) if spec.backend == Backend::IoUring => {
                 let _ = ready.send(Err(io::Error::new(
@@ -513,8 +529,8 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
             let _ = ready.send(Ok((wake, "portable")));
             let mut state = state_fn(server);
-            shard.run(&mut state);
-            report(spec.index, "portable", &state)
+            let failure = failure::contain(shard, &mut state, portable::Shard::run);
+            report(&spec, "portable", &state, failure)
         }
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -533,12 +549,29 @@ fn set_ticket_sink(server: &mut Server, tx: mpsc::Sender<(u64, AuthDecision)>, w
     }));
 }
 
-fn report(index: usize, backend: &'static str, state: &ShardState) -> ShardReport {
+/// The shard's report; a failure also goes to [`Running::wait_failure`], logged with its
+/// cause.
+fn report(
+    spec: &ShardSpec,
+    backend: &'static str,
+    state: &ShardState,
+    failure: Option<String>,
+) -> ShardReport {
+    if let Some(cause) = &failure {
+        let failure = ShardFailure {
+            index: spec.index,
+            backend,
+            cause: cause.clone(),
+        };
+        tracing::error!("{failure}; its allocations were deleted, the server must stop");
+        let _ = spec.failures.send(failure);
+    }
     ShardReport {
-        index,
+        index: spec.index,
         backend,
         counters: state.server.counters().clone(),
         io: state.io.clone(),
+        failure,
     }
 }
 

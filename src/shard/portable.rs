@@ -6,20 +6,22 @@
 //! edge-triggered and drained until `WouldBlock`; a datagram is received into one buffer
 //! with headroom, so forwarding copies nothing in user space either.
 
-use super::{bind_udp, ShardState, Wake, RELAY_SOCKET_BUFFER};
+use super::{bind_udp, ShardState, Wake, MAX_DATAGRAM, RELAY_SOCKET_BUFFER};
 use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens below this are listening sockets; from it on, relay sockets by `RelayId`.
 const RELAY_BASE: usize = 1 << 16;
-/// Largest UDP payload plus the room the core needs around a peer payload.
-const BUFFER: usize = PEER_HEADROOM + 65_536 + PEER_TAILROOM;
+/// The largest datagram both backends take, one byte more to tell a larger one (the kernel
+/// truncates it to the buffer), and the room the core needs around a peer payload.
+const BUFFER: usize = PEER_HEADROOM + MAX_DATAGRAM + 1 + PEER_TAILROOM;
 /// Longest sleep when the core has no timer: a stop request wakes the loop anyway.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -68,8 +70,7 @@ impl Shard {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(listen.len());
         for (i, addr) in listen.iter().enumerate() {
-            let mut socket =
-                UdpSocket::from_std(bind_udp(*addr, true, super::LISTEN_SOCKET_BUFFER)?);
+            let mut socket = UdpSocket::from_std(super::bind_listener(*addr)?);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
             listeners.push((*addr, socket));
@@ -93,16 +94,31 @@ impl Shard {
         })
     }
 
-    pub fn run(mut self, state: &mut ShardState) {
+    /// Runs until stopped (`Ok`) or until epoll fails for good (`Err`); either way every
+    /// allocation is deleted through the core first.
+    pub fn run(&mut self, state: &mut ShardState) -> io::Result<()> {
+        let result = self.serve(state);
+        state.server.shutdown(Instant::now(), &mut self.relays);
+        flush_transmits(&self.listeners, state);
+        state.dispatch_events();
+        result
+    }
+
+    fn serve(&mut self, state: &mut ShardState) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
             let timeout = state.sleep_for(now, IDLE);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            // Sends are synchronous here, so nothing may wake the wait after the datagram
+            // that arms an injected fault: it is checked before waiting.
+            let polled = state
+                .fault
+                .wait_result(state.io.received, Ok(()))
+                .and_then(|()| self.poll.poll(&mut events, Some(timeout)));
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("epoll failed: {e}");
-                    break;
+                    return Err(io::Error::new(e.kind(), format!("epoll_wait failed: {e}")));
                 }
             }
             let now = Instant::now();
@@ -120,10 +136,7 @@ impl Shard {
             flush_transmits(&self.listeners, state);
             state.dispatch_events();
             if state.stopping() {
-                state.server.shutdown(Instant::now(), &mut self.relays);
-                flush_transmits(&self.listeners, state);
-                state.dispatch_events();
-                return;
+                return Ok(());
             }
         }
     }
@@ -132,9 +145,16 @@ impl Shard {
         let Some((local, socket)) = self.listeners.get(i) else {
             return;
         };
-        let local = *local;
+        let listener = *local;
         loop {
-            let (n, client) = match socket.recv_from(buf) {
+            let received = if listener.ip().is_unspecified() {
+                recv_with_destination(socket, &mut buf[..MAX_DATAGRAM + 1], listener)
+            } else {
+                socket
+                    .recv_from(&mut buf[..MAX_DATAGRAM + 1])
+                    .map(|(n, from)| (n, from, listener))
+            };
+            let (n, client, local) = match received {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -142,6 +162,10 @@ impl Shard {
                 Err(_) => continue,
             };
             state.io.received += 1;
+            if n > MAX_DATAGRAM {
+                state.io.truncated += 1;
+                continue;
+            }
             let action =
                 state
                     .server
@@ -171,7 +195,7 @@ impl Shard {
         now: Instant,
         buf: &mut [u8],
     ) {
-        let payload_room = buf.len() - PEER_TAILROOM;
+        let room = PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM + 1;
         loop {
             let Some(socket) = self
                 .relays
@@ -181,13 +205,17 @@ impl Shard {
             else {
                 return;
             };
-            let (n, peer) = match socket.recv_from(&mut buf[PEER_HEADROOM..payload_room]) {
+            let (n, peer) = match socket.recv_from(&mut buf[room.clone()]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => continue,
             };
             state.io.received += 1;
+            if n > MAX_DATAGRAM {
+                state.io.truncated += 1;
+                continue;
+            }
             let action =
                 state
                     .server
@@ -198,11 +226,7 @@ impl Shard {
                 range,
             } = action
             {
-                let sent = self
-                    .listeners
-                    .iter()
-                    .find(|(addr, _)| *addr == local)
-                    .map(|(_, s)| s.send_to(&buf[range], client));
+                let sent = send_as(&self.listeners, local, &buf[range], client);
                 count_send(state, sent);
             }
         }
@@ -212,12 +236,89 @@ impl Shard {
 /// Sends the core's responses from the listening socket each names.
 fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], state: &mut ShardState) {
     while let Some(t) = state.server.poll_transmit() {
-        let sent = listeners
-            .iter()
-            .find(|(addr, _)| *addr == t.local)
-            .map(|(_, s)| s.send_to(&t.data, t.remote));
+        let sent = send_as(listeners, t.local, &t.data, t.remote);
         count_send(state, sent);
     }
+}
+
+/// Sends `data` to `to` from the listener that answers as `local` (a wildcard listener
+/// with `local`'s address as the source). `None` without such a listener.
+fn send_as(
+    listeners: &[(SocketAddr, UdpSocket)],
+    local: SocketAddr,
+    data: &[u8],
+    to: SocketAddr,
+) -> Option<io::Result<usize>> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    let (socket, source) = super::listener_for(listeners, local)?;
+    let Some(source) = source else {
+        return Some(socket.send_to(data, to));
+    };
+    let iov = [io::IoSlice::new(data)];
+    let to = SockaddrStorage::from(to);
+    let fd = socket.as_raw_fd();
+    let sent = match source {
+        IpAddr::V4(ip) => {
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
+            sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&to))
+        }
+        IpAddr::V6(ip) => {
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            let cmsg = [ControlMessage::Ipv6PacketInfo(&info)];
+            sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&to))
+        }
+    };
+    Some(sent.map_err(io::Error::from))
+}
+
+/// Receives on a wildcard listener: the length, the source, and the local address the
+/// datagram was sent to (the listener's, should the kernel not say).
+fn recv_with_destination(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    listener: SocketAddr,
+) -> io::Result<(usize, SocketAddr, SocketAddr)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|a| SocketAddr::V4((*a).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
+        })
+        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    let to = msg.cmsgs().find_map(|c| match c {
+        ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(Ipv4Addr::from(
+            info.ipi_addr.s_addr.to_ne_bytes(),
+        ))),
+        ControlMessageOwned::Ipv6PacketInfo(info) => {
+            Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)))
+        }
+        _ => None,
+    });
+    let local = SocketAddr::new(to.unwrap_or(listener.ip()), listener.port());
+    Ok((msg.bytes, from, local))
 }
 
 fn count_send(state: &mut ShardState, sent: Option<io::Result<usize>>) {

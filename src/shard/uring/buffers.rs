@@ -84,6 +84,7 @@ pub(super) struct Buffers {
     published: u16,
     /// One bit per buffer: lent to the shard.
     lent: Box<[u64]>,
+    lent_count: usize,
 }
 
 impl Buffers {
@@ -104,6 +105,7 @@ impl Buffers {
             tail: 0,
             published: 0,
             lent: vec![0; usize::from(count).div_ceil(64)].into_boxed_slice(),
+            lent_count: 0,
         };
         for bid in 0..count {
             buffers.push(bid);
@@ -141,6 +143,7 @@ impl Buffers {
             return None;
         }
         self.lent[word] |= mask;
+        self.lent_count += 1;
         Some(Lent { bid })
     }
 
@@ -148,6 +151,7 @@ impl Buffers {
     pub fn give_back(&mut self, lent: Lent) {
         let (word, mask) = Self::bit(lent.bid);
         self.lent[word] &= !mask;
+        self.lent_count -= 1;
         self.push(lent.bid);
     }
 
@@ -200,6 +204,11 @@ impl Buffers {
                 .ptr
                 .add(usize::from(lent.bid) * BUF_SIZE + offset.min(BUF_SIZE))
         }
+    }
+
+    /// Buffers the shard holds (lent and not given back).
+    pub fn lent(&self) -> usize {
+        self.lent_count
     }
 
     /// Keeps both mappings for the life of the process: the kernel may still use them.

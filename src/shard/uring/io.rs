@@ -6,18 +6,20 @@
 
 use super::buffers::{Buffers, Lent};
 use super::op::{Op, GEN_MASK};
+use crate::shard::pktinfo::{self, SourceControl};
 use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
 use crate::turn::{RelayId, RelaySockets};
-use io_uring::types::Fd;
-use io_uring::{opcode, squeue, IoUring};
+use io_uring::types::{CancelBuilder, Fd};
+use io_uring::{cqueue, opcode, squeue, IoUring};
 use socket2::SockAddr;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 pub(super) const BUF_GROUP: u16 = 0;
 pub(super) const NAME_LEN: u32 = 28;
-pub(super) const CONTROL_LEN: u32 = 20;
+/// Room for the destination address a wildcard listener's receive reports.
+pub(super) const CONTROL_LEN: u32 = pktinfo::CONTROL_LEN as u32;
 
 /// What a send carries.
 pub(super) enum SendBuf {
@@ -37,7 +39,19 @@ struct SendSlot {
     msghdr: libc::msghdr,
     iov: libc::iovec,
     addr: SockAddr,
+    /// The source address of a send from a wildcard listener.
+    control: SourceControl,
     buf: Option<SendBuf>,
+}
+
+/// A relay socket being closed: its descriptor stays open until the cancellation of its
+/// receive, and every send queued for it, have reached the kernel (which then holds its
+/// own reference to the file), so the number cannot be reused under a queued send.
+struct Closing {
+    /// Held only so the descriptor stays open until dropped.
+    _socket: UdpSocket,
+    /// The cancellation, while it could not be queued yet.
+    cancel: Option<squeue::Entry>,
 }
 
 /// A relay socket and the generation that tags its completions.
@@ -56,8 +70,19 @@ pub(super) struct Io {
     /// Receives whose multishot ended and that must be armed again (with the generation
     /// they were armed for).
     pub rearm: Vec<Op>,
+    /// Receives whose multishot ended for want of buffers: armed again only once enough
+    /// buffers are back in the ring, so a receive does not fail again every turn while
+    /// sends in flight hold the buffers.
+    pub starved: Vec<Op>,
     /// Receives armed and not yet finished (to drain at shutdown).
     pub armed: usize,
+    /// Completions moved out of the completion queue while submitting (a burst of
+    /// cancellations must not overflow it); the loop handles them first.
+    pub backlog: Vec<cqueue::Entry>,
+    closing: Vec<Closing>,
+    /// Test only: this many next submits fail as if the kernel said EBUSY.
+    #[cfg(test)]
+    pub fail_submits: u32,
 }
 
 impl Io {
@@ -75,6 +100,7 @@ impl Io {
                     iov_len: 0,
                 },
                 addr: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                control: SourceControl([0; pktinfo::CONTROL_LEN]),
                 buf: None,
             })
             .collect::<Vec<_>>()
@@ -87,13 +113,65 @@ impl Io {
             slots,
             free_slots: (0..send_slots as u32).rev().collect(),
             rearm: Vec::with_capacity(64),
+            starved: Vec::new(),
             armed: 0,
+            backlog: Vec::new(),
+            closing: Vec::new(),
+            #[cfg(test)]
+            fail_submits: 0,
         }
     }
 
+    /// Submits what is queued, then moves completions out of a completion queue that is
+    /// half full, so bursts of operations queued within one turn cannot overflow it.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        #[cfg(test)]
+        if self.fail_submits > 0 {
+            self.fail_submits -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let submitted = self.ring.submit();
+        let mut cq = self.ring.completion();
+        if cq.len() >= cq.capacity() / 2 {
+            self.backlog.extend(&mut cq);
+        }
+        submitted
+    }
+
+    /// Everything queued reached the kernel.
+    fn submit_all(&mut self) -> bool {
+        self.submit().is_ok() && self.ring.submission().is_empty()
+    }
+
+    /// Before the loop's submit: queues the cancellations that could not be queued.
+    pub fn queue_pending_cancels(&mut self) {
+        for i in 0..self.closing.len() {
+            if let Some(sqe) = self.closing[i].cancel.clone() {
+                if self.push(&sqe) {
+                    self.closing[i].cancel = None;
+                }
+            }
+        }
+    }
+
+    /// After a submit that left nothing queued: sockets whose cancellation was queued
+    /// before it can be closed now.
+    pub fn submitted(&mut self) {
+        if !self.closing.is_empty() && self.ring.submission().is_empty() {
+            self.closing.retain(|c| c.cancel.is_some());
+        }
+    }
+
+    /// Test and diagnostics: relay sockets waiting to be closed.
+    #[cfg(test)]
+    pub fn closing(&self) -> usize {
+        self.closing.len()
+    }
+
     /// Queues an SQE, submitting what is queued first if the submission queue is full.
-    pub fn push(&mut self, sqe: &squeue::Entry) {
-        loop {
+    /// False if it could not be queued (the kernel refused the submits).
+    pub fn push(&mut self, sqe: &squeue::Entry) -> bool {
+        for _ in 0..3 {
             // Every pointer an SQE carries (msghdr, iovec, address, buffers, eventfd read
             // target) lives in `Shard`/`Io` heap storage that outlives the operation: send
             // slots are freed only on their completion, the receive msghdr and the buffers
@@ -101,22 +179,27 @@ impl Io {
             // SAFETY: see above; the entry itself is copied into the ring.
             let pushed = unsafe { self.ring.submission().push(sqe) };
             if pushed.is_ok() {
-                return;
+                return true;
             }
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit() {
                 if e.raw_os_error() != Some(libc::EBUSY) {
                     tracing::error!("io_uring submit failed: {e}");
                 }
             }
         }
+        false
     }
 
     fn arm_recv(&mut self, fd: RawFd, op: Op) {
         let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msghdr, BUF_GROUP)
             .build()
             .user_data(op.encode());
-        self.push(&sqe);
-        self.armed += 1;
+        if self.push(&sqe) {
+            self.armed += 1;
+        } else {
+            // Tried again next turn.
+            self.rearm.push(op);
+        }
     }
 
     /// Arms the receive `op` names if its socket is still the one it names.
@@ -145,11 +228,12 @@ impl Io {
         }
     }
 
-    /// Sends `buf` from `fd` to `to`. With every send slot in use, hands `buf` back.
+    /// Sends `buf` from `fd` (from address `source`, on a wildcard listener) to `to`. With
+    /// every send slot in use, hands `buf` back.
     pub fn send(
         &mut self,
         buffers: &Buffers,
-        fd: RawFd,
+        (fd, source): (RawFd, Option<IpAddr>),
         to: SocketAddr,
         buf: SendBuf,
     ) -> Result<(), SendBuf> {
@@ -172,11 +256,27 @@ impl Io {
         slot.msghdr.msg_namelen = slot.addr.len();
         slot.msghdr.msg_iov = &mut slot.iov;
         slot.msghdr.msg_iovlen = 1;
+        match source {
+            Some(ip) => {
+                let (control, len) = pktinfo::source(ip);
+                slot.control = control;
+                slot.msghdr.msg_control = slot.control.0.as_mut_ptr().cast();
+                slot.msghdr.msg_controllen = len as _;
+            }
+            None => {
+                slot.msghdr.msg_control = std::ptr::null_mut();
+                slot.msghdr.msg_controllen = 0;
+            }
+        }
         let sqe = opcode::SendMsg::new(Fd(fd), &slot.msghdr)
             .build()
             .user_data(Op::Send { slot: index }.encode());
-        self.push(&sqe);
-        Ok(())
+        if self.push(&sqe) {
+            Ok(())
+        } else {
+            self.free_slots.push(index);
+            Err(self.slots[index as usize].buf.take().expect("just stored"))
+        }
     }
 
     /// The completion of send slot `index` arrived: the slot is free again, and what it
@@ -187,23 +287,34 @@ impl Io {
         Some(buf)
     }
 
+    /// Keeps the send slots (the msghdrs, iovecs, addresses and bytes the kernel may still
+    /// read) and the receive msghdr for the life of the process.
+    pub fn leak(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.slots));
+        self.free_slots.clear();
+        std::mem::forget(std::mem::replace(
+            &mut self.recv_msghdr,
+            // SAFETY: msghdr is plain old data; all-zero is a valid value.
+            Box::new(unsafe { std::mem::zeroed() }),
+        ));
+    }
+
     /// Sends whose completion has not arrived.
     pub fn sends_in_flight(&self) -> usize {
         self.slots.len() - self.free_slots.len()
     }
 
-    pub fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
-        self.listeners
-            .iter()
-            .find(|(addr, _)| *addr == local)
-            .map(|(_, s)| s.as_raw_fd())
+    /// The listener that sends as `local`: one bound there, or a wildcard listener of its
+    /// port and family, which then needs `local`'s address as the source.
+    pub fn listener_for(&self, local: SocketAddr) -> Option<(RawFd, Option<IpAddr>)> {
+        crate::shard::listener_for(&self.listeners, local).map(|(s, src)| (s.as_raw_fd(), src))
     }
 
-    pub fn relay_fd(&self, relay: RelayId) -> Option<RawFd> {
+    pub fn relay_fd(&self, relay: RelayId) -> Option<(RawFd, Option<IpAddr>)> {
         self.relays
             .get(relay.0 as usize)
             .and_then(|r| r.socket.as_ref())
-            .map(AsRawFd::as_raw_fd)
+            .map(|s| (s.as_raw_fd(), None))
     }
 }
 
@@ -240,16 +351,18 @@ impl RelaySockets for Io {
             gen: slot.gen,
         };
         slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
-        self.push(
-            &opcode::AsyncCancel::new(op.encode())
-                .build()
-                .user_data(Op::Cancel.encode()),
-        );
-        // The receive must reach the kernel (which then holds its own reference to the
-        // socket) before the descriptor is closed and its number possibly reused.
-        if let Err(e) = self.ring.submit() {
-            tracing::warn!("io_uring submit failed while closing a relay socket: {e}");
+        // Every receive armed for this generation (`all`: a stray second one too).
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::user_data(op.encode()).all())
+            .build()
+            .user_data(Op::Cancel.encode());
+        let queued = self.push(&cancel);
+        if queued && self.submit_all() {
+            drop(socket);
+        } else {
+            self.closing.push(Closing {
+                _socket: socket,
+                cancel: (!queued).then_some(cancel),
+            });
         }
-        drop(socket);
     }
 }

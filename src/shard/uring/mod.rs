@@ -18,16 +18,20 @@
 
 mod addr;
 mod buffers;
+mod drain;
 mod io;
 mod op;
 mod pacer;
+mod recover;
+#[cfg(test)]
+mod tests;
 
 use self::addr::sockaddr;
 use self::buffers::{Buffers, Lent, BUF_SIZE};
 use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
-use super::{bind_udp, ShardState, Wake, LISTEN_SOCKET_BUFFER};
+use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
@@ -43,10 +47,17 @@ const BUF_COUNT: u16 = 2048;
 const RECVMSG_OUT_LEN: usize = 16;
 const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN as usize + CONTROL_LEN as usize;
 const _: () = assert!(PAYLOAD_OFFSET >= PEER_HEADROOM);
+/// The largest datagram a provided buffer holds with room for the core around it.
+pub(super) const MAX_DATAGRAM: usize = BUF_SIZE - PAYLOAD_OFFSET - PEER_TAILROOM;
 /// Sends in flight at once; beyond that a datagram is dropped and counted.
 const SEND_SLOTS: usize = 4096;
 const SQ_ENTRIES: u32 = 1024;
-const CQ_ENTRIES: u32 = 16384;
+/// Completion queue bounds; the kernel allows at most 65,536.
+const CQ_MIN: u32 = 16384;
+const CQ_MAX: u32 = 65536;
+/// How long transient wait errors (EAGAIN, ENOMEM, EBUSY) may repeat before the shard
+/// counts as unable to go on.
+const PERSISTENT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(60);
 /// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
@@ -62,6 +73,16 @@ enum Outcome {
     SendDropped(SendBuf),
 }
 
+/// Completion queue entries for a shard with `relay_sockets` relay sockets: every
+/// receive may end and be cancelled within one turn (a shutdown cancels them all at once:
+/// two completions each), and every send slot may complete.
+fn cq_entries(relay_sockets: usize, listeners: usize) -> u32 {
+    let need = 2 * (relay_sockets + listeners + 1) + SEND_SLOTS + 64;
+    u32::try_from(need.next_power_of_two())
+        .unwrap_or(CQ_MAX)
+        .clamp(CQ_MIN, CQ_MAX)
+}
+
 pub(crate) struct Shard {
     io: Io,
     buffers: Buffers,
@@ -71,6 +92,10 @@ pub(crate) struct Shard {
     features: String,
     /// When to wait for a batch of completions.
     pacer: Pacer,
+    /// The kernel's count of completions it had to drop, as last seen.
+    cq_dropped: u32,
+    /// Completions were dropped: check every receive at the end of the turn.
+    recheck_due: bool,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -103,22 +128,31 @@ fn check_kernel() -> std::io::Result<()> {
 impl Shard {
     /// Sets up the ring, the buffer ring and the listening sockets. Must run on the shard's
     /// own thread (the ring is single-issuer).
-    pub fn new(listen: &[SocketAddr], batch_wait_us: u32) -> std::io::Result<Shard> {
+    pub fn new(
+        listen: &[SocketAddr],
+        relay_sockets: usize,
+        batch_wait_us: u32,
+        knobs: &TestKnobs,
+    ) -> std::io::Result<Shard> {
         check_kernel()?;
+        let cq = knobs
+            .cq_entries
+            .unwrap_or_else(|| cq_entries(relay_sockets, listen.len()));
+        // The kernel wants at least as many completion entries as submission entries.
+        let sq = SQ_ENTRIES.min(cq);
         let (ring, mut features) = match IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .setup_cqsize(CQ_ENTRIES)
-            .build(SQ_ENTRIES)
+            .setup_cqsize(cq)
+            .build(sq)
         {
             Ok(ring) => (ring, "single issuer, deferred task run".to_owned()),
             Err(_) => (
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)?,
+                IoUring::builder().setup_cqsize(cq).build(sq)?,
                 "plain setup".to_owned(),
             ),
         };
+        features.push_str(&format!(", {cq} completion entries"));
         let batch_wait_us = if ring.params().is_feature_min_timeout() {
             batch_wait_us
         } else {
@@ -127,7 +161,8 @@ impl Shard {
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
-        let buffers = Buffers::new(BUF_COUNT)?;
+        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        buffers.publish();
         // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
         unsafe {
@@ -144,7 +179,7 @@ impl Shard {
         ));
         let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen {
-            listeners.push((*addr, bind_udp(*addr, true, LISTEN_SOCKET_BUFFER)?));
+            listeners.push((*addr, bind_listener(*addr)?));
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -154,19 +189,21 @@ impl Shard {
         // SAFETY: `efd` is a fresh descriptor owned by nothing else.
         let wake_fd = Arc::new(unsafe { File::from_raw_fd(efd) });
         let mut shard = Shard {
-            io: Io::new(ring, listeners, SEND_SLOTS),
+            io: Io::new(ring, listeners, knobs.send_slots.unwrap_or(SEND_SLOTS)),
             buffers,
             wake_fd,
             wake_buf: Box::new(0),
             wake_armed: false,
             features,
             pacer: Pacer::new(batch_wait_us, BATCH),
+            cq_dropped: 0,
+            recheck_due: false,
         };
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }
         shard.arm_wake();
-        shard.io.ring.submit()?;
+        shard.io.submit()?;
         Ok(shard)
     }
 
@@ -194,12 +231,30 @@ impl Shard {
         self.wake_armed = true;
     }
 
-    pub fn run(mut self, state: &mut ShardState) {
-        let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(CQ_ENTRIES as usize);
+    /// Runs until stopped (`Ok`, after every allocation was deleted through the core and
+    /// the kernel let go of every buffer) or until the ring fails for good (`Err`, after
+    /// the allocations were deleted; the caller leaks the shard).
+    pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
+        let result = self.serve(state);
+        state.server.shutdown(Instant::now(), &mut self.io);
+        self.flush_transmits(state);
+        state.dispatch_events();
+        if result.is_ok() {
+            self.drain();
+        } else {
+            let _ = self.io.submit();
+        }
+        result
+    }
+
+    fn serve(&mut self, state: &mut ShardState) -> std::io::Result<()> {
+        let mut completions: Vec<cqueue::Entry> = Vec::with_capacity(CQ_MIN as usize);
+        let mut failing_since = None;
         loop {
             let now = Instant::now();
             let timeout = state.sleep_for(now, IDLE);
             self.buffers.publish();
+            self.io.queue_pending_cancels();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
@@ -218,16 +273,25 @@ impl Shard {
             } else {
                 (1, SubmitArgs::new().timespec(&ts))
             };
-            if let Err(e) = self.io.ring.submitter().submit_with_args(want, &args) {
-                match e.raw_os_error() {
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
-                    _ => {
-                        tracing::error!("io_uring wait failed: {e}");
-                        break;
-                    }
+            let waited = if self.io.backlog.is_empty() {
+                self.io.ring.submitter().submit_with_args(want, &args)
+            } else {
+                // Completions are waiting already: submit without sleeping.
+                self.io.ring.submit()
+            };
+            match state.fault.wait_result(state.io.received, waited.map(drop)) {
+                Ok(()) => {
+                    failing_since = None;
+                    self.io.submitted();
                 }
+                Err(e) => self.wait_failed(state, e, &mut failing_since)?,
             }
+            if self.io.ring.submission().cq_overflow() {
+                state.io.cq_overflowed += 1;
+            }
+            self.count_dropped(state, false);
             completions.clear();
+            completions.append(&mut self.io.backlog);
             completions.extend(self.io.ring.completion());
             let now = Instant::now();
             let receives = completions
@@ -245,22 +309,35 @@ impl Shard {
             }
             state.end_turn(now, &mut self.io);
             self.flush_transmits(state);
-            // Taken and put back, so the list keeps its capacity (no allocation per turn).
-            let mut rearm = std::mem::take(&mut self.io.rearm);
-            for &op in &rearm {
-                self.io.arm(op);
+            self.rearm();
+            if std::mem::take(&mut self.recheck_due) && !state.stopping() {
+                self.recheck_receives();
             }
-            rearm.clear();
-            self.io.rearm = rearm;
             state.dispatch_events();
             if state.stopping() {
-                state.server.shutdown(Instant::now(), &mut self.io);
-                self.flush_transmits(state);
-                state.dispatch_events();
-                break;
+                return Ok(());
             }
         }
-        self.drain();
+    }
+
+    /// Arms again the receives that ended this turn, and the starved ones once at least an
+    /// eighth of the buffers is back in the ring.
+    fn rearm(&mut self) {
+        let count = usize::from(self.buffers.count());
+        if !self.io.starved.is_empty() && self.buffers.lent() <= count - count / 8 {
+            // The first to starve is most likely the socket a flood keeps full, which takes
+            // every buffer as soon as it is armed: armed last, so the others get theirs.
+            let starved = std::mem::take(&mut self.io.starved);
+            self.io.rearm.extend(starved.into_iter().rev());
+        }
+        // Taken and put back, so the list keeps its capacity (no allocation per turn);
+        // an arm that cannot be queued lands in the fresh list, for the next turn.
+        let mut rearm = std::mem::take(&mut self.io.rearm);
+        for op in rearm.drain(..) {
+            self.io.arm(op);
+        }
+        let retry = std::mem::replace(&mut self.io.rearm, rearm);
+        self.io.rearm.extend(retry);
     }
 
     fn complete(&mut self, state: &mut ShardState, now: Instant, entry: &cqueue::Entry) {
@@ -284,6 +361,9 @@ impl Shard {
                     self.arm_wake();
                 }
             }
+            Some(op @ (Op::RecheckListen { .. } | Op::RecheckRelay { .. })) => {
+                self.rechecked(state.stopping(), op, entry.result())
+            }
             Some(Op::Cancel) | None => {}
         }
     }
@@ -301,13 +381,17 @@ impl Shard {
             Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
             _ => false,
         };
+        let result = entry.result();
         if !cqueue::more(entry.flags()) {
             self.io.armed = self.io.armed.saturating_sub(1);
             if live && !state.stopping() {
-                self.io.rearm.push(op);
+                if result == -libc::ENOBUFS {
+                    self.io.starved.push(op);
+                } else {
+                    self.io.rearm.push(op);
+                }
             }
         }
-        let result = entry.result();
         if result == -libc::ENOBUFS {
             state.io.no_buffers += 1;
         }
@@ -347,12 +431,13 @@ impl Shard {
                 let truncated = out.is_payload_truncated() || out.is_name_data_truncated();
                 Some((
                     sockaddr(out.name_data())?,
+                    pktinfo::destination(out.control_data()),
                     out.payload_data().len(),
                     truncated,
                 ))
             });
-        let (from, n) = match parsed {
-            Some((from, n, false)) if PAYLOAD_OFFSET + n + PEER_TAILROOM <= BUF_SIZE => (from, n),
+        let (from, to, n) = match parsed {
+            Some((from, to, n, false)) if n <= MAX_DATAGRAM => (from, to, n),
             Some(_) => {
                 state.io.truncated += 1;
                 return Outcome::Done(lent);
@@ -363,7 +448,9 @@ impl Shard {
         // (descriptor, destination, offset in the buffer, length) of the send, if any.
         let send = match op {
             Op::ListenRecv { index } => {
-                let local = self.io.listeners[index as usize].0;
+                // On a wildcard listener, the address the client sent to.
+                let listener = self.io.listeners[index as usize].0;
+                let local = SocketAddr::new(to.unwrap_or(listener.ip()), listener.port());
                 match state
                     .server
                     .handle_client(now, from, local, &buf[payload], &mut self.io)
@@ -390,7 +477,7 @@ impl Shard {
                         range,
                     } => self
                         .io
-                        .listener_fd(local)
+                        .listener_for(local)
                         .map(|fd| (fd, client, range.start, range.len())),
                     PeerAction::Drop => None,
                 }
@@ -413,7 +500,7 @@ impl Shard {
 
     fn flush_transmits(&mut self, state: &mut ShardState) {
         while let Some(t) = state.server.poll_transmit() {
-            let Some(fd) = self.io.listener_fd(t.local) else {
+            let Some(fd) = self.io.listener_for(t.local) else {
                 state.io.send_errors += 1;
                 continue;
             };
@@ -424,60 +511,6 @@ impl Shard {
             {
                 state.io.send_errors += 1;
             }
-        }
-    }
-
-    /// Cancels every receive and waits (bounded) until the kernel has let go of the
-    /// buffers, so the mappings can be freed.
-    fn drain(&mut self) {
-        for index in 0..self.io.listeners.len() as u32 {
-            let sqe = opcode::AsyncCancel::new(Op::ListenRecv { index }.encode())
-                .build()
-                .user_data(Op::Cancel.encode());
-            self.io.push(&sqe);
-        }
-        let wake = opcode::AsyncCancel::new(Op::WakeRead.encode())
-            .build()
-            .user_data(Op::Cancel.encode());
-        self.io.push(&wake);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut wake_done = !self.wake_armed;
-        while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
-            && Instant::now() < deadline
-        {
-            self.buffers.publish();
-            let ts = Timespec::new().nsec(50_000_000);
-            let args = SubmitArgs::new().timespec(&ts);
-            let _ = self.io.ring.submitter().submit_with_args(1, &args);
-            let done: Vec<cqueue::Entry> = self.io.ring.completion().collect();
-            for entry in done {
-                if let Some(lent) = self.buffers.take(&entry) {
-                    self.buffers.give_back(lent);
-                }
-                match Op::decode(entry.user_data()) {
-                    Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
-                        if !cqueue::more(entry.flags()) =>
-                    {
-                        self.io.armed = self.io.armed.saturating_sub(1)
-                    }
-                    Some(Op::Send { slot }) => {
-                        if let Some(buf) = self.io.finish_send(slot) {
-                            self.release(buf);
-                        }
-                    }
-                    Some(Op::WakeRead) => wake_done = true,
-                    _ => {}
-                }
-            }
-        }
-        if self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done {
-            // The kernel may still write into the buffers: keep them mapped for the life of
-            // the process rather than risk it writing into freed memory.
-            tracing::warn!(
-                "io_uring operations still in flight at shutdown; leaking the buffer memory"
-            );
-            self.buffers.leak();
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
     }
 }

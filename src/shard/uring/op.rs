@@ -17,6 +17,11 @@ pub(super) enum Op {
     WakeRead,
     /// A cancellation; its completion needs no handling.
     Cancel,
+    /// A cancellation of listening socket `index`'s receive that checks it is still armed
+    /// (after the kernel dropped completions): "not found" means it ended unseen.
+    RecheckListen { index: u32 },
+    /// The same for relay socket `index`, generation `gen`.
+    RecheckRelay { index: u32, gen: u32 },
 }
 
 const TAG_SHIFT: u32 = 60;
@@ -30,6 +35,8 @@ const TAG_RELAY: u64 = 2;
 const TAG_SEND: u64 = 3;
 const TAG_WAKE: u64 = 4;
 const TAG_CANCEL: u64 = 5;
+const TAG_RECHECK_LISTEN: u64 = 6;
+const TAG_RECHECK_RELAY: u64 = 7;
 
 impl Op {
     pub fn encode(self) -> u64 {
@@ -39,6 +46,8 @@ impl Op {
             Op::Send { slot } => (TAG_SEND, 0, slot),
             Op::WakeRead => (TAG_WAKE, 0, 0),
             Op::Cancel => (TAG_CANCEL, 0, 0),
+            Op::RecheckListen { index } => (TAG_RECHECK_LISTEN, 0, index),
+            Op::RecheckRelay { index, gen } => (TAG_RECHECK_RELAY, gen & GEN_MASK, index),
         };
         (tag << TAG_SHIFT) | (u64::from(gen) << GEN_SHIFT) | u64::from(index)
     }
@@ -54,9 +63,22 @@ impl Op {
             TAG_SEND => Op::Send { slot: index },
             TAG_WAKE => Op::WakeRead,
             TAG_CANCEL => Op::Cancel,
+            TAG_RECHECK_LISTEN => Op::RecheckListen { index },
+            TAG_RECHECK_RELAY => Op::RecheckRelay { index, gen },
             _ => return None,
         };
         (op.encode() == data).then_some(op)
+    }
+
+    /// The recheck of a receive, and back: the receive a recheck is about.
+    pub fn recheck(self) -> Option<Op> {
+        match self {
+            Op::ListenRecv { index } => Some(Op::RecheckListen { index }),
+            Op::RelayRecv { index, gen } => Some(Op::RecheckRelay { index, gen }),
+            Op::RecheckListen { index } => Some(Op::ListenRecv { index }),
+            Op::RecheckRelay { index, gen } => Some(Op::RelayRecv { index, gen }),
+            _ => None,
+        }
     }
 }
 
@@ -78,9 +100,17 @@ mod tests {
             Op::Send { slot: 4095 },
             Op::WakeRead,
             Op::Cancel,
+            Op::RecheckListen { index: 2 },
+            Op::RecheckRelay {
+                index: 9,
+                gen: GEN_MASK,
+            },
         ];
         for op in ops {
             assert_eq!(Op::decode(op.encode()), Some(op), "{op:?}");
+            if let Some(other) = op.recheck() {
+                assert_eq!(other.recheck(), Some(op), "{op:?}");
+            }
         }
         // Distinct operations never share a user_data value.
         for (i, a) in ops.iter().enumerate() {

@@ -1,0 +1,188 @@
+//! Test-only knobs: an injected shard fault and smaller ring sizes, so tests can drive
+//! the failure paths of a real server (in process, or the real binary through the
+//! `UTURN_TEST_*` environment variables).
+//!
+//! Compiled in but inert unless set: without the variables (and in production) every
+//! field is `None`. Owns only parsing and the trigger; must not change what a shard does
+//! when nothing is set.
+
+use std::io;
+
+/// What an injected fault does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The shard thread panics.
+    Panic,
+    /// The next wait for completions (io_uring enter, epoll wait) fails with this errno
+    /// once, after the real call.
+    WaitError(i32),
+}
+
+/// A fault injected into one shard once it has received `after` datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub shard: usize,
+    pub after: u64,
+}
+
+/// Test knobs of one server; `Default` is production.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[doc(hidden)]
+pub struct TestKnobs {
+    pub fault: Option<Fault>,
+    /// io_uring completion queue entries (rounded up to a power of two by the kernel).
+    pub cq_entries: Option<u32>,
+    /// io_uring provided buffers per shard (a power of two).
+    pub buffers: Option<u16>,
+    /// io_uring send slots per shard.
+    pub send_slots: Option<usize>,
+}
+
+impl TestKnobs {
+    /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N]`, ERRNO a number or
+    /// one of EBADR EAGAIN EINTR EBUSY ENOMEM EFAULT), `UTURN_TEST_CQ_ENTRIES`,
+    /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`. A set variable that does not parse
+    /// is an error, so a test never runs without the fault it asked for.
+    pub fn from_env() -> io::Result<TestKnobs> {
+        fn var<T: std::str::FromStr>(name: &str) -> io::Result<Option<T>> {
+            match std::env::var(name) {
+                Ok(v) => v.parse().map(Some).map_err(|_| bad(name, &v)),
+                Err(_) => Ok(None),
+            }
+        }
+        let fault = match std::env::var("UTURN_TEST_FAULT") {
+            Ok(v) => Some(parse_fault(&v).ok_or_else(|| bad("UTURN_TEST_FAULT", &v))?),
+            Err(_) => None,
+        };
+        let knobs = TestKnobs {
+            fault,
+            cq_entries: var("UTURN_TEST_CQ_ENTRIES")?,
+            buffers: var("UTURN_TEST_BUFFERS")?,
+            send_slots: var("UTURN_TEST_SEND_SLOTS")?,
+        };
+        if knobs != TestKnobs::default() {
+            tracing::warn!(?knobs, "test knobs set: this server is under test");
+        }
+        Ok(knobs)
+    }
+
+    /// The fault for shard `index`, if any.
+    pub(crate) fn fault_for(&self, index: usize) -> Option<Fault> {
+        self.fault.filter(|f| f.shard == index)
+    }
+}
+
+fn bad(name: &str, value: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}={value:?} does not parse"),
+    )
+}
+
+fn errno(name: &str) -> Option<i32> {
+    Some(match name {
+        "EBADR" => libc::EBADR,
+        "EAGAIN" => libc::EAGAIN,
+        "EINTR" => libc::EINTR,
+        "EBUSY" => libc::EBUSY,
+        "ENOMEM" => libc::ENOMEM,
+        "EFAULT" => libc::EFAULT,
+        n => n.parse().ok()?,
+    })
+}
+
+fn parse_fault(text: &str) -> Option<Fault> {
+    let mut parts = text.split(',');
+    let kind = match parts.next()? {
+        "panic" => FaultKind::Panic,
+        k => FaultKind::WaitError(errno(k.strip_prefix("wait:")?)?),
+    };
+    let mut fault = Fault {
+        kind,
+        shard: 0,
+        after: 1,
+    };
+    for part in parts {
+        match part.split_once('=')? {
+            ("shard", n) => fault.shard = n.parse().ok()?,
+            ("after", n) => fault.after = n.parse().ok()?,
+            _ => return None,
+        }
+    }
+    Some(fault)
+}
+
+/// One shard's armed fault: fires once, when the shard has received enough.
+pub(crate) struct Trigger(Option<Fault>);
+
+impl Trigger {
+    pub fn new(fault: Option<Fault>) -> Trigger {
+        Trigger(fault)
+    }
+
+    /// Panics, or turns `result` of a wait into the injected error, once `received` has
+    /// reached the fault's count.
+    pub fn wait_result(&mut self, received: u64, result: io::Result<()>) -> io::Result<()> {
+        match self.0 {
+            Some(f) if received >= f.after => {
+                self.0 = None;
+                match f.kind {
+                    FaultKind::Panic => panic!("injected test fault (UTURN_TEST_FAULT)"),
+                    FaultKind::WaitError(e) => Err(io::Error::from_raw_os_error(e)),
+                }
+            }
+            _ => result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!(
+            parse_fault("panic"),
+            Some(Fault {
+                kind: FaultKind::Panic,
+                shard: 0,
+                after: 1
+            })
+        );
+        assert_eq!(
+            parse_fault("wait:EBADR,shard=1,after=7"),
+            Some(Fault {
+                kind: FaultKind::WaitError(libc::EBADR),
+                shard: 1,
+                after: 7
+            })
+        );
+        assert_eq!(
+            parse_fault("wait:14").map(|f| f.kind),
+            Some(FaultKind::WaitError(14))
+        );
+        for bad in [
+            "",
+            "boom",
+            "wait:",
+            "wait:ENOPE",
+            "panic,shard=x",
+            "panic,x=1",
+        ] {
+            assert_eq!(parse_fault(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_trigger_fires_once_after_its_count() {
+        let mut t = Trigger::new(parse_fault("wait:EAGAIN,after=2"));
+        assert!(t.wait_result(1, Ok(())).is_ok());
+        let e = t.wait_result(2, Ok(())).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        assert!(t.wait_result(3, Ok(())).is_ok(), "once");
+        let mut inert = Trigger::new(None);
+        assert!(inert.wait_result(u64::MAX, Ok(())).is_ok());
+    }
+}

@@ -1,0 +1,69 @@
+//! Shutdown of the ring: every receive cancelled, the kernel given a bounded time to let
+//! go of the buffers and send slots, which are leaked (kept mapped) if it does not.
+//!
+//! Must not free anything the kernel may still use.
+
+use super::op::Op;
+use super::Shard;
+use ::io_uring::types::{SubmitArgs, Timespec};
+use ::io_uring::{cqueue, opcode};
+use std::time::{Duration, Instant};
+
+impl Shard {
+    /// Cancels every receive and waits (bounded) until the kernel has let go of the
+    /// buffers, so the mappings can be freed.
+    pub(super) fn drain(&mut self) {
+        for index in 0..self.io.listeners.len() as u32 {
+            let sqe = opcode::AsyncCancel::new(Op::ListenRecv { index }.encode())
+                .build()
+                .user_data(Op::Cancel.encode());
+            self.io.push(&sqe);
+        }
+        let wake = opcode::AsyncCancel::new(Op::WakeRead.encode())
+            .build()
+            .user_data(Op::Cancel.encode());
+        self.io.push(&wake);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut wake_done = !self.wake_armed;
+        while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
+            && Instant::now() < deadline
+        {
+            self.buffers.publish();
+            let ts = Timespec::new().nsec(50_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.io.ring.submitter().submit_with_args(1, &args);
+            self.io.submitted();
+            let mut done = std::mem::take(&mut self.io.backlog);
+            done.extend(self.io.ring.completion());
+            for entry in done {
+                if let Some(lent) = self.buffers.take(&entry) {
+                    self.buffers.give_back(lent);
+                }
+                match Op::decode(entry.user_data()) {
+                    Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
+                        if !cqueue::more(entry.flags()) =>
+                    {
+                        self.io.armed = self.io.armed.saturating_sub(1)
+                    }
+                    Some(Op::Send { slot }) => {
+                        if let Some(buf) = self.io.finish_send(slot) {
+                            self.release(buf);
+                        }
+                    }
+                    Some(Op::WakeRead) => wake_done = true,
+                    _ => {}
+                }
+            }
+        }
+        if self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done {
+            // The kernel may still write into the buffers: keep them mapped for the life of
+            // the process rather than risk it writing into freed memory.
+            tracing::warn!(
+                "io_uring operations still in flight at shutdown; leaking their buffers and send slots"
+            );
+            self.buffers.leak();
+            self.io.leak();
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+    }
+}
