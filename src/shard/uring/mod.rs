@@ -19,6 +19,7 @@
 mod addr;
 mod buffers;
 mod drain;
+mod gso;
 mod io;
 mod op;
 mod pacer;
@@ -174,8 +175,9 @@ impl Shard {
             )?;
         }
         features.push_str(&format!(
-            ", {} provided buffers of {BUF_SIZE} bytes",
-            buffers.count()
+            ", {} provided buffers of {BUF_SIZE} bytes, UDP GSO for runs of up to {} datagrams",
+            buffers.count(),
+            gso::MAX_SEGMENTS
         ));
         let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen {
@@ -254,6 +256,7 @@ impl Shard {
             let now = Instant::now();
             let timeout = state.sleep_for(now, IDLE);
             self.buffers.publish();
+            self.io.flush_group();
             self.io.queue_pending_cancels();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
@@ -307,6 +310,9 @@ impl Shard {
             for entry in &completions {
                 self.complete(state, now, entry);
             }
+            let buffers = &mut self.buffers;
+            state.io.send_errors +=
+                self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
             state.end_turn(now, &mut self.io);
             self.flush_transmits(state);
             self.rearm();
@@ -346,13 +352,24 @@ impl Shard {
                 self.received(state, now, op, entry)
             }
             Some(Op::Send { slot }) => {
-                if let Some(buf) = self.io.finish_send(slot) {
-                    self.release(buf);
-                }
-                if entry.result() < 0 {
-                    state.io.send_errors += 1;
+                let buffers = &mut self.buffers;
+                let datagrams = self.io.finish_send(slot, |buf| give_back(buffers, buf)) as u64;
+                let result = entry.result();
+                if result < 0 {
+                    state.io.send_errors += datagrams;
+                    // A kernel or device that refuses UDP_SEGMENT: send one by one from now.
+                    if datagrams > 1
+                        && self.io.gso
+                        && [libc::EINVAL, libc::EIO, libc::EOPNOTSUPP].contains(&-result)
+                    {
+                        self.io.gso = false;
+                        tracing::warn!(
+                            "UDP GSO send refused ({}); sending datagrams one by one",
+                            std::io::Error::from_raw_os_error(-result)
+                        );
+                    }
                 } else {
-                    state.io.sent += 1;
+                    state.io.sent += datagrams;
                 }
             }
             Some(Op::WakeRead) => {
@@ -370,9 +387,7 @@ impl Shard {
 
     /// Returns what a send carried: a lent buffer goes back to the ring.
     fn release(&mut self, buf: SendBuf) {
-        if let SendBuf::Lent { buf, .. } = buf {
-            self.buffers.give_back(buf);
-        }
+        give_back(&mut self.buffers, buf);
     }
 
     fn received(&mut self, state: &mut ShardState, now: Instant, op: Op, entry: &cqueue::Entry) {
@@ -512,5 +527,12 @@ impl Shard {
                 state.io.send_errors += 1;
             }
         }
+    }
+}
+
+/// A lent buffer a send carried goes back to the ring.
+fn give_back(buffers: &mut Buffers, buf: SendBuf) {
+    if let SendBuf::Lent { buf, .. } = buf {
+        buffers.give_back(buf);
     }
 }
