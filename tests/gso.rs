@@ -41,8 +41,11 @@ fn receive_all(peer: &UdpSocket, count: usize, from: SocketAddr) -> Vec<Vec<u8>>
         .collect()
 }
 
-fn bursts(backend: Backend) {
-    let config = loopback_config(1, |c| c.backend = backend);
+fn bursts(backend: Backend, udp_gso: bool) {
+    let config = loopback_config(1, |c| {
+        c.backend = backend;
+        c.udp_gso = udp_gso;
+    });
     let running = start_in_process(&config, None, None, 14500..18700, 20);
     let server = running.local_addrs()[0];
     let mut client = Client::connect(server, "alice", "secret").unwrap();
@@ -126,10 +129,15 @@ fn bursts(backend: Backend) {
 
 #[test]
 fn bursts_arrive_as_sent_on_io_uring() {
-    bursts(Backend::IoUring);
+    bursts(Backend::IoUring, true);
+}
+
+#[test]
+fn bursts_arrive_as_sent_on_io_uring_without_gso() {
+    bursts(Backend::IoUring, false);
 }
 
 #[test]
 fn bursts_arrive_as_sent_on_portable() {
-    bursts(Backend::Portable);
+    bursts(Backend::Portable, true);
 }

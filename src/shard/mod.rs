@@ -118,6 +118,7 @@ pub(crate) struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    pub udp_gso: bool,
     pub knobs: TestKnobs,
     pub failures: mpsc::Sender<ShardFailure>,
 }
@@ -433,6 +434,7 @@ pub fn start_with(
             stop: stop.clone(),
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
+            udp_gso: config.udp_gso,
             knobs: knobs.clone(),
             failures: failures_tx.clone(),
         };
@@ -494,7 +496,12 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
         let relay_sockets = spec.server.ports.clone().count();
-        match uring::Shard::new(&spec.listen, relay_sockets, spec.batch_wait_us, &spec.knobs) {
+        match uring::Shard::new(
+            &spec.listen,
+            relay_sockets,
+            (spec.batch_wait_us, spec.udp_gso),
+            &spec.knobs,
+        ) {
             Ok(shard) => {
                 let wake = shard.waker();
                 set_ticket_sink(&mut server, auth_tx, wake.clone());

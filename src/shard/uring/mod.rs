@@ -132,7 +132,7 @@ impl Shard {
     pub fn new(
         listen: &[SocketAddr],
         relay_sockets: usize,
-        batch_wait_us: u32,
+        (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
     ) -> std::io::Result<Shard> {
         check_kernel()?;
@@ -175,10 +175,15 @@ impl Shard {
             )?;
         }
         features.push_str(&format!(
-            ", {} provided buffers of {BUF_SIZE} bytes, UDP GSO for runs of up to {} datagrams",
-            buffers.count(),
-            gso::MAX_SEGMENTS
+            ", {} provided buffers of {BUF_SIZE} bytes",
+            buffers.count()
         ));
+        if udp_gso {
+            features.push_str(&format!(
+                ", UDP GSO for runs of up to {} datagrams",
+                gso::MAX_SEGMENTS
+            ));
+        }
         let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen {
             listeners.push((*addr, bind_listener(*addr)?));
@@ -201,6 +206,7 @@ impl Shard {
             cq_dropped: 0,
             recheck_due: false,
         };
+        shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }

@@ -9,7 +9,7 @@ use crate::turn::RelaySockets;
 use std::net::UdpSocket;
 
 fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
-    Shard::new(&["127.0.0.1:0".parse().unwrap()], relays, 0, knobs)
+    Shard::new(&["127.0.0.1:0".parse().unwrap()], relays, (0, true), knobs)
         .expect("io_uring set-up (these tests need io_uring)")
 }
 
