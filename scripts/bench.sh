@@ -22,7 +22,10 @@
 #                generator's own ceiling (direct and null at saturation), uclient (about 25 min)
 # env: SERVER_CORE (0), LOAD_CORE (1), RATE (20000 round trips/s in all), DURATION (5 s),
 #      SAT_BATCH (4), BURST (8-16), UCLIENT ("-m 50 -n 2000 -l 170 -z 1"), SERVERS
-#      (space-separated subset of: uturn-io-uring uturn-portable coturn null direct)
+#      (space-separated subset of: uturn-io-uring uturn-portable coturn null direct),
+#      UTURN_ARGS (extra options for every uturn run, e.g. "--batch-wait-us 0"),
+#      PHASES (space-separated subset of: fixed bursty saturation uclient; default all,
+#      --quick: fixed bursty uclient), SAT_SCENARIOS (50x170 1000x1200: allocations x bytes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,7 +102,7 @@ start_server() { # name
                 --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
                 --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \
                 --user alice:secret --lt-cred-mech --allow-loopback-peers --log-level warn \
-                >"$log" 2>&1 &
+                ${UTURN_ARGS:-} >"$log" 2>&1 &
             ;;
         coturn)
             taskset -c "$SERVER_CORE" turnserver -n -m 1 --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
@@ -117,7 +120,7 @@ start_server() { # name
             "$UTURN" --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
                 --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \
                 --user alice:secret --lt-cred-mech --allow-loopback-peers --log-level warn \
-                >"$log" 2>&1 &
+                ${UTURN_ARGS:-} >"$log" 2>&1 &
             ;;
         default-coturn)
             turnserver -n --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
@@ -183,9 +186,15 @@ uclient_run() { # server extra-uclient-args...
 read -r -a SERVERS <<<"${SERVERS:-uturn-io-uring uturn-portable coturn null direct}"
 if [ "$QUICK" -eq 1 ]; then
     ALLOCS=(50 1000); SIZES=(170); BURSTY=(50)
+    PHASES=${PHASES:-fixed bursty uclient}
 else
     ALLOCS=(50 1000 10000); SIZES=(170 1200); BURSTY=(50 1000)
+    PHASES=${PHASES:-fixed bursty saturation uclient}
 fi
+[ "$UCLIENT_RUNS" -eq 0 ] && PHASES=${PHASES//uclient/}
+phase() { [[ " $PHASES " == *" $1 "* ]]; }
+phase fixed || ALLOCS=()
+phase bursty || BURSTY=()
 for allocs in "${ALLOCS[@]}"; do
     for size in "${SIZES[@]}"; do
         for server in "${SERVERS[@]}"; do
@@ -199,16 +208,16 @@ for allocs in "${BURSTY[@]}"; do
         run "$server" "$allocs" 1200 --rate "$RATE" --burst "$BURST"
     done
 done
-if [ "$QUICK" -eq 0 ]; then
-    for scenario in "50 170" "1000 1200"; do
-        read -r allocs size <<<"$scenario"
+if phase saturation; then
+    for scenario in ${SAT_SCENARIOS:-50x170 1000x1200}; do
+        IFS=x read -r allocs size <<<"$scenario"
         for server in "${SERVERS[@]}"; do
             run "$server" "$allocs" "$size" --rate "$RATE" --find-max --search-budget 45 \
                 --send-batch "$SAT_BATCH"
         done
     done
 fi
-if [ "$UCLIENT_RUNS" -eq 1 ]; then
+if phase uclient; then
     command -v turnutils_uclient >/dev/null || { echo "bench.sh: turnutils_uclient not found" >&2; exit 1; }
     for extra in "" "-y"; do
         for server in default-uturn default-coturn; do
