@@ -13,6 +13,7 @@ use crate::turn::{RelayId, RelaySockets};
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use socket2::SockAddr;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -61,6 +62,8 @@ struct Closing {
 pub(super) struct RelaySlot {
     pub socket: Option<UdpSocket>,
     pub gen: u32,
+    /// The relay address the socket is bound to.
+    pub addr: SocketAddr,
 }
 
 pub(super) struct Io {
@@ -83,6 +86,9 @@ pub(super) struct Io {
     /// cancellations must not overflow it); the loop handles them first.
     pub backlog: Vec<cqueue::Entry>,
     closing: Vec<Closing>,
+    /// This shard's open relay sockets by address, so a datagram from one of its
+    /// allocations to another can be handed over without the kernel.
+    relay_by_addr: HashMap<SocketAddr, u32>,
     /// Datagrams gathered into UDP GSO sends.
     groups: Groups,
     /// GSO in use (until the kernel refuses a GSO send).
@@ -124,6 +130,7 @@ impl Io {
             armed: 0,
             backlog: Vec::new(),
             closing: Vec::new(),
+            relay_by_addr: HashMap::new(),
             groups: Groups::new(),
             gso: true,
             #[cfg(test)]
@@ -232,6 +239,7 @@ impl Io {
             Some(RelaySlot {
                 socket: Some(socket),
                 gen: current,
+                ..
             }) if *current == gen => Some(socket.as_raw_fd()),
             _ => None,
         }
@@ -398,6 +406,18 @@ impl Io {
         crate::shard::listener_for(&self.listeners, local).map(|(s, src)| (s.as_raw_fd(), src))
     }
 
+    /// The relay of this shard bound at `addr`, with the address of `from` (the relay a
+    /// datagram to `addr` would leave from), if both are open.
+    pub fn relay_to_relay(&self, from: RelayId, addr: SocketAddr) -> Option<(RelayId, SocketAddr)> {
+        if self.relay_by_addr.is_empty() {
+            return None;
+        }
+        let target = *self.relay_by_addr.get(&addr)?;
+        let from = self.relays.get(from.0 as usize)?;
+        from.socket.as_ref()?;
+        Some((RelayId(target), from.addr))
+    }
+
     pub fn relay_fd(&self, relay: RelayId) -> Option<(RawFd, Option<IpAddr>)> {
         self.relays
             .get(relay.0 as usize)
@@ -417,11 +437,14 @@ impl RelaySockets for Io {
             self.relays.resize_with(index + 1, || RelaySlot {
                 socket: None,
                 gen: 0,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             });
         }
         let slot = &mut self.relays[index];
         slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
         slot.socket = Some(socket);
+        slot.addr = addr;
+        self.relay_by_addr.insert(addr, id.0);
         let gen = slot.gen;
         self.arm(Op::RelayRecv { index: id.0, gen });
         Ok(())
@@ -434,8 +457,10 @@ impl RelaySockets for Io {
         let Some(socket) = slot.socket.take() else {
             return;
         };
+        let slot_addr = slot.addr;
         // Datagrams gathered for this socket reach the kernel before it can close.
         self.flush_group();
+        self.relay_by_addr.remove(&slot_addr);
         let Some(slot) = self.relays.get_mut(id.0 as usize) else {
             return;
         };

@@ -480,10 +480,34 @@ impl Shard {
                         relay,
                         peer,
                         payload,
-                    } => self
-                        .io
-                        .relay_fd(relay)
-                        .map(|fd| (fd, peer, PAYLOAD_OFFSET + payload.start, payload.len())),
+                    } => {
+                        let payload = PAYLOAD_OFFSET + payload.start..PAYLOAD_OFFSET + payload.end;
+                        match self.io.relay_to_relay(relay, peer) {
+                            // To another allocation of this shard: handed over as if it
+                            // had come through the kernel from the sender's relay address.
+                            Some((target, relay_addr)) => {
+                                state.io.relayed_in_process += 1;
+                                match state
+                                    .server
+                                    .handle_peer(now, target, relay_addr, buf, payload)
+                                {
+                                    PeerAction::ToClient {
+                                        local,
+                                        client,
+                                        range,
+                                    } => self
+                                        .io
+                                        .listener_for(local)
+                                        .map(|fd| (fd, client, range.start, range.len())),
+                                    PeerAction::Drop => None,
+                                }
+                            }
+                            None => self
+                                .io
+                                .relay_fd(relay)
+                                .map(|fd| (fd, peer, payload.start, payload.len())),
+                        }
+                    }
                     ClientAction::None => None,
                 }
             }
