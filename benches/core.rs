@@ -11,7 +11,8 @@ use uturn::auth::Quotas;
 use uturn::stun::{self, Class, Message};
 use uturn::testing::{users, Client, World, REALM};
 use uturn::turn::{
-    ClientAction, PeerAction, RelayId, Server, ServerConfig, PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, FiveTuple, PeerAction, RelayId, Server, ServerConfig, PEER_HEADROOM,
+    PEER_TAILROOM,
 };
 
 fn server(now: Instant) -> Server {
@@ -30,8 +31,8 @@ fn server(now: Instant) -> Server {
 }
 
 /// A simulated world whose client (at `client`) has allocated and bound channel 0x4000 to
-/// `peer`; returns it and the relay id.
-fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
+/// `peer`; returns it, the relay id and the client's 5-tuple.
+fn setup(client: &str, peer: SocketAddr) -> (World, RelayId, FiveTuple) {
     let now = Instant::now();
     let mut world = World::from_server(server(now), now);
     let mut c = Client::new(client);
@@ -40,19 +41,19 @@ fn setup(client: &str, peer: SocketAddr) -> (World, RelayId) {
     assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
     world.events();
     let id = world.relay_id(relay);
-    (world, id)
+    let tuple = world.tuple(c.addr, world.local);
+    (world, id, tuple)
 }
 
 fn forwarding(c: &mut Criterion) {
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
-    let (world, relay) = setup("203.0.113.5:40000", peer);
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
+    let (world, relay, tuple) = setup("203.0.113.5:40000", peer);
     let World {
         mut server,
         mut sockets,
         now,
-        local,
+        ..
     } = world;
-    let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
 
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(1));
@@ -60,8 +61,7 @@ fn forwarding(c: &mut Criterion) {
     stun::ChannelData::encode(0x4000, &[0xAB; 170], false, &mut datagram);
     group.bench_function("channel_data_client_to_peer_170B", |b| {
         b.iter(|| {
-            let action =
-                server.handle_client(now, client, local, black_box(&datagram), &mut sockets);
+            let action = server.handle_client(now, tuple, black_box(&datagram), &mut sockets);
             assert!(matches!(action, ClientAction::ToPeer { .. }));
             while server.poll_event().is_some() {}
         })
@@ -87,8 +87,7 @@ fn forwarding(c: &mut Criterion) {
 /// `stats::Publisher` over its bounded channel) and off (events dropped). Redis is
 /// `REDIS_URL` if set, else an address where nothing listens (the thread queues and merges).
 fn stats_on_off(c: &mut Criterion) {
-    let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-    let peer: SocketAddr = "198.51.100.7:9000".parse().unwrap();
+    let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
     let target = std::env::var("REDIS_URL")
         .ok()
         .and_then(|u| uturn::config::parse_redis_url(&u).ok())
@@ -102,12 +101,12 @@ fn stats_on_off(c: &mut Criterion) {
     let mut group = c.benchmark_group("stats");
     group.throughput(Throughput::Elements(1));
     for on in [false, true] {
-        let (world, _) = setup("203.0.113.5:40000", peer);
+        let (world, _, tuple) = setup("203.0.113.5:40000", peer);
         let World {
             mut server,
             mut sockets,
             now,
-            local,
+            ..
         } = world;
         let name = if on {
             "forward_170B_stats_on"
@@ -116,8 +115,7 @@ fn stats_on_off(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.iter(|| {
-                let action =
-                    server.handle_client(now, client, local, black_box(&datagram), &mut sockets);
+                let action = server.handle_client(now, tuple, black_box(&datagram), &mut sockets);
                 assert!(matches!(action, ClientAction::ToPeer { .. }));
                 while let Some(event) = server.poll_event() {
                     if on {

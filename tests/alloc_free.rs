@@ -47,13 +47,8 @@ const WINDOW: usize = 16;
 
 fn relay(backend: Backend) -> u64 {
     let mut config = common::loopback_config(1, |c| c.backend = backend);
-    config.listening_port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    config.min_port = 19500 + (std::process::id() % 100) as u16 * 20;
-    config.max_port = config.min_port + 19;
+    config.listening_port = common::free_listen_port();
+    (config.min_port, config.max_port) = common::free_port_block(20);
     let running =
         uturn::shard::start(&config, uturn::observer_from_config(&config), None).expect("start");
     let server = running.local_addrs()[0];

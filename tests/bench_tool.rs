@@ -146,12 +146,18 @@ fn rest_credentials_against_uturn() {
             "s3",
         ],
     );
-    relay(
-        &server.addr().to_string(),
-        server.pid(),
-        5,
-        &["--auth-secret", "s3"],
-    );
+    let result = std::panic::catch_unwind(|| {
+        relay(
+            &server.addr().to_string(),
+            server.pid(),
+            5,
+            &["--auth-secret", "s3"],
+        )
+    });
+    if let Err(panic) = result {
+        eprintln!("server log:\n{}", server.log_text());
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]

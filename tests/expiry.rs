@@ -46,6 +46,9 @@ struct Granted {
     server: SocketAddr,
     relay: SocketAddr,
     lifetime: u32,
+    /// When the Allocate was first sent: the server created it after this.
+    sent: Instant,
+    /// When its success arrived: the server created it before this.
     at: Instant,
 }
 
@@ -72,7 +75,7 @@ fn allocate_many(
                     let mut buf = [0u8; 1500];
                     for (si, s) in part.iter().enumerate() {
                         let base = (ci * chunk + si) * servers.len();
-                        let mut pending: HashMap<[u8; 12], (usize, SocketAddr, Vec<u8>)> =
+                        let mut pending: HashMap<[u8; 12], (usize, SocketAddr, Vec<u8>, Instant)> =
                             HashMap::new();
                         for (j, srv) in servers.iter().enumerate() {
                             let k = base + j;
@@ -86,7 +89,7 @@ fn allocate_many(
                                 Some(lifetime(k)),
                             );
                             s.send_to(&req, srv).unwrap();
-                            pending.insert(t, (k, *srv, req));
+                            pending.insert(t, (k, *srv, req, Instant::now()));
                         }
                         let mut retries = 0;
                         while !pending.is_empty() {
@@ -94,7 +97,8 @@ fn allocate_many(
                                 Ok((n, from)) => {
                                     let at = Instant::now();
                                     let m = Message::parse(&buf[..n]).expect("a STUN response");
-                                    let Some((k, srv, _)) = pending.remove(m.transaction_id())
+                                    let Some((k, srv, _, sent)) =
+                                        pending.remove(m.transaction_id())
                                     else {
                                         continue;
                                     };
@@ -113,6 +117,7 @@ fn allocate_many(
                                             .unwrap()
                                             .unwrap(),
                                         lifetime: m.lifetime().unwrap().unwrap(),
+                                        sent,
                                         at,
                                     });
                                 }
@@ -124,7 +129,7 @@ fn allocate_many(
                                         "no answer to {} Allocates",
                                         pending.len()
                                     );
-                                    for (_, srv, req) in pending.values() {
+                                    for (_, srv, req, _) in pending.values() {
                                         s.send_to(req, srv).unwrap();
                                     }
                                 }
@@ -147,7 +152,7 @@ fn allocate_many(
 const EXPIRY_SLACK: f64 = 0.5;
 
 /// How many allocations, from how many sockets over how many listening addresses, with
-/// lifetimes 2 to `2 + spread - 1` seconds, in a relay range of `ports` ports from 8000.
+/// lifetimes 2 to `2 + spread - 1` seconds, in a relay range of `ports` ports.
 struct Size {
     addrs: usize,
     sockets: usize,
@@ -162,7 +167,9 @@ fn allocations_expire_on_time_and_give_their_ports_back() {
         addrs: 2,
         sockets: 100,
         spread: 3,
-        ports: 220,
+        // SO_REUSEPORT spreads 200 clients over 2 shards unevenly: 150 ports per shard
+        // leave room for that, and still too few for a second round without the first's.
+        ports: 300,
         min_round_trips: 100,
     });
 }
@@ -183,7 +190,7 @@ fn proof_ten_thousand_allocations_expire_on_time_and_give_their_ports_back() {
 fn expiry_under_load(size: Size) {
     let (ADDRS, SOCKETS) = (size.addrs, size.sockets);
     let TOTAL: usize = ADDRS * SOCKETS;
-    let RANGE: (u16, u16) = (8000, 8000 + size.ports - 1);
+    let RANGE: (u16, u16) = free_port_block(size.ports);
     let spread = size.spread;
     let _heavy = heavy();
     need_files((SOCKETS + TOTAL + 1000) as u64);
@@ -269,19 +276,25 @@ fn expiry_under_load(size: Size) {
         .map(|(id, r, at)| (*id, (*r, *at)))
         .collect();
     let mut errors = Vec::with_capacity(TOTAL);
+    let mut earliest = f64::MAX;
     for g in &granted {
         let id = ids[&(g.client, g.server)];
         let (reason, at) = deleted
             .get(&id)
             .unwrap_or_else(|| panic!("allocation {id} (lifetime {}) never expired", g.lifetime));
         assert_eq!(*reason, DeleteReason::Expired);
-        let deadline = g.at + Duration::from_secs(g.lifetime.into());
-        let error = if *at >= deadline {
-            (*at - deadline).as_secs_f64()
-        } else {
-            -(deadline - *at).as_secs_f64()
+        let signed = |deadline: Instant| {
+            if *at >= deadline {
+                (*at - deadline).as_secs_f64()
+            } else {
+                -(deadline - *at).as_secs_f64()
+            }
         };
-        errors.push(error);
+        let lifetime = Duration::from_secs(g.lifetime.into());
+        // The client sees the success some time after the server created the allocation
+        // (a loaded machine: up to hundreds of ms), so "early" is judged against the send.
+        earliest = earliest.min(signed(g.sent + lifetime));
+        errors.push(signed(g.at + lifetime));
     }
     let expired = deleted
         .values()
@@ -347,13 +360,14 @@ fn expiry_under_load(size: Size) {
         format!("{round_trips} / {lost}"),
     );
     // The core's timer wheel has 100 ms ticks aligned to its epoch: an allocation goes at
-    // the first tick at or after its deadline, so never early and at most 0.1 s late, plus
+    // the first tick at or after its deadline, so never early (after the request was sent,
+    // plus its lifetime) and at most 0.1 s late (after the answer arrived), plus
     // however long the shard takes to reach that tick on a loaded two-core machine
     // (EXPIRY_SLACK). The requirement is ±1 s.
     assert!(
-        min >= -0.05,
-        "an allocation expired {:.3} s before its deadline",
-        -min
+        earliest >= -0.05,
+        "an allocation expired {:.3} s before its deadline (counted from the request)",
+        -earliest
     );
     assert!(
         max <= 0.1 + EXPIRY_SLACK,
@@ -367,7 +381,10 @@ fn expiry_under_load(size: Size) {
         "the second round and the three relays end at shutdown"
     );
     assert_eq!(sum(&reports, |c| c.ports_exhausted), 0);
-    // Each shard had 5,500 ports and about 5,000 allocations per round: the second round
-    // could only succeed with the first round's ports back in the pools.
-    assert!(reused > TOTAL / 2, "only {reused} ports reused");
+    // Two rounds need more ports than the range has: the second round could only succeed
+    // with the first round's ports back in the pools, at least this many of them.
+    assert!(
+        reused >= 2 * TOTAL - usize::from(size.ports),
+        "only {reused} ports reused"
+    );
 }

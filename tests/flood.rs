@@ -124,6 +124,10 @@ struct Size {
     sockets: usize,
     rounds: usize,
     min_round_trips: u64,
+    /// Whether RSS growth is pass/fail. Only at the proof's size: a small run's RSS moves by
+    /// several MiB with the allocator's purging and the first touches of the io_uring
+    /// buffer ring (8 MiB per shard), more than a small flood could leak.
+    memory: bool,
 }
 
 #[test]
@@ -132,6 +136,7 @@ fn unauthenticated_allocate_flood_costs_no_memory_and_no_relay_loss() {
         sockets: 50,
         rounds: 100,
         min_round_trips: 200,
+        memory: false,
     });
 }
 
@@ -142,6 +147,7 @@ fn proof_unauthenticated_allocate_flood() {
         sockets: 200,
         rounds: 1000, // 200,000 requests per flood
         min_round_trips: 2000,
+        memory: true,
     });
 }
 
@@ -150,6 +156,7 @@ fn allocate_flood(size: Size) {
         sockets: SOCKETS,
         rounds: ROUNDS,
         min_round_trips: MIN_ROUND_TRIPS,
+        memory,
     } = size;
     let _heavy = heavy();
     // Per-request debug lines would measure the log, not the server.
@@ -225,7 +232,7 @@ fn allocate_flood(size: Size) {
         "every request the server could take was answered"
     );
     assert!(
-        rss_after.saturating_sub(rss_before) < 8 * 1024,
+        !memory || rss_after.saturating_sub(rss_before) < 8 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 
@@ -286,7 +293,7 @@ fn allocate_flood(size: Size) {
     );
     figure(t, "2. server RSS after", format!("{rss_after2} KiB"));
     assert!(
-        rss_after2.saturating_sub(rss_before) < 8 * 1024,
+        !memory || rss_after2.saturating_sub(rss_before) < 8 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after2} KiB"
     );
     assert!(!log.contains("panicked"));
@@ -329,7 +336,7 @@ fn binding_marker(sock: &UdpSocket, server: SocketAddr) -> (i64, i64) {
 
 fn channel_data_flood(FLOOD: u64, NO_ALLOC_FLOOD: u64, min_round_trips: u64) {
     let _heavy = heavy();
-    let running = start_with_range(loopback_config(2, |_| {}), None, None, (19000, 19099));
+    let running = start_with_range(loopback_config(2, |_| {}), None, None, free_port_block(100));
     let server = running.local_addrs()[0];
     let echo = EchoPeer::start(true);
     let bystander = EchoPeer::start(false);

@@ -46,7 +46,7 @@ fn bursts(backend: Backend, udp_gso: bool) {
         c.backend = backend;
         c.udp_gso = udp_gso;
     });
-    let running = start_in_process(&config, None, None, 14500..18700, 20);
+    let running = start_in_process(&config, None, None, 20);
     let server = running.local_addrs()[0];
     let mut client = Client::connect(server, "alice", "secret").unwrap();
     let relayed = client.allocate(None).unwrap();

@@ -13,7 +13,7 @@ use uturn::stun::long_term_key;
 
 #[test]
 fn permission_and_channel_caps_give_508() {
-    let running = start_with_range(loopback_config(1, |_| {}), None, None, (19300, 19399));
+    let running = start_with_range(loopback_config(1, |_| {}), None, None, free_port_block(100));
     let server = running.local_addrs()[0];
     let mut a = Client::connect(server, "alice", "secret").unwrap();
     a.allocate(None).unwrap();
@@ -115,7 +115,7 @@ fn user_and_total_quotas_give_486() {
         }),
         None,
         None,
-        (19100, 19199),
+        free_port_block(100),
     );
     let server = running.local_addrs()[0];
     let mut clients = Vec::new();
@@ -151,7 +151,8 @@ fn user_and_total_quotas_give_486() {
 
 #[test]
 fn exhausted_relay_ports_give_508() {
-    let running = start_with_range(loopback_config(1, |_| {}), None, None, (19200, 19204));
+    let range = free_port_block(5);
+    let running = start_with_range(loopback_config(1, |_| {}), None, None, range);
     let server = running.local_addrs()[0];
     let mut clients: Vec<Client> = (0..5)
         .map(|_| {
@@ -164,7 +165,7 @@ fn exhausted_relay_ports_give_508() {
     assert_eq!(sixth.allocate(None).unwrap_err().code(), Some(508));
     clients[0].refresh(0).unwrap();
     let relay = sixth.allocate(None).unwrap();
-    assert!((19200..=19204).contains(&relay.port()));
+    assert!((range.0..=range.1).contains(&relay.port()));
     let reports = running.stop();
     assert_eq!(sum(&reports, |c| c.ports_exhausted), 1);
     figure(
@@ -209,7 +210,7 @@ fn pending_authentications_beyond_the_cap_give_508() {
         loopback_config(1, |_| {}),
         Some(observer.clone()),
         None,
-        (19400, 19499),
+        free_port_block(100),
     );
     let server = running.local_addrs()[0];
     let auth = challenge(server);

@@ -1,5 +1,6 @@
 //! The peer policy on the wire with default options: the real binary refuses every
-//! CVE-2020-26262 address form with 403, on IPv4 and IPv6 relays, and counts each.
+//! CVE-2020-26262 address form with 403, on IPv4 and IPv6 relays, and counts each; its own
+//! addresses (here loopback) are reachable on relay ports only.
 
 mod common;
 use common::*;
@@ -13,7 +14,6 @@ fn every_cve_2020_26262_form_gets_403_with_default_options() {
     let v4 = [
         "0.0.0.0",
         "0.1.2.3",
-        "127.0.0.1",
         "127.1.2.3",
         "224.0.0.1",
         "239.255.255.250",
@@ -21,12 +21,9 @@ fn every_cve_2020_26262_form_gets_403_with_default_options() {
         "169.254.169.254",
     ];
     let v6 = [
-        "::1",
         "::",
-        "::ffff:127.0.0.1",
         "::ffff:0.0.0.0",
         "::ffff:169.254.169.254",
-        "::127.0.0.1",
         "ff02::1",
         "ff0e::1",
         "fe80::1",
@@ -71,11 +68,26 @@ fn every_cve_2020_26262_form_gets_403_with_default_options() {
         sink.recv(&mut [0u8; 16]),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
     ));
+    // The server's own addresses (it listens and relays on loopback), in every spelling:
+    // permitted, but nothing is relayed to a port outside the relay range (here the TURN
+    // port itself), and each attempt is counted.
+    let mut own_sent = 0;
+    for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "::127.0.0.1"] {
+        let peer = SocketAddr::new(ip.parse().unwrap(), server.port);
+        let client = if peer.is_ipv4() { &mut c4 } else { &mut c6 };
+        client
+            .create_permission(&[peer])
+            .unwrap_or_else(|e| panic!("CreatePermission {peer}: {e:?}"));
+        client.send_indication(peer, b"x").unwrap();
+        client.refresh(600).unwrap();
+        own_sent += 1;
+    }
     assert_eq!(server.stop(), Some(0));
     let log = server.log_text();
     assert_eq!(log_counter(&log, "peer_refused"), refused, "{log}");
     assert_eq!(log_counter(&log, "no_permission"), 1);
     assert_eq!(log_counter(&log, "relayed_to_peer"), 0);
+    assert_eq!(log_counter(&log, "own_address_port"), own_sent, "{log}");
     figure(
         "peer policy (binary, default options)",
         "CVE-2020-26262 forms refused with 403",

@@ -61,7 +61,6 @@ fn start(config: Config, events: &Arc<Events>) -> Running {
         &config,
         None,
         Some(events.clone() as Arc<dyn EventSink>),
-        10000..14100,
         100,
     )
 }

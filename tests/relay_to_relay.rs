@@ -19,7 +19,7 @@ fn next(client: &mut Client) -> Incoming {
 #[test]
 fn allocations_of_one_shard_relay_to_each_other_in_process() {
     let config = loopback_config(1, |c| c.backend = Backend::IoUring);
-    let running = start_in_process(&config, None, None, 14500..18700, 20);
+    let running = start_in_process(&config, None, None, 20);
     let server = running.local_addrs()[0];
     let mut a = Client::connect(server, "alice", "secret").unwrap();
     let mut b = Client::connect(server, "alice", "secret").unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use uturn::auth::{Quotas, StaticUsers};
 use uturn::stun::{self, ChannelData, Class, Message, MessageBuilder, Method};
 use uturn::testing::{peer_buffer, World};
-use uturn::turn::{ClientAction, PeerAction, RelayId, Server, ServerConfig};
+use uturn::turn::{ClientAction, PeerAction, RelayId, Server, ServerConfig, Transport};
 
 const REALM: &str = "example.org";
 const MAX_ALLOCATIONS: usize = 3;
@@ -29,15 +29,18 @@ const CLIENTS: [&str; 5] = [
     "[::ffff:198.51.100.1]:40000",
 ];
 const LOCALS: [&str; 2] = ["192.0.2.10:3478", "[2001:db8::10]:3478"];
-/// Public, private, loopback, IPv6 and IPv4-mapped peers: some allowed, some refused.
-const PEERS: [&str; 7] = [
-    "203.0.113.1:5000",
-    "203.0.113.1:5001",
-    "203.0.113.2:5000",
+/// Public, private, loopback, IPv6 and IPv4-mapped peers: some allowed, some refused; the
+/// server's own relay address on a relay port and on another port.
+const PEERS: [&str; 9] = [
+    "203.0.114.1:5000",
+    "203.0.114.1:5001",
+    "203.0.114.2:5000",
     "10.0.0.1:5000",
     "127.0.0.1:5000",
-    "[2001:db8::1]:5000",
-    "[::ffff:203.0.113.1]:5000",
+    "[2001:db9::1]:5000",
+    "[::ffff:203.0.114.1]:5000",
+    "192.0.2.10:50001",
+    "192.0.2.10:22",
 ];
 /// (username, password): two real users and one with a wrong password.
 const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("alice", "wrong")];
@@ -49,7 +52,7 @@ const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("ali
 ///
 /// | tag | op               | fields                                              |
 /// |-----|------------------|-----------------------------------------------------|
-/// | 0   | Raw              | client, local, data                                 |
+/// | 0   | Raw              | client, local (bit 7: the client's connection closes), data |
 /// | 1   | Allocate         | client, user, flags, [lifetime u32], [family], [token u64] |
 /// | 2   | Refresh          | client, user, flags, [lifetime u32]                 |
 /// | 3   | CreatePermission | client, user, n, n peer indexes                     |
@@ -58,7 +61,7 @@ const USERS: [(&str, &str); 3] = [("alice", "secret"), ("bob", "hunter2"), ("ali
 /// | 6   | ChannelData      | client, channel u16, pad, data                      |
 /// | 7   | Peer             | relay, peer, extra headroom, data                   |
 /// | 8   | Advance          | secs u16, millis u16, stepwise                      |
-/// | 9   | Busy             | port index                                          |
+/// | 9   | Busy             | port index (bit 7: toggle draining instead)         |
 ///
 /// Allocate flags: 1 LIFETIME, 2 EVEN-PORT, 4 its R bit, 8 REQUESTED-ADDRESS-FAMILY,
 /// 16 RESERVATION-TOKEN (the u64 read, or with 128 the last token the server handed out),
@@ -239,6 +242,15 @@ fn decode(input: &[u8]) -> Vec<Op> {
     ops
 }
 
+/// The second client address speaks TCP (framing and padding differ), the others UDP.
+fn transport_of(client: SocketAddr) -> Transport {
+    if client.port() == 40001 {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
 /// `UTURN_FUZZ_TRACE=1` prints each op and response, to see what a seed reaches.
 fn trace() -> bool {
     static TRACE: OnceLock<bool> = OnceLock::new();
@@ -328,13 +340,8 @@ impl Harness {
     /// Feeds one client datagram, checks the action and drains the outputs; remembers any
     /// NONCE the responses carry for the sender.
     fn feed(&mut self, client: SocketAddr, local: SocketAddr, data: &[u8]) {
-        let action = self.world.server.handle_client(
-            self.world.now,
-            client,
-            local,
-            data,
-            &mut self.world.sockets,
-        );
+        self.world.transport = transport_of(client);
+        let action = self.world.feed(client, local, data);
         if trace() && action != ClientAction::None {
             eprintln!("  -> {action:?}");
         }
@@ -443,7 +450,12 @@ impl Harness {
             if stun::is_channel_data(out) {
                 let cd = ChannelData::parse(out).expect("relayed ChannelData parses");
                 assert_eq!(cd.payload, data);
-                assert_eq!(out.len(), stun::CHANNEL_DATA_HEADER_LEN + data.len());
+                let pad = if transport_of(client).is_stream() {
+                    (4 - data.len() % 4) % 4
+                } else {
+                    0
+                };
+                assert_eq!(out.len(), stun::CHANNEL_DATA_HEADER_LEN + data.len() + pad);
             } else {
                 let msg = Message::parse(out).expect("Data indication parses");
                 assert_eq!(msg.method(), Method::DATA);
@@ -476,6 +488,13 @@ impl Harness {
                 data,
             } => {
                 let (_, addr) = self.client(client);
+                if local & 0x80 != 0 {
+                    let tuple = self.world.tuple(addr, self.local_for(addr));
+                    let now = self.world.now;
+                    let sockets = &mut self.world.sockets;
+                    self.world.server.connection_closed(now, tuple, sockets);
+                    return self.drain();
+                }
                 let local = self.locals[usize::from(local) % self.locals.len()];
                 self.feed(addr, local, &data);
             }
@@ -590,6 +609,10 @@ impl Harness {
                 millis,
                 stepwise,
             } => self.advance(secs, millis, stepwise),
+            Op::Busy { port } if port & 0x80 != 0 => {
+                let on = !self.world.server.is_draining();
+                self.world.server.set_draining(on);
+            }
             Op::Busy { port } => {
                 let port = FIRST_PORT + u16::from(port % 8);
                 if !self.world.sockets.busy.remove(&port) {

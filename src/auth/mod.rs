@@ -7,6 +7,8 @@
 //! the core owns them (and the quota ledger). Must not: parse STUN beyond key derivation, or
 //! touch sockets. The dependency runs one way: auth → turn.
 
+pub mod userdb;
+
 pub use crate::turn::observer::{AuthDecision, AuthRequest, Observer, Ticket};
 pub use crate::turn::quotas::{QuotaExceeded, Quotas};
 
@@ -97,9 +99,13 @@ impl RestApiSecret {
         self
     }
 
-    /// The password for `username` under the first secret (for clients and tests).
+    /// The password for `username` under `secret` (for clients and tests).
     pub fn password(secret: &str, username: &str) -> String {
-        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret.as_bytes())
+        Self::password_bytes(secret.as_bytes(), username)
+    }
+
+    fn password_bytes(secret: &[u8], username: &str) -> String {
+        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret)
             .expect("HMAC takes keys of any length");
         mac.update(username.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
@@ -122,16 +128,20 @@ impl Observer for RestApiSecret {
         if expiry < (self.clock)() {
             return AuthDecision::NotAuthorized;
         }
-        // Only the first secret's key can be returned: with several secrets, pick the one
-        // whose key verifies is impossible here, so rotation uses the first (newest) secret.
-        match self.secrets.first() {
-            Some(secret) => {
-                let password = String::from_utf8_lossy(secret);
-                let password = Self::password(&password, request.username);
-                AuthDecision::Authorized(long_term_key(request.username, &self.realm, &password))
-            }
-            None => AuthDecision::NotAuthorized,
+        // Rotation: every secret is valid; answer with the key the client's
+        // MESSAGE-INTEGRITY verifies with, else the first (the core then refuses it).
+        let mut keys = self.secrets.iter().map(|secret| {
+            let password = Self::password_bytes(secret, request.username);
+            long_term_key(request.username, &self.realm, &password)
+        });
+        let Some(first) = keys.next() else {
+            return AuthDecision::NotAuthorized;
+        };
+        if request.verifies(&first) {
+            return AuthDecision::Authorized(first);
         }
+        let key = keys.find(|k| request.verifies(k)).unwrap_or(first);
+        AuthDecision::Authorized(key)
     }
 }
 

@@ -301,11 +301,6 @@ fn validate(c: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether the UDP listener honours `--no-udp` yet. Until it does, `--no-udp` is refused:
-/// an operator who asked for TCP/TLS only must not get an open UDP port silently.
-/// Whoever wires the option into the listeners flips this.
-const NO_UDP_WIRED: bool = false;
-
 fn validate_listeners(c: &Config) -> Result<(), Error> {
     let invalid = |m: &str| Err(Error::Invalid(m.to_owned()));
     match (&c.cert, &c.pkey) {
@@ -316,9 +311,6 @@ fn validate_listeners(c: &Config) -> Result<(), Error> {
     let tls = !c.no_tls && c.cert.is_some();
     if c.no_udp && c.no_tcp && !tls {
         return invalid("--no-udp and --no-tcp leave nothing to listen on (TLS needs --cert and --pkey and no --no-tls)");
-    }
-    if c.no_udp && !NO_UDP_WIRED {
-        return invalid("--no-udp: the UDP listener cannot be turned off yet; uturn refuses to start rather than listen on UDP against the operator's wish");
     }
     if tls && c.tls_listening_port == c.listening_port {
         return invalid("--tls-listening-port must differ from --listening-port");

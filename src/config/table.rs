@@ -130,19 +130,19 @@ pub(crate) const UTURN: &[Opt] = &[
         c.listening_ips.push(i.ip()?);
         Ok(())
     }),
-    value("listening-port", Some('p'), "N", Value("3478"), "UDP listening port", |c, i| {
+    value("listening-port", Some('p'), "N", Value("3478"), "UDP and TCP listening port", |c, i| {
         c.listening_port = i.num()?;
         Ok(())
     }),
-    flag("no-udp", None, "no UDP client listener (refused until the listeners honour it)", |c, _| {
+    flag("no-udp", None, "no UDP client listener", |c, _| {
         c.no_udp = true;
         Ok(())
     }),
-    flag("no-tcp", None, "no TCP client listener (uturn has none yet)", |c, _| {
+    flag("no-tcp", None, "no TCP client listener", |c, _| {
         c.no_tcp = true;
         Ok(())
     }),
-    flag("no-tls", None, "no TLS client listener (uturn has none yet)", |c, _| {
+    flag("no-tls", None, "no TLS client listener", |c, _| {
         c.no_tls = true;
         Ok(())
     }),
@@ -150,19 +150,19 @@ pub(crate) const UTURN: &[Opt] = &[
         c.no_dtls = true;
         Ok(())
     }),
-    value("tls-listening-port", None, "N", Value("5349"), "TLS listening port (not used yet: no TLS listener)", |c, i| {
+    value("tls-listening-port", None, "N", Value("5349"), "TLS listening port (with --cert and --pkey)", |c, i| {
         c.tls_listening_port = i.num()?;
         Ok(())
     }),
-    value("cert", None, "FILE", Note("–"), "TLS certificate chain, PEM; needs --pkey (not used yet: no TLS listener)", |c, i| {
+    value("cert", None, "FILE", Note("–"), "TLS certificate chain, PEM, leaf first; needs --pkey; reloadable without a restart", |c, i| {
         c.cert = Some(PathBuf::from(i.text()));
         Ok(())
     }),
-    value("pkey", None, "FILE", Note("–"), "TLS private key, PEM; needs --cert (not used yet: no TLS listener)", |c, i| {
+    value("pkey", None, "FILE", Note("–"), "TLS private key, PEM (PKCS#8, PKCS#1 or SEC1); needs --cert", |c, i| {
         c.pkey = Some(PathBuf::from(i.text()));
         Ok(())
     }),
-    value("max-connections", None, "N", Value("0"), "TCP/TLS client connections, 0 = the built-in cap (not used yet: no TCP listener)", |c, i| {
+    value("max-connections", None, "N", Value("0"), "TCP/TLS client connections per shard, 0 = 4096", |c, i| {
         c.max_connections = i.num()?;
         Ok(())
     }),
@@ -217,7 +217,7 @@ pub(crate) const UTURN: &[Opt] = &[
         c.static_auth_secrets.push(i.text());
         Ok(())
     }),
-    value("redis-userdb", Some('N'), "\"ip=… port=… dbname=… password=… connect_timeout=…\"", Note("–"), "Redis user database, same syntax as --redis-statsdb (not used yet)", |c, i| {
+    value("redis-userdb", Some('N'), "\"ip=… port=… dbname=… password=… connect_timeout=…\"", Note("–"), "Redis user database in coturn's keys (turnadmin -a / -s), same syntax as --redis-statsdb", |c, i| {
         c.redis_userdb = Some(i.with(parse_redis_any)?);
         Ok(())
     }),
@@ -286,16 +286,16 @@ pub(crate) const UTURN: &[Opt] = &[
             Ok(())
         }),
     },
-    list("alternate-server", None, "IP[:PORT]", Note("–"), "ALTERNATE-SERVER offered (300) while draining or at the total quota; port 3478 when none (repeatable; not used yet)", |c, i| {
+    list("alternate-server", None, "IP[:PORT]", Note("–"), "ALTERNATE-SERVER offered (300) while draining or at the total quota; port 3478 when none (repeatable)", |c, i| {
         let a = i.with(|v| parse_endpoint(v, 3478))?;
         c.alternate_servers.push(a);
         Ok(())
     }),
-    value("drain-timeout", None, "S", Value("0"), "seconds a drain waits for allocations to end (not used yet)", |c, i| {
+    value("drain-timeout", None, "S", Value("0"), "SIGTERM drains for up to S seconds before stopping (0: stop at once)", |c, i| {
         c.drain_timeout = Duration::from_secs(i.num()?);
         Ok(())
     }),
-    value("drain-min-allocations", None, "N", Value("0"), "a drain ends once at most N allocations remain (not used yet)", |c, i| {
+    value("drain-min-allocations", None, "N", Value("0"), "a drain (SIGUSR1, SIGTERM) stops the server once at most N allocations remain", |c, i| {
         c.drain_min_allocations = i.num()?;
         Ok(())
     }),
@@ -311,15 +311,15 @@ pub(crate) const UTURN: &[Opt] = &[
         c.stats_interval = i.num()?;
         Ok(())
     }),
-    flag("prometheus", None, "serve Prometheus metrics (not used yet)", |c, _| {
+    flag("prometheus", None, "serve Prometheus /metrics and the /healthz, /readyz probes", |c, _| {
         c.prometheus = true;
         Ok(())
     }),
-    value("prometheus-port", None, "N", Value("9641"), "Prometheus metrics port (not used yet)", |c, i| {
+    value("prometheus-port", None, "N", Value("9641"), "Prometheus metrics port", |c, i| {
         c.prometheus_port = i.num()?;
         Ok(())
     }),
-    value("prometheus-address", None, "IP", Value("127.0.0.1"), "Prometheus metrics address (not used yet)", |c, i| {
+    value("prometheus-address", None, "IP", Value("127.0.0.1"), "Prometheus metrics address", |c, i| {
         c.prometheus_address = i.ip()?;
         Ok(())
     }),
@@ -352,7 +352,7 @@ pub(crate) const UTURN: &[Opt] = &[
         c.udp_gso = false;
         Ok(())
     }),
-    list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; not used yet)", |c, i| {
+    list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; needs root and forwarding on IFACE, see bpf/README.md; loaded and attached, no channel offloaded yet)", |c, i| {
         let v = i.text();
         if v.is_empty() {
             return Err(i.bad("empty interface name"));
@@ -360,7 +360,7 @@ pub(crate) const UTURN: &[Opt] = &[
         c.xdp_interfaces.push(v);
         Ok(())
     }),
-    value("xdp-mode", None, "native|generic", Value("native"), "how the XDP program is attached (not used yet)", |c, i| {
+    value("xdp-mode", None, "native|generic", Value("native"), "how the XDP program is attached; native falls back to generic where the driver has no XDP", |c, i| {
         c.xdp_mode = match i.text().as_str() {
             "native" => XdpMode::Native,
             "generic" => XdpMode::Generic,

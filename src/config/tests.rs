@@ -364,7 +364,6 @@ fn new_options_are_validated() {
             "nothing to listen on",
         ),
         (&["--no-udp", "--no-tcp"], "nothing to listen on"),
-        (&["--no-udp"], "cannot be turned off yet"),
         (&["--alternate-server", "example.org"], "--alternate-server"),
         (
             &["--alternate-server", "192.0.2.1:99999"],

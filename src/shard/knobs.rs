@@ -10,6 +10,7 @@ use std::io;
 
 /// What an injected fault does when it fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
 pub enum FaultKind {
     /// The shard thread panics.
     Panic,
@@ -20,6 +21,7 @@ pub enum FaultKind {
 
 /// A fault injected into one shard once it has received `after` datagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
 pub struct Fault {
     pub kind: FaultKind,
     pub shard: usize,

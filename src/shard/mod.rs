@@ -11,6 +11,9 @@ mod knobs;
 mod pktinfo;
 mod portable;
 mod state;
+pub mod stream;
+mod stream_conn;
+pub mod tls;
 mod uring;
 
 pub use failure::ShardFailure;
@@ -21,7 +24,7 @@ pub(crate) use state::ShardState;
 use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
-use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters, Transport};
+use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -121,6 +124,10 @@ pub(crate) struct ShardSpec {
     pub udp_gso: bool,
     pub knobs: TestKnobs,
     pub failures: mpsc::Sender<ShardFailure>,
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
+    pub draining: Arc<AtomicBool>,
+    pub udp: bool,
+    pub streams: stream::StreamOptions,
 }
 
 /// What a shard reports when it ends.
@@ -130,6 +137,7 @@ pub struct ShardReport {
     pub backend: &'static str,
     pub counters: ServerCounters,
     pub io: IoCounters,
+    pub streams: stream::StreamCounters,
     /// Why the shard stopped on its own, if it did.
     pub failure: Option<String>,
 }
@@ -143,6 +151,9 @@ pub struct Running {
     port_slices: Vec<(u16, u16)>,
     backends: Vec<&'static str>,
     failures: mpsc::Receiver<ShardFailure>,
+    metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
+    draining: Arc<AtomicBool>,
+    certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl Running {
@@ -165,11 +176,34 @@ impl Running {
         &self.backends
     }
 
+    /// What each shard publishes for the metrics endpoint, by shard index.
+    pub fn metrics(&self) -> &[Arc<crate::metrics::ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// Draining shards refuse new allocations (300 with an alternate server, else 403) and
+    /// keep serving the ones they have; applied by each shard within one loop turn.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        for wake in &self.wakers {
+            wake();
+        }
+    }
+
     /// Waits up to `timeout` for a shard to fail. A failed shard has deleted its
     /// allocations where it could; the server must then be stopped (its SO_REUSEPORT member
     /// is gone, so the kernel hashes its clients to shards that do not know them).
     pub fn wait_failure(&self, timeout: Duration) -> Option<ShardFailure> {
         self.failures.recv_timeout(timeout).ok()
+    }
+
+    /// Reads the TLS certificate and key files again (for SIGHUP); new handshakes on every
+    /// shard use them. On an error the certificate in use stays. Without TLS, nothing.
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
+        match &self.certificates {
+            Some(c) => c.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Deletes every allocation through the core (so observers and stats hear of it),
@@ -288,6 +322,42 @@ fn raise_file_limit(relay_ports: usize) {
     }
 }
 
+/// Every IP this server listens or relays on, or advertises (all interface addresses when
+/// it listens or relays on a wildcard): the core lets clients reach these only on relay ports.
+fn own_addresses(config: &Config, listen: &[IpAddr], relays: &[Option<IpAddr>]) -> Vec<IpAddr> {
+    let external = config
+        .external_ips
+        .iter()
+        .flat_map(|(public, private)| [Some(*public), *private]);
+    let configured: Vec<IpAddr> = listen
+        .iter()
+        .copied()
+        .map(Some)
+        .chain(relays.iter().copied())
+        .chain(external)
+        .flatten()
+        .collect();
+    let mut own: Vec<IpAddr> = configured
+        .iter()
+        .copied()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    if configured.iter().any(IpAddr::is_unspecified) {
+        if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
+            own.extend(interfaces.filter_map(|i| {
+                let a = i.address?;
+                a.as_sockaddr_in()
+                    .map(|s| IpAddr::V4(std::net::SocketAddrV4::from(*s).ip().to_owned()))
+                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+            }));
+        }
+    }
+    let mut own: Vec<IpAddr> = own.into_iter().map(|ip| ip.to_canonical()).collect();
+    own.sort();
+    own.dedup();
+    own
+}
+
 /// Starts one shard per configured core (test knobs from `UTURN_TEST_*`, see
 /// [`TestKnobs::from_env`]; none in production).
 pub fn start(
@@ -302,6 +372,20 @@ pub fn start(
 #[doc(hidden)]
 pub fn start_with(
     config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    start_with_streams(config, streams, observer, sink, knobs)
+}
+
+/// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
+/// the configuration's stream options are not read.
+#[doc(hidden)]
+pub fn start_with_streams(
+    config: &Config,
+    streams: stream::StreamOptions,
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
     knobs: TestKnobs,
@@ -345,7 +429,7 @@ pub fn start_with(
         });
     // SO_REUSEPORT would let this server silently share a port with another process
     // (an old uturn, a coturn): each would see half the clients. Refuse instead.
-    for addr in &listen {
+    for addr in listen.iter().filter(|_| !config.no_udp) {
         if let Err(e) = bind_udp(*addr, false, 0) {
             return Err(io::Error::new(
                 e.kind(),
@@ -368,11 +452,7 @@ pub fn start_with(
         denied: config.denied_peer_ips.clone(),
     };
     policy.allowed.shrink_to_fit();
-    if config.no_tcp || config.no_tls || config.no_dtls {
-        tracing::info!(
-            "uturn relays over UDP only for now: --no-tcp/--no-tls/--no-dtls change nothing"
-        );
-    }
+    streams.check_free(&listen)?;
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
@@ -389,6 +469,9 @@ pub fn start_with(
         listen: listen.clone(),
         port_slices: slices.clone(),
         backends: Vec::new(),
+        metrics: Vec::new(),
+        draining: Arc::new(AtomicBool::new(false)),
+        certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
         let server = ServerConfig {
@@ -400,8 +483,10 @@ pub fn start_with(
             },
             relay_ip: relay_v4,
             relay_ip_v6: relay_v6,
-            external_ip: config.external_ips.first().map(|(public, _)| *public),
+            external_ips: config.external_ips.clone(),
             ports: *lo..=*hi,
+            relay_range: config.min_port..=config.max_port,
+            own_addresses: own_addresses(config, &listen_ips, &[Some(relay_v4), relay_v6]),
             port_exchange: exchange.clone(),
             default_lifetime: Duration::from_secs(config.default_allocate_lifetime.into()),
             max_lifetime: Duration::from_secs(config.max_allocate_lifetime.into()),
@@ -411,7 +496,8 @@ pub fn start_with(
             nonce_secret,
             epoch,
             policy: policy.clone(),
-            max_allocations: (usize::from(*hi - *lo) + 1).max(1),
+            // A shard borrows ports from the others' slices when its own is empty.
+            max_allocations: usize::from(config.max_port - config.min_port) + 1,
             max_permissions_per_allocation: config.max_permissions_per_allocation,
             max_channels_per_allocation: config.max_channels_per_allocation,
             max_pending_auth: 1024,
@@ -421,7 +507,7 @@ pub fn start_with(
             stats_interval: Duration::from_secs(config.stats_interval),
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
-            transport: Transport::Udp,
+            alternate_servers: config.alternate_servers.clone(),
         };
         let spec = ShardSpec {
             index,
@@ -437,7 +523,12 @@ pub fn start_with(
             udp_gso: config.udp_gso,
             knobs: knobs.clone(),
             failures: failures_tx.clone(),
+            metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
+            draining: running.draining.clone(),
+            udp: !config.no_udp,
+            streams: streams.clone(),
         };
+        running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("uturn-shard-{index}"))
@@ -492,12 +583,17 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         summary_at: Instant::now(),
         summary_received: 0,
         fault: knobs::Trigger::new(spec.knobs.fault_for(spec.index)),
+        metrics: spec.metrics.clone(),
+        draining: spec.draining.clone(),
+        streams: stream::StreamCounters::default(),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
         let relay_sockets = spec.server.ports.clone().count();
         match uring::Shard::new(
             &spec.listen,
+            spec.udp,
+            &spec.streams,
             relay_sockets,
             (spec.batch_wait_us, spec.udp_gso),
             &spec.knobs,
@@ -527,7 +623,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             }
         }
     }
-    match portable::Shard::new(&spec.listen) {
+    match portable::Shard::new(&spec.listen, spec.udp, &spec.streams) {
         Ok(shard) => {
             let wake = shard.waker();
             set_ticket_sink(&mut server, auth_tx, wake.clone());
@@ -578,6 +674,7 @@ fn report(
         backend,
         counters: state.server.counters().clone(),
         io: state.io.clone(),
+        streams: state.streams.clone(),
         failure,
     }
 }

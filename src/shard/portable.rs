@@ -6,9 +6,13 @@
 //! edge-triggered and drained until `WouldBlock`; a datagram is received into one buffer
 //! with headroom, so forwarding copies nothing in user space either.
 
-use super::{bind_udp, ShardState, Wake, MAX_DATAGRAM, RELAY_SOCKET_BUFFER};
-use crate::turn::{ClientAction, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM};
+use super::stream::{RelayIo, StreamOptions, Streams};
+use super::{bind_udp, IoCounters, ShardState, Wake, MAX_DATAGRAM, RELAY_SOCKET_BUFFER};
+use crate::turn::{
+    ClientAction, FiveTuple, PeerAction, RelayId, RelaySockets, PEER_HEADROOM, PEER_TAILROOM,
+};
 use mio::net::UdpSocket;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
+/// The stream side's own epoll set turned readable.
+const STREAMS: Token = Token(usize::MAX - 1);
 /// Tokens below this are listening sockets; from it on, relay sockets by `RelayId`.
 const RELAY_BASE: usize = 1 << 16;
 /// The largest datagram both backends take, one byte more to tell a larger one (the kernel
@@ -30,6 +36,7 @@ pub(crate) struct Shard {
     waker: Arc<Waker>,
     listeners: Vec<(SocketAddr, UdpSocket)>,
     relays: Relays,
+    streams: Option<Streams>,
 }
 
 /// The relay sockets of one shard, indexed by `RelayId`.
@@ -64,16 +71,41 @@ impl RelaySockets for Relays {
     }
 }
 
+impl RelayIo for Relays {
+    fn sockets(&mut self) -> &mut dyn RelaySockets {
+        self
+    }
+
+    fn send_to_peer(&mut self, io: &mut IoCounters, relay: RelayId, peer: SocketAddr, data: &[u8]) {
+        let sent = self
+            .sockets
+            .get(relay.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|s| s.send_to(data, peer));
+        match sent {
+            Some(Ok(_)) => io.sent += 1,
+            _ => io.send_errors += 1,
+        }
+    }
+}
+
 impl Shard {
-    pub fn new(listen: &[SocketAddr]) -> io::Result<Shard> {
+    /// UDP listeners on `listen` unless `udp` is off; stream listeners as `streams` says.
+    pub fn new(listen: &[SocketAddr], udp: bool, streams: &StreamOptions) -> io::Result<Shard> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(listen.len());
-        for (i, addr) in listen.iter().enumerate() {
+        let udp_listen = if udp { listen } else { &[] };
+        for (i, addr) in udp_listen.iter().enumerate() {
             let mut socket = UdpSocket::from_std(super::bind_listener(*addr)?);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
             listeners.push((*addr, socket));
+        }
+        let streams = Streams::new(listen, streams)?;
+        if let Some(s) = &streams {
+            poll.registry()
+                .register(&mut SourceFd(&s.fd()), STREAMS, Interest::READABLE)?;
         }
         let registry = poll.registry().try_clone()?;
         Ok(Shard {
@@ -84,6 +116,7 @@ impl Shard {
                 registry,
                 sockets: Vec::new(),
             },
+            streams,
         })
     }
 
@@ -99,8 +132,12 @@ impl Shard {
     pub fn run(&mut self, state: &mut ShardState) -> io::Result<()> {
         let result = self.serve(state);
         state.server.shutdown(Instant::now(), &mut self.relays);
-        flush_transmits(&self.listeners, state);
-        state.dispatch_events();
+        flush_transmits(&self.listeners, self.streams.as_mut(), state);
+        dispatch_events(self.streams.as_mut(), state);
+        if let Some(s) = self.streams.as_mut() {
+            s.shutdown();
+            state.streams = s.counters.clone();
+        }
         result
     }
 
@@ -109,7 +146,10 @@ impl Shard {
         let mut buf = vec![0u8; BUFFER].into_boxed_slice();
         loop {
             let now = Instant::now();
-            let timeout = state.sleep_for(now, IDLE);
+            let mut timeout = state.sleep_for(now, IDLE);
+            if let Some(s) = &self.streams {
+                timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
+            }
             // Sends are synchronous here, so nothing may wake the wait after the datagram
             // that arms an injected fault: it is checked before waiting.
             let polled = state
@@ -125,16 +165,24 @@ impl Shard {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
+                    STREAMS => {
+                        if let Some(s) = self.streams.as_mut() {
+                            s.process(now, state, &mut self.relays);
+                        }
+                    }
                     Token(i) if i < RELAY_BASE => self.drain_listener(i, state, now, &mut buf),
                     Token(t) => {
                         self.drain_relay(RelayId((t - RELAY_BASE) as u32), state, now, &mut buf)
                     }
                 }
-                flush_transmits(&self.listeners, state);
+                flush_transmits(&self.listeners, self.streams.as_mut(), state);
             }
             state.end_turn(now, &mut self.relays);
-            flush_transmits(&self.listeners, state);
-            state.dispatch_events();
+            if let Some(s) = self.streams.as_mut() {
+                s.sweep(now, state, &mut self.relays);
+            }
+            flush_transmits(&self.listeners, self.streams.as_mut(), state);
+            dispatch_events(self.streams.as_mut(), state);
             if state.stopping() {
                 return Ok(());
             }
@@ -166,10 +214,12 @@ impl Shard {
                 state.io.truncated += 1;
                 continue;
             }
-            let action =
-                state
-                    .server
-                    .handle_client(now, client, local, &buf[..n], &mut self.relays);
+            let action = state.server.handle_client(
+                now,
+                FiveTuple::udp(client, local),
+                &buf[..n],
+                &mut self.relays,
+            );
             if let ClientAction::ToPeer {
                 relay,
                 peer,
@@ -184,7 +234,7 @@ impl Shard {
                     .map(|s| s.send_to(&buf[payload], peer));
                 count_send(state, sent);
             }
-            flush_transmits(&self.listeners, state);
+            flush_transmits(&self.listeners, self.streams.as_mut(), state);
         }
     }
 
@@ -224,8 +274,15 @@ impl Shard {
                 local,
                 client,
                 range,
+                transport,
             } = action
             {
+                if transport.is_stream() {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.send_to_client(local, client, &buf[range]);
+                    }
+                    continue;
+                }
                 let sent = send_as(&self.listeners, local, &buf[range], client);
                 count_send(state, sent);
             }
@@ -233,9 +290,29 @@ impl Shard {
     }
 }
 
-/// Sends the core's responses from the listening socket each names.
-fn flush_transmits(listeners: &[(SocketAddr, UdpSocket)], state: &mut ShardState) {
+/// Delivers the core's events, letting the stream side see them first.
+fn dispatch_events(streams: Option<&mut Streams>, state: &mut ShardState) {
+    match streams {
+        Some(s) => state.dispatch_events_with(|e| s.on_event(e)),
+        None => state.dispatch_events(),
+    }
+}
+
+/// Sends the core's responses: on a stream client's connection, or from the listening
+/// socket each names.
+fn flush_transmits(
+    listeners: &[(SocketAddr, UdpSocket)],
+    mut streams: Option<&mut Streams>,
+    state: &mut ShardState,
+) {
     while let Some(t) = state.server.poll_transmit() {
+        let t = match streams.as_deref_mut() {
+            Some(s) => match s.route(t) {
+                Some(t) => t,
+                None => continue,
+            },
+            None => t,
+        };
         let sent = send_as(listeners, t.local, &t.data, t.remote);
         count_send(state, sent);
     }

@@ -26,6 +26,12 @@ pub(crate) struct ShardState {
     pub summary_received: u64,
     /// An injected test fault (inert unless a test set one).
     pub fault: Trigger,
+    /// Published once per turn for the metrics endpoint (relaxed atomic stores).
+    pub metrics: Arc<crate::metrics::ShardMetrics>,
+    /// Set by `Running::set_draining`; applied to the core at the end of a turn.
+    pub draining: Arc<AtomicBool>,
+    /// The stream side's counters, as of its last sweep and when the shard stops.
+    pub streams: super::stream::StreamCounters,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -57,7 +63,13 @@ impl ShardState {
 
     /// Delivers events to the observer and the stats sink.
     pub fn dispatch_events(&mut self) {
+        self.dispatch_events_with(|_| {});
+    }
+
+    /// The same, showing each event to `also` first (the stream side tracks allocations).
+    pub fn dispatch_events_with(&mut self, mut also: impl FnMut(&Event)) {
         while let Some(event) = self.server.poll_event() {
+            also(&event);
             match &event {
                 Event::AllocationCreated { info, .. } => self.observer.on_allocation_created(info),
                 Event::AllocationDeleted { info, totals, .. } => {
@@ -85,6 +97,15 @@ impl ShardState {
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now, sockets);
         }
+        let draining = self.draining.load(Ordering::Relaxed);
+        if draining != self.server.is_draining() {
+            self.server.set_draining(draining);
+        }
+        self.metrics.publish(
+            self.server.counters(),
+            &self.io,
+            self.server.allocation_count(),
+        );
         if now.saturating_duration_since(self.summary_at) >= SUMMARY_EVERY {
             if self.io.received != self.summary_received {
                 let c = self.server.counters();

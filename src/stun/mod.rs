@@ -8,6 +8,7 @@
 
 mod attributes;
 mod channel_data;
+pub mod framing;
 mod integrity;
 mod message;
 pub mod rfc5769;

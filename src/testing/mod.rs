@@ -11,8 +11,8 @@
 use crate::auth::StaticUsers;
 use crate::stun::{self, Class, Message, MessageBuilder, Method};
 use crate::turn::{
-    ClientAction, Event, Observer, PeerAction, Quotas, RelayId, RelaySockets, Server, ServerConfig,
-    Transmit, PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, Event, FiveTuple, Observer, PeerAction, Quotas, RelayId, RelaySockets, Server,
+    ServerConfig, Transmit, Transport, PEER_HEADROOM, PEER_TAILROOM,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -91,6 +91,8 @@ pub struct World {
     pub now: Instant,
     /// The listening address clients send to by default.
     pub local: SocketAddr,
+    /// The transport clients use (UDP unless a test changes it).
+    pub transport: Transport,
 }
 
 impl Default for World {
@@ -126,6 +128,7 @@ impl World {
             sockets: FakeSockets::default(),
             now,
             local: "192.0.2.10:3478".parse().expect("literal address"),
+            transport: Transport::Udp,
         }
     }
 
@@ -154,10 +157,19 @@ impl World {
         self.server.handle_timeout(self.now, &mut self.sockets);
     }
 
+    /// The 5-tuple of a client at `from` talking to `local` over [`World::transport`].
+    pub fn tuple(&self, from: SocketAddr, local: SocketAddr) -> FiveTuple {
+        FiveTuple {
+            client: from,
+            server: local,
+            transport: self.transport,
+        }
+    }
+
     /// Feeds a datagram from `from` on the listening socket `local`; returns the action.
     pub fn feed(&mut self, from: SocketAddr, local: SocketAddr, data: &[u8]) -> ClientAction {
         self.server
-            .handle_client(self.now, from, local, data, &mut self.sockets)
+            .handle_client(self.now, self.tuple(from, local), data, &mut self.sockets)
     }
 
     /// Every queued transmit.

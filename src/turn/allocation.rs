@@ -16,6 +16,8 @@ use std::time::Instant;
 pub struct Permission {
     pub ip: IpAddr,
     pub expires: Instant,
+    /// The IP is one of the server's own: relay only to ports in the relay range.
+    pub own: bool,
 }
 
 /// A channel bound to a peer transport address (RFC 8656 §12).
@@ -81,29 +83,29 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+    /// The live permission for `ip`.
+    pub fn permission(&self, ip: IpAddr, now: Instant) -> Option<&Permission> {
         self.permissions
             .iter()
-            .any(|p| p.ip == ip && p.expires > now)
+            .find(|p| p.ip == ip && p.expires > now)
+    }
+
+    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permission(ip, now).is_some()
     }
 
     /// Installs or refreshes a permission; false when that would exceed `max`.
-    pub fn install_permission(
-        &mut self,
-        ip: IpAddr,
-        expires: Instant,
-        max: usize,
-        now: Instant,
-    ) -> bool {
-        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
-            p.expires = p.expires.max(expires);
+    pub fn install_permission(&mut self, new: Permission, max: usize, now: Instant) -> bool {
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == new.ip) {
+            p.expires = p.expires.max(new.expires);
+            p.own = new.own;
             return true;
         }
         self.permissions.retain(|p| p.expires > now);
         if self.permissions.len() >= max {
             return false;
         }
-        self.permissions.push(Permission { ip, expires });
+        self.permissions.push(new);
         true
     }
 

@@ -41,6 +41,11 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// TCP and TLS carry a byte stream: messages are framed, ChannelData padded to 4.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
     /// coturn's spelling in Redis status messages (`type=UDP`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,6 +63,17 @@ pub struct FiveTuple {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub transport: Transport,
+}
+
+impl FiveTuple {
+    /// A UDP client's 5-tuple.
+    pub fn udp(client: SocketAddr, server: SocketAddr) -> Self {
+        FiveTuple {
+            client,
+            server,
+            transport: Transport::Udp,
+        }
+    }
 }
 
 /// Packet and byte counters in one direction pair, named as in coturn's Redis messages:
@@ -120,6 +136,9 @@ pub enum DeleteReason {
     Expired,
     /// Server shutting down.
     Shutdown,
+    /// The client's TCP or TLS connection closed (RFC 8656 §2: the allocation lives and dies
+    /// with its 5-tuple).
+    ConnectionClosed,
 }
 
 /// Events for the stats thread and the observer, in the order they happened.

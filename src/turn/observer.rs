@@ -8,7 +8,7 @@
 //! return [`AuthDecision::Pending`] and answer through a [`Ticket`].
 
 use super::{AllocationInfo, Traffic, Transport};
-use crate::stun::{LongTermKey, Method};
+use crate::stun::{LongTermKey, Message, Method};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -21,6 +21,9 @@ pub struct AuthRequest<'a> {
     pub server: SocketAddr,
     pub transport: Transport,
     pub(crate) ticket: Option<Ticket>,
+    /// The request itself, so an observer with several candidate keys (a secret being
+    /// rotated) can tell which one the client used.
+    pub(crate) message: Option<&'a Message<'a>>,
 }
 
 impl<'a> AuthRequest<'a> {
@@ -42,7 +45,14 @@ impl<'a> AuthRequest<'a> {
             server,
             transport,
             ticket: None,
+            message: None,
         }
+    }
+
+    /// Whether the request's MESSAGE-INTEGRITY verifies with `key` (false when the request
+    /// is not at hand, as for one built with [`AuthRequest::new`]).
+    pub fn verifies(&self, key: &LongTermKey) -> bool {
+        self.message.is_some_and(|m| m.verify_integrity(key))
     }
 
     /// Takes the ticket through which an observer that returns [`AuthDecision::Pending`]

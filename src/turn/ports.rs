@@ -1,5 +1,5 @@
-//! Relay port choice within a shard's range (RFC 8656 §7.2: EVEN-PORT and
-//! RESERVATION-TOKEN), and the few port facts shards share.
+//! Relay port choice (RFC 8656 §7.2: EVEN-PORT and RESERVATION-TOKEN): each shard's slice
+//! of the range, and the exchange through which shards share slices and reservations.
 //!
 //! Owns: which of the shard's ports are free, reserved or in use. Free ports are handed out
 //! first-in first-out, so a released port rests as long as possible before reuse (late
@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug)]
 pub struct PortPool {
@@ -123,22 +123,77 @@ impl PortPool {
     }
 }
 
-/// Relay-port facts shared by the shards of one server, touched only when allocations
-/// are created or deleted, never per packet:
+/// Relay ports shared by the shards of one server, touched only when allocations are
+/// created or deleted, never per packet:
+/// - every shard's [`PortPool`] (its slice of the range), each behind its own lock: a shard
+///   takes from its own slice first and borrows from the others' only when its slice is
+///   empty, so 508 means the whole range is in use, not just one shard's share; a port goes
+///   back to the slice it belongs to, whoever frees it;
 /// - RESERVATION-TOKENs: the Allocate that redeems one may arrive on another shard than
 ///   the one that reserved the port (SO_REUSEPORT spreads clients by source port), so the
-///   reserved port travels with the token;
-/// - ports freed by a shard that does not own them (a redeemed reservation) go back to
-///   their owner through `returned`.
+///   reserved port travels with the token.
+///
+/// Locks are never held two at a time, so shards cannot deadlock on them.
 #[derive(Debug, Default)]
 pub struct PortExchange {
+    pools: RwLock<Vec<Arc<Mutex<PortPool>>>>,
     reservations: Mutex<HashMap<u64, (IpAddr, u16)>>,
-    returned: Mutex<Vec<u16>>,
+}
+
+/// A shard's place in a [`PortExchange`], from [`PortExchange::register`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Slice(usize);
+
+fn lock(pool: &Mutex<PortPool>) -> std::sync::MutexGuard<'_, PortPool> {
+    // A poisoned pool is still consistent: every operation leaves it valid before it can
+    // panic (none does).
+    pool.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PortExchange {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds a shard's slice of ports (shuffled by `seed`); returns its place.
+    pub fn register(&self, range: RangeInclusive<u16>, seed: u64) -> Slice {
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        pools.push(Arc::new(Mutex::new(PortPool::new(range, seed))));
+        Slice(pools.len() - 1)
+    }
+
+    fn pools(&self) -> Vec<Arc<Mutex<PortPool>>> {
+        self.pools.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes a port: from `home` first, then from the other slices in turn. `even`:
+    /// EVEN-PORT, with `Some(true)` also holding the successor (RFC 8656 §7.2).
+    pub fn take(&self, home: Slice, even: Option<bool>) -> Option<u16> {
+        let pools = self.pools();
+        let n = pools.len();
+        (0..n).find_map(|i| {
+            let mut pool = lock(&pools[(home.0 + i) % n]);
+            match even {
+                Some(reserve_next) => pool.take_even(reserve_next),
+                None => pool.take(),
+            }
+        })
+    }
+
+    /// Free ports in every slice.
+    pub fn free_count(&self) -> usize {
+        self.pools().iter().map(|p| lock(p).free_count()).sum()
+    }
+
+    /// Gives a port back to the slice it belongs to.
+    pub fn release(&self, port: u16) {
+        for pool in self.pools() {
+            let mut pool = lock(&pool);
+            if pool.range().contains(&port) {
+                pool.release(port);
+                return;
+            }
+        }
     }
 
     pub fn reserve(&self, token: u64, ip: IpAddr, port: u16) {
@@ -150,31 +205,6 @@ impl PortExchange {
     /// Redeems a token (once).
     pub fn redeem(&self, token: u64) -> Option<(IpAddr, u16)> {
         self.reservations.lock().ok()?.remove(&token)
-    }
-
-    /// A port freed by a shard that does not own it.
-    pub fn give_back(&self, port: u16) {
-        if let Ok(mut r) = self.returned.lock() {
-            r.push(port);
-        }
-    }
-
-    /// Moves the returned ports that belong to `pool` into it.
-    pub fn reclaim(&self, pool: &mut PortPool) {
-        let Ok(mut returned) = self.returned.lock() else {
-            return;
-        };
-        if returned.is_empty() {
-            return;
-        }
-        returned.retain(|&p| {
-            if pool.range().contains(&p) {
-                pool.release(p);
-                false
-            } else {
-                true
-            }
-        });
     }
 }
 
@@ -234,19 +264,33 @@ mod tests {
     }
 
     #[test]
-    fn exchange_moves_reservations_and_ports_between_shards() {
+    fn reservations_travel_and_ports_go_home() {
         let x = PortExchange::new();
-        let mut a = PortPool::new(1000..=1009, 1);
-        let mut b = PortPool::new(1010..=1019, 2);
-        let p = a.take_even(true).unwrap();
+        let a = x.register(1000..=1009, 1);
+        let b = x.register(1010..=1019, 2);
+        let p = x.take(a, Some(true)).unwrap();
+        assert!((1000..=1009).contains(&p) && p.is_multiple_of(2));
         x.reserve(9, "192.0.2.1".parse().unwrap(), p + 1);
         assert_eq!(x.redeem(9), Some(("192.0.2.1".parse().unwrap(), p + 1)));
         assert_eq!(x.redeem(9), None, "a token is redeemed once");
-        // Shard b used a's port and frees it: it goes back to a, not b.
-        x.give_back(p + 1);
-        x.reclaim(&mut b);
-        assert!(!b.is_free(p + 1));
-        x.reclaim(&mut a);
-        assert!(a.is_free(p + 1));
+        assert_eq!(x.free_count(), 18);
+        // Shard b used a's port and frees it: it goes back to a's slice.
+        x.release(p + 1);
+        x.release(p);
+        assert_eq!(x.free_count(), 20);
+        let mut from_b: Vec<u16> = std::iter::from_fn(|| x.take(b, None)).collect();
+        assert_eq!(
+            from_b.len(),
+            20,
+            "b borrows a's whole slice once its own is empty"
+        );
+        assert!(
+            from_b[..10].iter().all(|p| (1010..=1019).contains(p)),
+            "home first"
+        );
+        from_b.sort();
+        assert_eq!(from_b, (1000..=1019).collect::<Vec<u16>>());
+        assert_eq!(x.take(a, None), None);
+        assert_eq!(x.free_count(), 0);
     }
 }

@@ -130,8 +130,15 @@ causes! {
         AuthBusy = 508, "Insufficient Capacity", pending_auth_dropped;
         /// The observer says the user may not allocate more.
         ObserverQuota = 486, "Allocation Quota Reached", observer_quota;
-        /// `--user-quota` or `--total-quota` reached.
+        /// `--user-quota` or `--total-quota` reached (the latter without an alternate server
+        /// of the client's family).
         Quota = 486, "Allocation Quota Reached", quota_refused;
+        /// `--total-quota` reached: sent to an `--alternate-server` (RFC 8489 §10).
+        QuotaRedirected = 300, "Try Alternate", quota_redirected;
+        /// Draining, no alternate server of the client's family: new allocations refused.
+        Draining = 403, "Server is draining", draining_refused;
+        /// Draining: new allocations sent to an `--alternate-server`.
+        DrainingRedirected = 300, "Try Alternate", draining_redirected;
         /// An Allocate (not a retransmission) on a 5-tuple that has an allocation.
         AllocationExists = 437, "Allocation Mismatch", allocation_exists;
         /// Refresh, CreatePermission or ChannelBind without an allocation.
@@ -182,6 +189,8 @@ causes! {
         RateLimited => rate_limited;
         /// A parked request whose asynchronous answer did not come in time.
         PendingAuthExpired => pending_auth_expired;
+        /// To or from one of the server's own addresses on a port outside the relay range.
+        OwnAddressPort => own_address_port;
     }
 }
 
@@ -195,7 +204,9 @@ mod tests {
         let mut names = HashSet::new();
         for &r in Refusal::ALL {
             assert!(names.insert(r.name()), "{} named twice", r.name());
-            assert_eq!(r.reason(), crate::stun::reason_phrase(r.code()), "{r:?}");
+            if r != Refusal::Draining {
+                assert_eq!(r.reason(), crate::stun::reason_phrase(r.code()), "{r:?}");
+            }
             assert!((300..700).contains(&r.code()), "{r:?}");
             let mut c = ServerCounters::default();
             c.count_refusal(r);

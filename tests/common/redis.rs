@@ -26,6 +26,10 @@ impl RedisServer {
     /// (Re)starts the server on the same port and waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        // Its own directory: `turnadmin` makes Redis SAVE, and a dump.rdb in a shared
+        // directory would be loaded by every later redis-server started there.
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -36,6 +40,8 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                &dir.to_string_lossy(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,6 +64,10 @@ impl RedisServer {
         }
     }
 
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("uturn-redis-{}", self.port))
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
@@ -73,6 +83,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 

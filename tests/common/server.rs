@@ -5,20 +5,56 @@ use super::wait::{wait_until, within};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
 
-/// Each server in this binary gets its own listening port and a relay range of 100 ports,
-/// below the kernel's ephemeral range (32768-60999) so client sockets never hold a relay
-/// port; the block depends on the process id so test binaries running at the same time
-/// rarely meet, and binding failures are retried with the next slot.
+/// A UDP listening port nobody holds now: the kernel picks it (binding port 0 without
+/// SO_REUSEPORT never shares a port). uturn listens with SO_REUSEPORT, so on a port another
+/// process's server holds (other worktrees run their tests on this machine too, as the
+/// same user) the kernel would silently split the clients between the two servers.
+pub fn free_listen_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether nobody holds UDP `port` on 127.0.0.1 or ::1 right now.
+fn port_free(port: u16) -> bool {
+    let free = |ip: &str| match UdpSocket::bind((ip, port)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+    };
+    free("127.0.0.1") && free("::1")
+}
+
+/// `width` consecutive relay ports that nobody holds now, below the kernel's ephemeral
+/// range (32768-60999) so client sockets never take one, from a random start, disjoint
+/// from every block this process handed out before (tests run in parallel).
+pub fn free_port_block(width: u16) -> (u16, u16) {
+    static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
+    assert!(width <= 20_000);
+    for _ in 0..1000 {
+        let lo = rand::Rng::gen_range(&mut rand::thread_rng(), 10_000..32_000 - width);
+        let hi = lo + width - 1;
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.iter().any(|&(a, b)| lo <= b && a <= hi) {
+            continue;
+        }
+        if (lo..=hi).all(port_free) {
+            taken.push((lo, hi));
+            return (lo, hi);
+        }
+    }
+    panic!("no {width} free consecutive UDP ports in 10000-32000");
+}
+
+/// A listening port and a relay range of 100 ports, all free now (see above).
 pub fn next_ports() -> (u16, u16, u16) {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 18;
-    let base = 22000 + (std::process::id() % 5) as u16 * 2000 + slot * 110;
-    // listen, relay min, relay max.
-    (base, base + 2, base + 101)
+    let (min, max) = free_port_block(100);
+    (free_listen_port(), min, max)
 }
 
 pub struct Uturn {
@@ -34,7 +70,6 @@ impl Uturn {
             let (port, min, max) = next_ports();
             let log = std::env::temp_dir()
                 .join(format!("uturn-interop-{}-{port}.log", std::process::id()));
-            let file = std::fs::File::create(&log).unwrap();
             let mut args: Vec<String> = [
                 "--listening-ip",
                 "127.0.0.1",
@@ -60,13 +95,7 @@ impl Uturn {
             .map(|s| s.to_string())
             .collect();
             args.extend(extra.iter().map(|s| s.to_string()));
-            let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
-                .args(&args)
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .spawn()
-                .expect("spawn uturn");
-            let mut server = Uturn { child, port, log };
+            let mut server = Uturn::launch(&args, port, log);
             if server.wait_ready(Duration::from_secs(10)) {
                 return server;
             }
@@ -77,6 +106,19 @@ impl Uturn {
             }
         }
         panic!("could not find free ports for uturn");
+    }
+
+    /// Starts `uturn` with exactly `args`, expected to listen on 127.0.0.1:`port`, logging
+    /// to `log`; does not wait.
+    pub fn launch(args: &[String], port: u16, log: PathBuf) -> Uturn {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn uturn");
+        Uturn { child, port, log }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -175,26 +217,18 @@ pub fn loopback_config(
     c
 }
 
-/// Starts an in-process server from `config` on a free listening port and a relay range of
-/// `ports` ports inside `area` (a block below the ephemeral port range, so no client socket
-/// holds a relay port), trying other ranges while ports are in use.
+/// Starts an in-process server from `config` on a free listening port and a free block
+/// of `ports` relay ports, trying again while a port is taken.
 pub fn start_in_process(
     config: &uturn::config::Config,
     observer: Option<std::sync::Arc<dyn uturn::auth::Observer>>,
     sink: Option<std::sync::Arc<dyn uturn::stats::EventSink>>,
-    area: std::ops::Range<u16>,
     ports: u16,
 ) -> uturn::shard::Running {
-    let span = area.end - area.start - ports;
-    for attempt in 0..20u16 {
+    for _attempt in 0..20 {
         let mut c = config.clone();
-        c.listening_port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        c.min_port = area.start + ((std::process::id() as u16 % 50) * 200 + attempt * 1429) % span;
-        c.max_port = c.min_port + ports - 1;
+        c.listening_port = free_listen_port();
+        (c.min_port, c.max_port) = free_port_block(ports);
         let observer = observer
             .clone()
             .unwrap_or_else(|| uturn::observer_from_config(&c));
@@ -207,7 +241,7 @@ pub fn start_in_process(
     panic!("no free ports");
 }
 
-/// Starts a server with relay ports `min..=max` (each test has its own range) on a free
+/// Starts a server with relay ports `min..=max` (from [`free_port_block`]) on a free
 /// listening port.
 pub fn start_with_range(
     mut config: uturn::config::Config,
@@ -219,11 +253,7 @@ pub fn start_with_range(
     config.max_port = max;
     let observer = observer.unwrap_or_else(|| uturn::observer_from_config(&config));
     for _ in 0..20 {
-        config.listening_port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        config.listening_port = free_listen_port();
         match uturn::shard::start(&config, observer.clone(), sink.clone()) {
             Ok(r) => return r,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,

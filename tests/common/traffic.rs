@@ -113,6 +113,7 @@ pub fn relay_in_background(
                 lost += 1;
             }
             sent += 1;
+            // Pacing of the round trips (a rate, not a wait for an event).
             std::thread::sleep(pace);
         }
         (sent, lost)

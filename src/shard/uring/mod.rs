@@ -12,6 +12,9 @@
 //! and a client's ChannelData payload goes to the peer from its receive buffer. A buffer
 //! that carries a send returns to the ring when the send completes; any other at once.
 //!
+//! TCP and TLS clients are served by the stream module on an epoll set of its own, which
+//! the ring polls (`streams`); stream traffic takes plain read/write calls.
+//!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses); this
 //! file is the loop that turns completions into the core's inputs.
@@ -24,6 +27,7 @@ mod io;
 mod op;
 mod pacer;
 mod recover;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +36,7 @@ use self::buffers::{Buffers, Lent, BUF_SIZE};
 use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
+use super::stream::{StreamOptions, Streams};
 use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
@@ -97,6 +102,8 @@ pub(crate) struct Shard {
     cq_dropped: u32,
     /// Completions were dropped: check every receive at the end of the turn.
     recheck_due: bool,
+    /// TCP and TLS clients, on an epoll set the ring polls.
+    streams: Option<Streams>,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -131,6 +138,8 @@ impl Shard {
     /// own thread (the ring is single-issuer).
     pub fn new(
         listen: &[SocketAddr],
+        udp: bool,
+        stream_options: &StreamOptions,
         relay_sockets: usize,
         (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
@@ -185,8 +194,12 @@ impl Shard {
             ));
         }
         let mut listeners = Vec::with_capacity(listen.len());
-        for addr in listen {
+        for addr in listen.iter().filter(|_| udp) {
             listeners.push((*addr, bind_listener(*addr)?));
+        }
+        let streams = Streams::new(listen, stream_options)?;
+        if streams.is_some() {
+            features.push_str(", TCP/TLS clients through epoll");
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -205,12 +218,14 @@ impl Shard {
             pacer: Pacer::new(batch_wait_us, BATCH),
             cq_dropped: 0,
             recheck_due: false,
+            streams,
         };
         shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }
         shard.arm_wake();
+        shard.arm_streams();
         shard.io.submit()?;
         Ok(shard)
     }
@@ -246,7 +261,8 @@ impl Shard {
         let result = self.serve(state);
         state.server.shutdown(Instant::now(), &mut self.io);
         self.flush_transmits(state);
-        state.dispatch_events();
+        self.dispatch_events(state);
+        self.stop_streams(state);
         if result.is_ok() {
             self.drain();
         } else {
@@ -260,7 +276,10 @@ impl Shard {
         let mut failing_since = None;
         loop {
             let now = Instant::now();
-            let timeout = state.sleep_for(now, IDLE);
+            let mut timeout = state.sleep_for(now, IDLE);
+            if let Some(s) = &self.streams {
+                timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
+            }
             self.buffers.publish();
             self.io.flush_group();
             self.io.queue_pending_cancels();
@@ -320,12 +339,13 @@ impl Shard {
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
             state.end_turn(now, &mut self.io);
+            self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();
             if std::mem::take(&mut self.recheck_due) && !state.stopping() {
                 self.recheck_receives();
             }
-            state.dispatch_events();
+            self.dispatch_events(state);
             if state.stopping() {
                 return Ok(());
             }
@@ -387,6 +407,7 @@ impl Shard {
             Some(op @ (Op::RecheckListen { .. } | Op::RecheckRelay { .. })) => {
                 self.rechecked(state.stopping(), op, entry.result())
             }
+            Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
             Some(Op::Cancel) | None => {}
         }
     }
@@ -472,10 +493,12 @@ impl Shard {
                 // On a wildcard listener, the address the client sent to.
                 let listener = self.io.listeners[index as usize].0;
                 let local = SocketAddr::new(to.unwrap_or(listener.ip()), listener.port());
-                match state
-                    .server
-                    .handle_client(now, from, local, &buf[payload], &mut self.io)
-                {
+                match state.server.handle_client(
+                    now,
+                    crate::turn::FiveTuple::udp(from, local),
+                    &buf[payload],
+                    &mut self.io,
+                ) {
                     ClientAction::ToPeer {
                         relay,
                         peer,
@@ -487,20 +510,10 @@ impl Shard {
                             // had come through the kernel from the sender's relay address.
                             Some((target, relay_addr)) => {
                                 state.io.relayed_in_process += 1;
-                                match state
+                                let action = state
                                     .server
-                                    .handle_peer(now, target, relay_addr, buf, payload)
-                                {
-                                    PeerAction::ToClient {
-                                        local,
-                                        client,
-                                        range,
-                                    } => self
-                                        .io
-                                        .listener_for(local)
-                                        .map(|fd| (fd, client, range.start, range.len())),
-                                    PeerAction::Drop => None,
-                                }
+                                    .handle_peer(now, target, relay_addr, buf, payload);
+                                to_client(&self.io, self.streams.as_mut(), action, buf)
                             }
                             None => self
                                 .io
@@ -512,20 +525,10 @@ impl Shard {
                 }
             }
             Op::RelayRecv { index, .. } => {
-                match state
+                let action = state
                     .server
-                    .handle_peer(now, RelayId(index), from, buf, payload)
-                {
-                    PeerAction::ToClient {
-                        local,
-                        client,
-                        range,
-                    } => self
-                        .io
-                        .listener_for(local)
-                        .map(|fd| (fd, client, range.start, range.len())),
-                    PeerAction::Drop => None,
-                }
+                    .handle_peer(now, RelayId(index), from, buf, payload);
+                to_client(&self.io, self.streams.as_mut(), action, buf)
             }
             _ => None,
         };
@@ -545,6 +548,13 @@ impl Shard {
 
     fn flush_transmits(&mut self, state: &mut ShardState) {
         while let Some(t) = state.server.poll_transmit() {
+            let t = match self.streams.as_mut() {
+                Some(s) => match s.route(t) {
+                    Some(t) => t,
+                    None => continue,
+                },
+                None => t,
+            };
             let Some(fd) = self.io.listener_for(t.local) else {
                 state.io.send_errors += 1;
                 continue;
@@ -564,5 +574,44 @@ impl Shard {
 fn give_back(buffers: &mut Buffers, buf: SendBuf) {
     if let SendBuf::Lent { buf, .. } = buf {
         buffers.give_back(buf);
+    }
+}
+
+/// The UDP send a peer datagram turns into, if any: (descriptor and source, client,
+/// offset in the buffer, length). To a stream client it is written or queued by the
+/// connection at once, and the buffer can go back.
+#[allow(clippy::type_complexity)]
+fn to_client(
+    io: &Io,
+    streams: Option<&mut Streams>,
+    action: PeerAction,
+    buf: &[u8],
+) -> Option<(
+    (std::os::fd::RawFd, Option<std::net::IpAddr>),
+    SocketAddr,
+    usize,
+    usize,
+)> {
+    match action {
+        PeerAction::ToClient {
+            local,
+            client,
+            range,
+            transport,
+        } if transport.is_stream() => {
+            if let Some(s) = streams {
+                s.send_to_client(local, client, &buf[range]);
+            }
+            None
+        }
+        PeerAction::ToClient {
+            local,
+            client,
+            range,
+            ..
+        } => io
+            .listener_for(local)
+            .map(|fd| (fd, client, range.start, range.len())),
+        PeerAction::Drop => None,
     }
 }

@@ -17,6 +17,8 @@ pub(super) enum Op {
     WakeRead,
     /// A cancellation; its completion needs no handling.
     Cancel,
+    /// The multishot poll on the stream side's epoll descriptor.
+    StreamsPoll,
     /// A cancellation of listening socket `index`'s receive that checks it is still armed
     /// (after the kernel dropped completions): "not found" means it ended unseen.
     RecheckListen { index: u32 },
@@ -37,6 +39,7 @@ const TAG_WAKE: u64 = 4;
 const TAG_CANCEL: u64 = 5;
 const TAG_RECHECK_LISTEN: u64 = 6;
 const TAG_RECHECK_RELAY: u64 = 7;
+const TAG_STREAMS: u64 = 8;
 
 impl Op {
     pub fn encode(self) -> u64 {
@@ -46,6 +49,7 @@ impl Op {
             Op::Send { slot } => (TAG_SEND, 0, slot),
             Op::WakeRead => (TAG_WAKE, 0, 0),
             Op::Cancel => (TAG_CANCEL, 0, 0),
+            Op::StreamsPoll => (TAG_STREAMS, 0, 0),
             Op::RecheckListen { index } => (TAG_RECHECK_LISTEN, 0, index),
             Op::RecheckRelay { index, gen } => (TAG_RECHECK_RELAY, gen & GEN_MASK, index),
         };
@@ -63,6 +67,7 @@ impl Op {
             TAG_SEND => Op::Send { slot: index },
             TAG_WAKE => Op::WakeRead,
             TAG_CANCEL => Op::Cancel,
+            TAG_STREAMS => Op::StreamsPoll,
             TAG_RECHECK_LISTEN => Op::RecheckListen { index },
             TAG_RECHECK_RELAY => Op::RecheckRelay { index, gen },
             _ => return None,
@@ -100,6 +105,7 @@ mod tests {
             Op::Send { slot: 4095 },
             Op::WakeRead,
             Op::Cancel,
+            Op::StreamsPoll,
             Op::RecheckListen { index: 2 },
             Op::RecheckRelay {
                 index: 9,

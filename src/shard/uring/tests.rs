@@ -9,8 +9,18 @@ use crate::turn::RelaySockets;
 use std::net::UdpSocket;
 
 fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
-    Shard::new(&["127.0.0.1:0".parse().unwrap()], relays, (0, true), knobs)
-        .expect("io_uring set-up (these tests need io_uring)")
+    Shard::new(
+        &["127.0.0.1:0".parse().unwrap()],
+        true,
+        &crate::shard::stream::StreamOptions {
+            tcp: false,
+            ..Default::default()
+        },
+        relays,
+        (0, true),
+        knobs,
+    )
+    .expect("io_uring set-up (these tests need io_uring)")
 }
 
 /// Waits up to `wait` for completions and returns them all (buffers given back).

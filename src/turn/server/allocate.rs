@@ -11,7 +11,7 @@ use super::table::{Reservation, Slot};
 use super::{RelayId, RelaySockets, Server};
 use crate::stun::{self, Class, Message};
 use crate::turn::allocation::{Allocation, TokenBucket};
-use crate::turn::{AllocationInfo, DeleteReason, Event, FiveTuple, Refusal, Traffic};
+use crate::turn::{AllocationInfo, DeleteReason, Event, QuotaExceeded, Refusal, Traffic};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,9 @@ impl Server {
             }
             return self.refuse(req, Refusal::AllocationExists, key);
         }
+        if self.draining {
+            return self.redirect(req, auth, Refusal::DrainingRedirected, Refusal::Draining);
+        }
         let Some(params) = self.allocate_params(req, msg, auth) else {
             return;
         };
@@ -72,6 +75,9 @@ impl Server {
         if let Err(refusal) = self.admit_allocation(&auth.username, reserved_port) {
             if let Some(port) = reserved_port {
                 self.release_port(port);
+            }
+            if refusal == Refusal::QuotaRedirected {
+                return self.redirect(req, auth, Refusal::QuotaRedirected, Refusal::Quota);
             }
             return self.refuse(req, refusal, key);
         }
@@ -145,14 +151,35 @@ impl Server {
     /// Whether one more allocation fits: a free port, the shard's allocation limit, the
     /// quotas (taken here; released by `delete`).
     fn admit_allocation(&mut self, username: &str, reserved: Option<u16>) -> Result<(), Refusal> {
-        self.config.port_exchange.reclaim(&mut self.ports);
-        if reserved.is_none() && self.ports.free_count() == 0 {
+        if reserved.is_none() && self.config.port_exchange.free_count() == 0 {
             return Err(Refusal::PortsExhausted);
         }
         if self.live >= self.config.max_allocations {
             return Err(Refusal::AllocationLimit);
         }
-        self.quotas.acquire(username).map_err(|_| Refusal::Quota)
+        match self.quotas.acquire(username) {
+            Ok(()) => Ok(()),
+            Err(QuotaExceeded::Total) => Err(Refusal::QuotaRedirected),
+            Err(QuotaExceeded::User) => Err(Refusal::Quota),
+        }
+    }
+
+    /// 300 Try Alternate with the first alternate server of the client's family
+    /// (authenticated, so a client can trust it), or `otherwise` when there is none.
+    fn redirect(&mut self, req: &Request, auth: &Authed, redirect: Refusal, otherwise: Refusal) {
+        let family_v4 = req.tuple.client.ip().to_canonical().is_ipv4();
+        let alternate = self
+            .config
+            .alternate_servers
+            .iter()
+            .copied()
+            .find(|a| a.ip().to_canonical().is_ipv4() == family_v4);
+        match alternate {
+            Some(alternate) => self.refuse_with(req, redirect, Some(&auth.key), |b| {
+                b.add_address(stun::ALTERNATE_SERVER, alternate);
+            }),
+            None => self.refuse(req, otherwise, Some(&auth.key)),
+        }
     }
 
     fn take_slot(&mut self) -> u32 {
@@ -185,8 +212,7 @@ impl Server {
             let port = match (reserved, even) {
                 (Some(port), _) if attempt == 0 => Some(port),
                 (Some(_), _) => None,
-                (None, Some(r)) => self.ports.take_even(r),
-                (None, None) => self.ports.take(),
+                (None, even) => self.config.port_exchange.take(self.ports, even),
             };
             let Some(port) = port else { break };
             let addr = SocketAddr::new(ip, port);
@@ -236,11 +262,7 @@ impl Server {
             id,
             username: auth.username.clone(),
             realm: self.config.realm.clone(),
-            five_tuple: FiveTuple {
-                client: req.client,
-                server: req.local,
-                transport: self.config.transport,
-            },
+            five_tuple: req.tuple,
             relay,
         });
         let expires = now + Duration::from_secs(lifetime.into());
@@ -266,7 +288,7 @@ impl Server {
         if !self.config.stats_interval.is_zero() {
             self.schedule_stats(slot, gen, self.now_tick(now));
         }
-        self.by_tuple.insert((req.client, req.local), slot);
+        self.by_tuple.insert(req.tuple, slot);
         self.live += 1;
         self.events
             .push_back(Event::AllocationCreated { info, lifetime });
@@ -276,16 +298,11 @@ impl Server {
         let Some(alloc) = self.allocation(slot) else {
             return;
         };
-        let relay = match self.config.external_ip {
-            Some(ip) if ip.is_ipv4() == alloc.info.relay.is_ipv4() => {
-                SocketAddr::new(ip, alloc.info.relay.port())
-            }
-            _ => alloc.info.relay,
-        };
+        let relay = self.config.advertised(alloc.info.relay);
         let remaining = alloc.expires.saturating_duration_since(req.now).as_secs() as u32;
         let token = alloc.reservation_token;
         let key = alloc.key;
-        let client = req.client;
+        let client = req.tuple.client;
         self.respond(req, Class::Success, Some(&key), |b| {
             b.add_xor_address(stun::XOR_RELAYED_ADDRESS, relay);
             b.add_u32(stun::LIFETIME, remaining);
@@ -322,7 +339,7 @@ impl Server {
         self.free_slots.push(slot);
         self.live -= 1;
         let tuple = alloc.info.five_tuple;
-        self.by_tuple.remove(&(tuple.client, tuple.server));
+        self.by_tuple.remove(&tuple);
         sockets.close(RelayId(slot));
         self.release_port(alloc.info.relay.port());
         self.quotas.release(&alloc.info.username);
@@ -335,13 +352,9 @@ impl Server {
         });
     }
 
-    /// Returns a relay port to this shard's pool, or to its owner shard through the
-    /// exchange (a port from a reservation redeemed here).
+    /// Returns a relay port to the slice it belongs to (this shard's, or the one it was
+    /// borrowed or reserved from).
     pub(super) fn release_port(&mut self, port: u16) {
-        if self.ports.range().contains(&port) {
-            self.ports.release(port);
-        } else {
-            self.config.port_exchange.give_back(port);
-        }
+        self.config.port_exchange.release(port);
     }
 }

@@ -36,7 +36,7 @@ impl Server {
         let now_sec = self.now_sec(req.now);
         let lifetime = self.config.nonce_lifetime.as_secs();
         let secret = &self.config.nonce_secret;
-        if nonce::check(secret, nonce, now_sec, lifetime, req.client.ip()).is_err() {
+        if nonce::check(secret, nonce, now_sec, lifetime, req.tuple.client.ip()).is_err() {
             self.challenge(req, Refusal::StaleNonce);
             return None;
         }
@@ -118,10 +118,11 @@ impl Server {
             username,
             realm,
             method: req.method,
-            client: req.client,
-            server: req.local,
-            transport: self.config.transport,
+            client: req.tuple.client,
+            server: req.tuple.server,
+            transport: req.tuple.transport,
             ticket,
+            message: Some(msg),
         };
         let decision = self.observer.authenticate(&mut request);
         if decision != AuthDecision::Pending {
@@ -144,8 +145,7 @@ impl Server {
             ticket,
             Parked {
                 data: msg.as_bytes().to_vec(),
-                client: req.client,
-                local: req.local,
+                tuple: req.tuple,
             },
         );
         let deadline = self.tick_ceil(req.now + self.config.pending_auth_timeout);

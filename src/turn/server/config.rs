@@ -2,8 +2,8 @@
 //! defaults. Must not: parse options (that is `crate::config`).
 
 use crate::turn::ports::PortExchange;
-use crate::turn::{PeerPolicy, Transport};
-use std::net::IpAddr;
+use crate::turn::PeerPolicy;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +17,18 @@ pub struct ServerConfig {
     /// Relay address IP (IPv4 relay; IPv6 when given as `relay_ip_v6`).
     pub relay_ip: IpAddr,
     pub relay_ip_v6: Option<IpAddr>,
-    /// The address put in XOR-RELAYED-ADDRESS instead of `relay_ip` (`--external-ip`).
-    pub external_ip: Option<IpAddr>,
+    /// `--external-ip PUBLIC[/PRIVATE]`, once per family: XOR-RELAYED-ADDRESS advertises
+    /// PUBLIC for a relay address on PRIVATE (or, without PRIVATE, of PUBLIC's family).
+    pub external_ips: Vec<(IpAddr, Option<IpAddr>)>,
     /// This shard's relay ports.
     pub ports: RangeInclusive<u16>,
+    /// The whole relay port range of the server (every shard's): the only ports relayed to
+    /// on the server's own addresses.
+    pub relay_range: RangeInclusive<u16>,
+    /// Every listening, relay and external IP of the server (the shard fills it): peers a
+    /// client may reach only on relay ports, so a relay cannot reach services on its own
+    /// host, while two clients still reach each other's relay addresses.
+    pub own_addresses: Vec<IpAddr>,
     /// Shared by the shards of one server: reservation tokens and ports freed away from home.
     pub port_exchange: Arc<PortExchange>,
     pub default_lifetime: Duration,
@@ -48,10 +56,32 @@ pub struct ServerConfig {
     /// First allocation id of this shard; ids go up by `id_stride` (one per shard).
     pub id_base: u64,
     pub id_stride: u64,
-    pub transport: Transport,
+    /// Other servers to send clients to (ALTERNATE-SERVER with 300 Try Alternate) while
+    /// draining or when the total quota is reached (`--alternate-server`).
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl ServerConfig {
+    /// The address XOR-RELAYED-ADDRESS advertises for a relay socket bound at `relay`: the
+    /// public address mapped to its IP (`-X PUBLIC/PRIVATE`), else the first public address
+    /// of its family given without a private part, else the relay address itself.
+    pub fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        let ip = relay.ip();
+        let mapped = self
+            .external_ips
+            .iter()
+            .find(|(_, private)| *private == Some(ip))
+            .or_else(|| {
+                self.external_ips
+                    .iter()
+                    .find(|(public, private)| private.is_none() && public.is_ipv4() == ip.is_ipv4())
+            });
+        match mapped {
+            Some((public, _)) => SocketAddr::new(*public, relay.port()),
+            None => relay,
+        }
+    }
+
     /// A configuration with RFC 8656 / coturn defaults (lifetimes 600 / 3600 / 300 / 600 s,
     /// nonces 600 s, 32 permissions and 64 channels per allocation, 1,024 parked
     /// authentications for 10 s, traffic reported every 4,096 packets, no bandwidth limit,
@@ -69,8 +99,10 @@ impl ServerConfig {
             software: format!("uturn/{}", env!("CARGO_PKG_VERSION")),
             relay_ip,
             relay_ip_v6: None,
-            external_ip: None,
+            external_ips: Vec::new(),
             max_allocations: usize::from(ports.end() - ports.start()) + 1,
+            relay_range: ports.clone(),
+            own_addresses: vec![relay_ip],
             ports,
             port_exchange: Default::default(),
             default_lifetime: Duration::from_secs(600),
@@ -90,7 +122,7 @@ impl ServerConfig {
             stats_interval: Duration::ZERO,
             id_base: 0,
             id_stride: 1,
-            transport: Transport::Udp,
+            alternate_servers: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Forwarding (RFC 8656 §11, §12.4–12.5): ChannelData and Send indications from clients,
-//! datagrams from peers, through ONE check ([`Server::pass`]): allocation → expiry →
-//! channel → permission → size → bandwidth → counters.
+//! datagrams from peers, through ONE check (`Server::pass`): allocation → expiry →
+//! channel → permission (and, on the server's own addresses, relay ports only) → size →
+//! bandwidth → counters.
 //!
 //! Owns: the hot path. Must not: allocate, hash more than the 5-tuple, or log per packet.
 
@@ -22,6 +23,16 @@ enum Leg {
     FromPeer(SocketAddr),
 }
 
+/// A datagram at the forwarding check: the allocation it names (if any), how it names its
+/// peer, its size as received and its application data's size.
+#[derive(Copy, Clone)]
+struct Hop {
+    slot: Option<u32>,
+    leg: Leg,
+    received: usize,
+    payload: usize,
+}
+
 /// Where a datagram that passed goes.
 struct Route {
     peer: SocketAddr,
@@ -33,31 +44,19 @@ struct Route {
 impl Server {
     /// The one forwarding check. `received` is the datagram as it arrived, `payload` the
     /// application data in it. Counts the drop and returns `None` when it fails.
-    fn pass(
-        &mut self,
-        now: Instant,
-        slot: Option<u32>,
-        leg: Leg,
-        received: usize,
-        payload: usize,
-    ) -> Option<Route> {
-        match self.check(now, slot, leg, received, payload) {
-            Ok(route) => Some(route),
-            Err(cause) => {
-                self.counters.count_drop(cause);
-                None
-            }
-        }
+    fn pass(&mut self, now: Instant, hop: Hop) -> Option<Route> {
+        self.check(now, hop)
+            .map_err(|cause| self.counters.count_drop(cause))
+            .ok()
     }
 
-    fn check(
-        &mut self,
-        now: Instant,
-        slot: Option<u32>,
-        leg: Leg,
-        received: usize,
-        payload: usize,
-    ) -> Result<Route, Dropped> {
+    fn check(&mut self, now: Instant, hop: Hop) -> Result<Route, Dropped> {
+        let Hop {
+            slot,
+            leg,
+            received,
+            payload,
+        } = hop;
         let slot = slot.ok_or(Dropped::NoAllocation)?;
         let max_bps = self.config.max_bps;
         let alloc = self
@@ -78,13 +77,18 @@ impl Server {
             Leg::Send(peer) => (peer, None),
             Leg::FromPeer(peer) => (peer, alloc.channel_by_peer(peer, now).map(|c| c.number)),
         };
-        if !alloc.has_permission(peer.ip(), now) {
-            return Err(Dropped::NoPermission);
+        let own = alloc
+            .permission(peer.ip(), now)
+            .ok_or(Dropped::NoPermission)?
+            .own;
+        if own && !self.config.relay_range.contains(&peer.port()) {
+            return Err(Dropped::OwnAddressPort);
         }
         let from_peer = matches!(leg, Leg::FromPeer(_));
         // What leaves: the payload toward a peer, the framed payload toward the client.
+        let stream = alloc.info.five_tuple.transport.is_stream();
         let sent = if from_peer {
-            framed_len(peer, channel, payload).ok_or(Dropped::Malformed)?
+            framed_len(peer, channel, payload, stream).ok_or(Dropped::Malformed)?
         } else {
             payload
         };
@@ -124,19 +128,26 @@ impl Server {
     pub(super) fn client_channel_data(
         &mut self,
         now: Instant,
-        client: SocketAddr,
-        local: SocketAddr,
+        tuple: FiveTuple,
         buf: &[u8],
     ) -> ClientAction {
         let Ok(cd) = ChannelData::parse(buf) else {
             self.counters.count_drop(Dropped::Malformed);
             return ClientAction::None;
         };
-        let slot = self.by_tuple.get(&(client, local)).copied();
+        let slot = self.by_tuple.get(&tuple).copied();
         let len = cd.payload.len();
         match (
             slot,
-            self.pass(now, slot, Leg::Channel(cd.number), buf.len(), len),
+            self.pass(
+                now,
+                Hop {
+                    slot,
+                    leg: Leg::Channel(cd.number),
+                    received: buf.len(),
+                    payload: len,
+                },
+            ),
         ) {
             (Some(slot), Some(route)) => ClientAction::ToPeer {
                 relay: RelayId(slot),
@@ -150,11 +161,10 @@ impl Server {
     pub(super) fn send_indication(
         &mut self,
         now: Instant,
-        client: SocketAddr,
-        local: SocketAddr,
+        tuple: FiveTuple,
         msg: &Message<'_>,
     ) -> ClientAction {
-        let Some(slot) = self.by_tuple.get(&(client, local)).copied() else {
+        let Some(slot) = self.by_tuple.get(&tuple).copied() else {
             self.counters.count_drop(Dropped::NoAllocation);
             return ClientAction::None;
         };
@@ -164,7 +174,13 @@ impl Server {
             return ClientAction::None;
         };
         let received = msg.as_bytes().len();
-        match self.pass(now, Some(slot), Leg::Send(peer), received, data.value.len()) {
+        let hop = Hop {
+            slot: Some(slot),
+            leg: Leg::Send(peer),
+            received,
+            payload: data.value.len(),
+        };
+        match self.pass(now, hop) {
             Some(route) => {
                 let start = data.value_offset();
                 ClientAction::ToPeer {
@@ -177,7 +193,10 @@ impl Server {
         }
     }
 
-    pub(super) fn peer_datagram(
+    /// A datagram from `peer` received on relay socket `relay`. The payload is
+    /// `buf[payload]`; `payload.start >= PEER_HEADROOM` and
+    /// `buf.len() >= payload.end + PEER_TAILROOM` must hold, else the datagram is dropped.
+    pub fn handle_peer(
         &mut self,
         now: Instant,
         relay: RelayId,
@@ -194,7 +213,13 @@ impl Server {
         }
         let tid_seed = self.random();
         let len = payload.len();
-        let Some(route) = self.pass(now, Some(relay.0), Leg::FromPeer(peer), len, len) else {
+        let hop = Hop {
+            slot: Some(relay.0),
+            leg: Leg::FromPeer(peer),
+            received: len,
+            payload: len,
+        };
+        let Some(route) = self.pass(now, hop) else {
             return PeerAction::Drop;
         };
         let range = match route.channel {
@@ -203,7 +228,14 @@ impl Server {
                 // `pass` checked that the length fits in 16 bits.
                 let header = ChannelData::header(number, len as u16);
                 buf[start..payload.start].copy_from_slice(&header);
-                start..payload.end
+                // Over TCP and TLS, ChannelData is padded to 4 (RFC 8656 §12.5).
+                let pad = if route.tuple.transport.is_stream() {
+                    (4 - len % 4) % 4
+                } else {
+                    0
+                };
+                buf[payload.end..payload.end + pad].fill(0);
+                start..payload.end + pad
             }
             None => {
                 let mut tid = [0u8; 12];
@@ -221,6 +253,7 @@ impl Server {
         PeerAction::ToClient {
             local: route.tuple.server,
             client: route.tuple.client,
+            transport: route.tuple.transport,
             range,
         }
     }
@@ -243,13 +276,14 @@ impl Server {
 }
 
 /// Bytes sent to the client for a peer payload of `len` bytes: ChannelData on a bound
-/// channel, else a Data indication (padded to 4). `None` when the frame's length field
-/// cannot hold it.
-fn framed_len(peer: SocketAddr, channel: Option<u16>, len: usize) -> Option<usize> {
+/// channel (padded to 4 on a `stream` transport), else a Data indication (always padded).
+/// `None` when the frame's length field cannot hold it.
+fn framed_len(peer: SocketAddr, channel: Option<u16>, len: usize, stream: bool) -> Option<usize> {
+    let pad = (4 - len % 4) % 4;
     match channel {
         Some(_) => {
             u16::try_from(len).ok()?;
-            Some(stun::CHANNEL_DATA_HEADER_LEN + len)
+            Some(stun::CHANNEL_DATA_HEADER_LEN + len + if stream { pad } else { 0 })
         }
         None => {
             // A Data indication's length field counts the padded DATA attribute.
@@ -258,7 +292,7 @@ fn framed_len(peer: SocketAddr, channel: Option<u16>, len: usize) -> Option<usiz
             }
             let addr_len = if peer.is_ipv4() { 8 } else { 20 };
             let header = stun::HEADER_LEN + 4 + addr_len + 4;
-            Some(header + len + (4 - len % 4) % 4)
+            Some(header + len + pad)
         }
     }
 }

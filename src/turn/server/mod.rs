@@ -23,11 +23,11 @@ pub use config::ServerConfig;
 
 use super::nonce;
 use super::observer::{AuthDecision, Observer};
-use super::ports::PortPool;
+use super::ports::Slice;
 use super::quotas::Quotas;
 use super::refusal::ServerCounters;
 use super::timers::TimerWheel;
-use super::{AllocationInfo, Event};
+use super::{AllocationInfo, Event, FiveTuple, Transport};
 use crate::stun::{self, Class, Message, Method};
 use expiry::Timer;
 use std::collections::{HashMap, VecDeque};
@@ -52,11 +52,13 @@ pub trait RelaySockets {
     fn close(&mut self, id: RelayId);
 }
 
-/// A datagram to send from the listening socket bound at `local` to `remote`.
+/// A message to send from the listening socket bound at `local` to `remote`, over
+/// `transport` (for TCP and TLS: on the connection of that 5-tuple).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    pub transport: Transport,
     pub data: Vec<u8>,
 }
 
@@ -78,12 +80,14 @@ pub enum ClientAction {
 pub enum PeerAction {
     /// No permission, unknown relay, or over a limit: dropped and counted.
     Drop,
-    /// Send `buf[range]` from the listening socket bound at `local` to `client`; the core
-    /// wrote the ChannelData or Data indication header into the headroom before the payload
-    /// (and padding after it, for a Data indication).
+    /// Send `buf[range]` from the listening socket bound at `local` to `client` over
+    /// `transport`; the core wrote the ChannelData or Data indication header into the
+    /// headroom before the payload, and zeroed padding after it where the framing needs it
+    /// (a Data indication; ChannelData over TCP or TLS).
     ToClient {
         local: SocketAddr,
         client: SocketAddr,
+        transport: Transport,
         range: Range<usize>,
     },
 }
@@ -91,7 +95,8 @@ pub enum PeerAction {
 /// Headroom the shard must leave before a peer payload: a Data indication's header with an
 /// IPv6 XOR-PEER-ADDRESS (20 + 24 + 4).
 pub const PEER_HEADROOM: usize = 48;
-/// Room the shard must leave after a peer payload: Data indication padding.
+/// Room the shard must leave after a peer payload: padding to 4 (Data indications, and
+/// ChannelData over TCP or TLS).
 pub const PEER_TAILROOM: usize = 3;
 
 /// Where asynchronous authentication answers go: the shard's channel plus a wakeup.
@@ -106,7 +111,8 @@ pub struct Server {
     free_slots: Vec<u32>,
     live: usize,
     by_tuple: TupleMap,
-    ports: PortPool,
+    /// This shard's slice of the relay ports in the shared exchange.
+    ports: Slice,
     reservations: HashMap<u64, Reservation>,
     wheel: TimerWheel<Timer>,
     due: Vec<Timer>,
@@ -118,6 +124,8 @@ pub struct Server {
     pending: HashMap<u64, Parked>,
     next_ticket: u64,
     ticket_sink: Option<TicketSink>,
+    /// Refuse new allocations (Refresh, CreatePermission and ChannelBind keep working).
+    draining: bool,
 }
 
 impl Server {
@@ -125,7 +133,7 @@ impl Server {
         let seed = u64::from_le_bytes(config.nonce_secret[..8].try_into().unwrap_or([1; 8]))
             ^ config.id_base.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ 0x5eed;
-        let ports = PortPool::new(config.ports.clone(), seed);
+        let ports = config.port_exchange.register(config.ports.clone(), seed);
         Server {
             wheel: TimerWheel::new(0),
             config,
@@ -146,6 +154,7 @@ impl Server {
             pending: HashMap::new(),
             next_ticket: 1,
             ticket_sink: None,
+            draining: false,
         }
     }
 
@@ -166,17 +175,18 @@ impl Server {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// A datagram from `client` received on the listening socket bound at `local`.
+    /// A datagram (or, over TCP/TLS, one framed message) from `tuple.client` received on
+    /// the listening socket bound at `tuple.server`. Allocations are keyed by the whole
+    /// 5-tuple, so UDP and TCP clients with equal addresses never mix.
     pub fn handle_client(
         &mut self,
         now: Instant,
-        client: SocketAddr,
-        local: SocketAddr,
+        tuple: FiveTuple,
         buf: &[u8],
         sockets: &mut dyn RelaySockets,
     ) -> ClientAction {
         if stun::is_channel_data(buf) {
-            return self.client_channel_data(now, client, local, buf);
+            return self.client_channel_data(now, tuple, buf);
         }
         let msg = match Message::parse(buf) {
             Ok(msg) => msg,
@@ -185,11 +195,11 @@ impl Server {
         };
         match msg.class() {
             Class::Request => {
-                self.handle_request(now, client, local, &msg, None, sockets);
+                self.handle_request(now, tuple, &msg, None, sockets);
                 ClientAction::None
             }
             Class::Indication if msg.method() == Method::SEND => {
-                self.send_indication(now, client, local, &msg)
+                self.send_indication(now, tuple, &msg)
             }
             // Responses and other indications are not for a server.
             _ => self.drop_client(super::Dropped::Malformed),
@@ -199,20 +209,6 @@ impl Server {
     fn drop_client(&mut self, cause: super::Dropped) -> ClientAction {
         self.counters.count_drop(cause);
         ClientAction::None
-    }
-
-    /// A datagram from `peer` received on relay socket `relay`. The payload is
-    /// `buf[payload]`; `payload.start >= PEER_HEADROOM` and
-    /// `buf.len() >= payload.end + PEER_TAILROOM` must hold, else the datagram is dropped.
-    pub fn handle_peer(
-        &mut self,
-        now: Instant,
-        relay: RelayId,
-        peer: SocketAddr,
-        buf: &mut [u8],
-        payload: Range<usize>,
-    ) -> PeerAction {
-        self.peer_datagram(now, relay, peer, buf, payload)
     }
 
     /// An asynchronous authentication answer (see [`crate::auth::Ticket`]) for a parked
@@ -232,15 +228,33 @@ impl Server {
             other => other,
         };
         if let Ok(msg) = Message::parse(&parked.data) {
-            self.handle_request(
-                now,
-                parked.client,
-                parked.local,
-                &msg,
-                Some(decision),
-                sockets,
-            );
+            self.handle_request(now, parked.tuple, &msg, Some(decision), sockets);
         }
+    }
+
+    /// The client's TCP or TLS connection of `tuple` closed: its allocation is deleted
+    /// (events and socket close as for any delete) and its parked requests forgotten.
+    pub fn connection_closed(
+        &mut self,
+        _now: Instant,
+        tuple: FiveTuple,
+        sockets: &mut dyn RelaySockets,
+    ) {
+        self.pending.retain(|_, parked| parked.tuple != tuple);
+        if let Some(slot) = self.by_tuple.get(&tuple).copied() {
+            self.delete(slot, super::DeleteReason::ConnectionClosed, sockets);
+        }
+    }
+
+    /// While on, Allocate is refused: 300 Try Alternate with an ALTERNATE-SERVER of the
+    /// client's family when `alternate_servers` has one, else 403. Requests on existing
+    /// allocations keep working, so they can end in their own time.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Next queued datagram to send (responses, error responses).

@@ -7,8 +7,7 @@
 use super::{nonce, RelaySockets, Server, Transmit};
 use crate::stun::{self, Class, LongTermKey, Message, MessageBuilder, Method, TransactionId};
 use crate::turn::observer::AuthDecision;
-use crate::turn::Refusal;
-use std::net::SocketAddr;
+use crate::turn::{FiveTuple, Refusal};
 use std::time::Instant;
 
 /// Most unknown attribute types listed in a 420 response.
@@ -18,8 +17,8 @@ const MAX_UNKNOWN_LISTED: usize = 16;
 #[derive(Copy, Clone)]
 pub(super) struct Request {
     pub now: Instant,
-    pub client: SocketAddr,
-    pub local: SocketAddr,
+    /// The client's 5-tuple: answers go back on it.
+    pub tuple: FiveTuple,
     pub method: Method,
     pub tid: TransactionId,
     pub fingerprint: bool,
@@ -37,16 +36,14 @@ impl Server {
     pub(super) fn handle_request(
         &mut self,
         now: Instant,
-        client: SocketAddr,
-        local: SocketAddr,
+        tuple: FiveTuple,
         msg: &Message<'_>,
         preset: Option<AuthDecision>,
         sockets: &mut dyn RelaySockets,
     ) {
         let req = Request {
             now,
-            client,
-            local,
+            tuple,
             method: msg.method(),
             tid: *msg.transaction_id(),
             fingerprint: msg.has_fingerprint(),
@@ -61,7 +58,7 @@ impl Server {
         match req.method {
             Method::BINDING => {
                 return self.respond(&req, Class::Success, None, |b| {
-                    b.add_xor_address(stun::XOR_MAPPED_ADDRESS, client);
+                    b.add_xor_address(stun::XOR_MAPPED_ADDRESS, tuple.client);
                 });
             }
             Method::ALLOCATE
@@ -70,7 +67,7 @@ impl Server {
             | Method::CHANNEL_BIND => {}
             _ => return self.refuse(&req, Refusal::UnknownMethod, None),
         }
-        let existing = self.by_tuple.get(&(client, local)).copied();
+        let existing = self.by_tuple.get(&tuple).copied();
         let Some(auth) = self.authenticate(&req, msg, existing, preset) else {
             return;
         };
@@ -87,7 +84,7 @@ impl Server {
         let nonce = nonce::issue(
             &self.config.nonce_secret,
             self.now_sec(req.now),
-            req.client.ip(),
+            req.tuple.client.ip(),
         );
         let realm = self.config.realm.clone();
         self.refuse_with(req, refusal, None, |b| {
@@ -111,7 +108,7 @@ impl Server {
         key: Option<&LongTermKey>,
         extra: impl FnOnce(&mut MessageBuilder<'_>),
     ) {
-        tracing::debug!(client = %req.client, method = ?req.method, code = refusal.code(), refusal = refusal.name(), at = %std::panic::Location::caller(), "error response");
+        tracing::debug!(client = %req.tuple.client, method = ?req.method, code = refusal.code(), refusal = refusal.name(), at = %std::panic::Location::caller(), "error response");
         self.counters.count_refusal(refusal);
         self.respond(req, Class::Error, key, |b| {
             b.add_error_code(refusal.code(), refusal.reason());
@@ -141,8 +138,9 @@ impl Server {
             }
         }
         self.transmits.push_back(Transmit {
-            local: req.local,
-            remote: req.client,
+            local: req.tuple.server,
+            remote: req.tuple.client,
+            transport: req.tuple.transport,
             data,
         });
     }

@@ -6,7 +6,8 @@
 use super::request::{Authed, Request};
 use super::{RelaySockets, Server};
 use crate::stun::{self, Class, LongTermKey, Message};
-use crate::turn::allocation::ChannelBinding;
+use crate::turn::allocation::{ChannelBinding, Permission};
+use crate::turn::policy::Verdict;
 use crate::turn::{DeleteReason, Event, Refusal};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -72,23 +73,30 @@ impl Server {
     }
 
     /// Checks a peer address against the allocation's family and the peer policy, sending
-    /// 443/403 when it fails.
+    /// 443/403 when it fails. `Some(own)`: allowed, and whether it is one of the server's
+    /// own addresses.
     fn check_peer(
         &mut self,
         req: &Request,
         key: &LongTermKey,
         relay: SocketAddr,
         peer: SocketAddr,
-    ) -> bool {
+    ) -> Option<bool> {
         let refusal = if peer.is_ipv4() != relay.is_ipv4() {
             Refusal::FamilyMismatch
-        } else if !self.config.policy.is_allowed(peer.ip()) {
-            Refusal::PeerForbidden
         } else {
-            return true;
+            match self
+                .config
+                .policy
+                .judge(peer.ip(), &self.config.own_addresses)
+            {
+                Verdict::Allowed => return Some(false),
+                Verdict::Own => return Some(true),
+                Verdict::Refused => Refusal::PeerForbidden,
+            }
         };
         self.refuse(req, refusal, Some(key));
-        false
+        None
     }
 
     pub(super) fn create_permission(&mut self, req: &Request, msg: &Message<'_>, auth: &Authed) {
@@ -98,18 +106,20 @@ impl Server {
         };
         let max = self.config.max_permissions_per_allocation;
         let mut ips: Vec<IpAddr> = Vec::new();
+        let mut owns: Vec<bool> = Vec::new();
         for peer in msg.xor_peer_addresses() {
             let Ok(peer) = peer else {
                 return self.refuse(req, Refusal::BadRequest, Some(key));
             };
-            if !self.check_peer(req, key, relay, peer) {
+            let Some(own) = self.check_peer(req, key, relay, peer) else {
                 return;
-            }
+            };
             if !ips.contains(&peer.ip()) {
                 if ips.len() >= max {
                     return self.refuse(req, Refusal::PermissionLimit, Some(key));
                 }
                 ips.push(peer.ip());
+                owns.push(own);
             }
         }
         if ips.is_empty() {
@@ -122,8 +132,8 @@ impl Server {
         if !alloc.can_install_permissions(&ips, max, now) {
             return self.refuse(req, Refusal::PermissionLimit, Some(key));
         }
-        for ip in &ips {
-            alloc.install_permission(*ip, expires, max, now);
+        for (&ip, &own) in ips.iter().zip(&owns) {
+            alloc.install_permission(Permission { ip, expires, own }, max, now);
         }
         self.schedule_prune(slot, expires);
         self.respond(req, Class::Success, Some(key), |_| {});
@@ -143,10 +153,10 @@ impl Server {
         if !(stun::MIN_CHANNEL..=stun::MAX_CHANNEL).contains(&number) {
             return self.refuse(req, Refusal::BadChannelNumber, Some(key));
         }
-        if !self.check_peer(req, key, relay, peer) {
+        let Some(own) = self.check_peer(req, key, relay, peer) else {
             return;
-        }
-        match self.bind(req, slot, number, peer) {
+        };
+        match self.bind(req, slot, number, peer, own) {
             Ok(()) => self.respond(req, Class::Success, Some(key), |_| {}),
             Err(refusal) => self.refuse(req, refusal, Some(key)),
         }
@@ -159,6 +169,7 @@ impl Server {
         slot: u32,
         number: u16,
         peer: SocketAddr,
+        own: bool,
     ) -> Result<(), Refusal> {
         let now = req.now;
         let max_channels = self.config.max_channels_per_allocation;
@@ -184,7 +195,12 @@ impl Server {
         if !alloc.can_install_permissions(&[peer.ip()], max_perms, now) {
             return Err(Refusal::PermissionLimit);
         }
-        alloc.install_permission(peer.ip(), perm_expires, max_perms, now);
+        let permission = Permission {
+            ip: peer.ip(),
+            expires: perm_expires,
+            own,
+        };
+        alloc.install_permission(permission, max_perms, now);
         match alloc.channels.iter_mut().find(|c| c.number == number) {
             Some(c) => c.expires = channel_expires,
             None => alloc.channels.push(ChannelBinding {

@@ -5,9 +5,9 @@
 
 use super::Server;
 use crate::turn::allocation::Allocation;
+use crate::turn::FiveTuple;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
 
 #[derive(Debug, Default)]
 pub(super) struct Slot {
@@ -28,8 +28,7 @@ pub(super) struct Reservation {
 /// A request waiting for an asynchronous authentication answer.
 pub(super) struct Parked {
     pub data: Vec<u8>,
-    pub client: SocketAddr,
-    pub local: SocketAddr,
+    pub tuple: FiveTuple,
 }
 
 /// A cheap hasher for the 5-tuple map: keys are only inserted for authenticated
@@ -71,7 +70,7 @@ impl Hasher for TupleHasher {
     }
 }
 
-pub(super) type TupleMap = HashMap<(SocketAddr, SocketAddr), u32, BuildHasherDefault<TupleHasher>>;
+pub(super) type TupleMap = HashMap<FiveTuple, u32, BuildHasherDefault<TupleHasher>>;
 
 impl Server {
     /// The allocation in `slot`, if any.

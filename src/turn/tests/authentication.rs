@@ -101,3 +101,40 @@ fn asynchronous_authentication() {
     assert_eq!(w.server.counters().refused(Refusal::AuthBusy), 2);
     assert_eq!(w.server.counters().dropped(Dropped::PendingAuthExpired), 4);
 }
+
+/// A REST-credential client at `addr` whose password comes from `secret`.
+fn rest_client(addr: &str, secret: &str) -> Client {
+    let mut c = Client::new(addr);
+    c.username = "4102444800:carol".into(); // expires in 2100
+    c.password = crate::auth::RestApiSecret::password(secret, &c.username);
+    c
+}
+
+#[test]
+fn every_static_auth_secret_is_valid_during_rotation() {
+    let mut config = crate::config::Config {
+        realm: crate::testing::REALM.into(),
+        use_auth_secret: true,
+        static_auth_secrets: vec!["new-secret".into(), "old-secret".into()],
+        users: vec![("alice".into(), "secret".into())],
+        ..Default::default()
+    };
+    for with_users in [true, false] {
+        if !with_users {
+            config.users.clear();
+        }
+        let observer = crate::observer_from_config(&config);
+        let mut w = World::with_observer(|_| {}, observer, Arc::new(Quotas::new(0, 0)));
+        rest_client("203.0.113.5:1", "new-secret").allocate(&mut w);
+        rest_client("203.0.113.5:2", "old-secret").allocate(&mut w);
+        let resp = rest_client("203.0.113.5:3", "unknown-secret").try_allocate(&mut w);
+        assert_eq!(error_code(&resp), Some(401));
+        assert_eq!(w.server.counters().refused(Refusal::BadIntegrity), 1);
+        assert_eq!(w.server.allocation_count(), 2);
+        // Requests on the allocation are checked with the key it was made with.
+        let mut old = rest_client("203.0.113.5:2", "old-secret");
+        old.learn_nonce(&mut w);
+        let resp = old.authed(&mut w, Method::REFRESH, |_| {});
+        assert_eq!(error_code(&resp), None);
+    }
+}

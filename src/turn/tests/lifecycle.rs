@@ -351,3 +351,43 @@ fn shutdown_deletes_everything() {
         .count();
     assert_eq!(deleted, 5);
 }
+
+/// `-X` once per family: XOR-RELAYED-ADDRESS advertises the public address of the relay's
+/// family, whatever order they were given in; `-X PUBLIC/PRIVATE` maps only PRIVATE.
+#[test]
+fn external_ip_is_advertised_per_family() {
+    let v4_public: IpAddr = "203.0.114.1".parse().unwrap();
+    let v6_public: IpAddr = "2001:db9::1".parse().unwrap();
+    let relayed = |external: Vec<(IpAddr, Option<IpAddr>)>| {
+        let mut w = World::with(move |c| {
+            c.relay_ip_v6 = Some("fd00::10".parse().unwrap());
+            c.external_ips = external;
+        });
+        let v4 = Client::new("203.0.113.5:1").allocate(&mut w);
+        w.local = "[2001:db9::10]:3478".parse().unwrap();
+        let mut c6 = Client::new("[2001:db9::5]:1");
+        c6.learn_nonce(&mut w);
+        let resp = c6.authed(&mut w, Method::ALLOCATE, |b| {
+            b.add_requested_transport(stun::TRANSPORT_UDP);
+            b.add_address_family(stun::REQUESTED_ADDRESS_FAMILY, stun::FAMILY_IPV6);
+        });
+        let msg = Message::parse(&resp).unwrap();
+        let v6 = msg.xor_address(stun::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+        assert!((50000..=50009).contains(&v4.port()) && (50000..=50009).contains(&v6.port()));
+        (v4.ip(), v6.ip())
+    };
+    let relay4: IpAddr = "192.0.2.10".parse().unwrap();
+    let relay6: IpAddr = "fd00::10".parse().unwrap();
+    assert_eq!(relayed(vec![]), (relay4, relay6));
+    assert_eq!(
+        relayed(vec![(v6_public, None), (v4_public, None)]),
+        (v4_public, v6_public)
+    );
+    assert_eq!(
+        relayed(vec![(v4_public, Some(relay4)), (v6_public, Some(relay6))]),
+        (v4_public, v6_public)
+    );
+    // A private part that is not the relay address maps nothing.
+    let other: IpAddr = "192.0.2.99".parse().unwrap();
+    assert_eq!(relayed(vec![(v4_public, Some(other))]), (relay4, relay6));
+}

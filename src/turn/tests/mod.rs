@@ -19,9 +19,12 @@ fn peer_attr(peer: SocketAddr) -> impl FnOnce(&mut MessageBuilder<'_>) {
     }
 }
 
-const PEER: &str = "198.51.100.7:9000";
+/// A public peer (outside every refused range, documentation ones included).
+const PEER: &str = "203.0.114.7:9000";
 
 mod authentication;
 mod lifecycle;
+mod own_addresses;
 mod prop;
 mod refusals;
+mod transports;

@@ -116,7 +116,7 @@ fn error_paths() {
         None,
         "rebinding the same pair refreshes"
     );
-    assert_eq!(bind(&mut c, &mut w, 0x4000, "198.51.100.8:1"), Some(400));
+    assert_eq!(bind(&mut c, &mut w, 0x4000, "203.0.114.8:1"), Some(400));
     assert_eq!(bind(&mut c, &mut w, 0x4001, PEER), Some(400));
     // 400 unknown method.
     let req = c.build(Method(0x0055), true, |_| {});
@@ -140,7 +140,7 @@ fn capacity_limits_give_508() {
     assert_eq!(w.server.counters().ports_exhausted, 1);
     // Permissions beyond the cap: 508.
     let many: Vec<SocketAddr> = (1..=9)
-        .map(|i| format!("198.51.100.{i}:1").parse().unwrap())
+        .map(|i| format!("203.0.114.{i}:1").parse().unwrap())
         .collect();
     let resp = a.authed(&mut w, Method::CREATE_PERMISSION, |m| {
         for p in &many {
@@ -207,4 +207,45 @@ fn max_bps_limits_relayed_bytes() {
     let bytes = passed * 100;
     assert!((50_000..=60_000).contains(&bytes), "{bytes} bytes passed");
     assert!(w.server.counters().rate_limited > 0);
+}
+
+#[test]
+fn a_shard_with_an_empty_slice_borrows_ports_from_the_others() {
+    let exchange = Arc::new(crate::turn::ports::PortExchange::new());
+    let shard = |ports: std::ops::RangeInclusive<u16>, base: u64| {
+        let x = exchange.clone();
+        World::with(move |c| {
+            c.ports = ports;
+            c.port_exchange = x;
+            c.id_base = base;
+            c.id_stride = 2;
+        })
+    };
+    let mut a = shard(50000..=50001, 0);
+    let mut b = shard(50002..=50003, 1);
+    let mut clients: Vec<Client> = (1..=4)
+        .map(|i| Client::new(&format!("203.0.113.5:{i}")))
+        .collect();
+    let mut relays = Vec::new();
+    for c in &mut clients[..3] {
+        relays.push(c.allocate(&mut a));
+    }
+    // A's own slice first, then one of B's ports.
+    assert!(relays[..2]
+        .iter()
+        .all(|r| (50000..=50001).contains(&r.port())));
+    assert!((50002..=50003).contains(&relays[2].port()));
+    assert_eq!(a.server.counters().ports_exhausted, 0);
+    relays.push(clients[3].allocate(&mut b));
+    // Now every port of the whole range is in use: 508 on either shard.
+    let mut late = Client::new("203.0.113.5:9");
+    assert_eq!(error_code(&late.try_allocate(&mut b)), Some(508));
+    assert_eq!(error_code(&late.try_allocate(&mut a)), Some(508));
+    assert_eq!(b.server.counters().ports_exhausted, 1);
+    // The borrowed port goes back to B's slice when A's allocation ends.
+    let resp = clients[2].authed(&mut a, Method::REFRESH, |m| {
+        m.add_u32(stun::LIFETIME, 0);
+    });
+    assert_eq!(error_code(&resp), None);
+    assert_eq!(late.allocate(&mut b), relays[2]);
 }

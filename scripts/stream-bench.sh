@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# TCP and TLS client benchmark on one host, loopback only, with a load uturn did not write:
+# coturn's turnutils_uclient (-t, -t -S) through uturn (io_uring and portable backends) and
+# coturn (Debian's turnserver), each server pinned to SERVER_CORE with one relay thread,
+# the client and its echo peer to LOAD_CORE. Per run: server CPU (utime+stime from /proc)
+# per relayed message, and loss. Then user-space memory per idle TLS connection: CONNS
+# connections that finished their handshake and sent nothing, RSS before and after.
+#
+# usage: scripts/stream-bench.sh [--transport tcp|tls|both]
+# env: SERVER_CORE (0), LOAD_CORE (1), CLIENTS (50), MESSAGES (400 per client), CONNS (500)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TRANSPORTS=(tcp tls)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --transport)
+            case "$2" in
+                tcp|tls) TRANSPORTS=("$2") ;;
+                both) TRANSPORTS=(tcp tls) ;;
+                *) echo "stream-bench.sh: --transport tcp|tls|both" >&2; exit 2 ;;
+            esac
+            shift
+            ;;
+        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+        *) echo "stream-bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+CLIENTS=${CLIENTS:-50}
+MESSAGES=${MESSAGES:-400}
+CONNS=${CONNS:-500}
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+PORT=$(free_port)
+TLS_PORT=$(free_port)
+PEER_PORT=$(free_port)
+MIN_PORT=20000
+MAX_PORT=29999
+for tool in turnserver turnutils_uclient turnutils_peer openssl python3; do
+    command -v "$tool" >/dev/null || { echo "stream-bench.sh: $tool not found (apt-get install coturn openssl python3)" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo build --release --bin uturn --quiet
+UTURN=${CARGO_TARGET_DIR:-target}/release/uturn
+WORK=$(mktemp -d)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+
+SERVER_PID=""
+PEER_PID=""
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+cleanup() {
+    stop_server
+    [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+wait_listening() {
+    for _ in $(seq 100); do
+        if ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; then return 0; fi
+        sleep 0.1
+    done
+    echo "stream-bench.sh: nothing listens on TCP $1" >&2
+    return 1
+}
+
+start_server() { # name
+    local log="$WORK/server-$1.log"
+    case "$1" in
+        uturn-io-uring|uturn-portable)
+            taskset -c "$SERVER_CORE" "$UTURN" --backend "${1#uturn-}" --cores "$SERVER_CORE" \
+                --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
+                --tls-listening-port "$TLS_PORT" --cert "$WORK/cert.pem" --pkey "$WORK/key.pem" \
+                --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \
+                --user alice:secret --lt-cred-mech --allow-loopback-peers --log-level warn \
+                >"$log" 2>&1 &
+            ;;
+        coturn)
+            taskset -c "$SERVER_CORE" turnserver -n -m 1 --listening-ip 127.0.0.1 \
+                --relay-ip 127.0.0.1 --listening-port "$PORT" --tls-listening-port "$TLS_PORT" \
+                --cert "$WORK/cert.pem" --pkey "$WORK/key.pem" \
+                --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \
+                --user alice:secret --lt-cred-mech --allow-loopback-peers --no-dtls \
+                --no-tcp-relay --no-cli --log-file "$log" >/dev/null 2>&1 &
+            ;;
+    esac
+    SERVER_PID=$!
+    wait_listening "$PORT"
+    wait_listening "$TLS_PORT"
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+taskset -c "$LOAD_CORE" turnutils_peer -L 127.0.0.1 -p "$PEER_PORT" >/dev/null 2>&1 &
+PEER_PID=$!
+HZ=$(getconf CLK_TCK)
+echo "| transport | server | messages | lost | server CPU ms | CPU µs per message |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for transport in "${TRANSPORTS[@]}"; do
+    flags=(-t)
+    port=$PORT
+    if [ "$transport" = tls ]; then flags=(-t -S); port=$TLS_PORT; fi
+    for server in uturn-io-uring uturn-portable coturn; do
+        start_server "$server"
+        before=$(cpu_ticks "$SERVER_PID")
+        out=$(timeout 300 taskset -c "$LOAD_CORE" turnutils_uclient "${flags[@]}" -m "$CLIENTS" \
+            -n "$MESSAGES" -l 170 -e 127.0.0.1 -r "$PEER_PORT" -u alice -w secret \
+            -p "$port" 127.0.0.1 2>&1 || true)
+        after=$(cpu_ticks "$SERVER_PID")
+        stop_server
+        sent=$(grep -o 'tot_send_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
+        lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | tail -1 | awk '{print $4}')
+        python3 - "$transport" "$server" "${sent:-0}" "${lost:-?}" "$before" "$after" "$HZ" <<'EOF'
+import sys
+t, server, sent, lost, before, after, hz = sys.argv[1:]
+ms = (int(after) - int(before)) * 1000 / int(hz)
+per = f"{ms * 1000 / int(sent):.1f}" if int(sent) else "–"
+print(f"| {t} | {server} | {sent} | {lost} | {ms:.0f} | {per} |")
+EOF
+    done
+done
+
+echo
+echo "| server | idle TLS connections | RSS before KiB | RSS after KiB | bytes per connection |"
+echo "| --- | --- | --- | --- | --- |"
+for server in uturn-io-uring coturn; do
+    start_server "$server"
+    before=$(rss_kib "$SERVER_PID")
+    python3 - "$TLS_PORT" "$CONNS" "$SERVER_PID" "$server" "$before" <<'EOF'
+import socket, ssl, sys, time
+port, n, pid, server, before = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+held = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    held.append(ctx.wrap_socket(s))
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+# Until the server's memory stops moving.
+last, still = rss(), 0
+while still < 5:
+    time.sleep(0.1)
+    now = rss()
+    still = still + 1 if now == last else 0
+    last = now
+print(f"| {server} | {n} | {before} | {last} | {(last - before) * 1024 // n} |")
+EOF
+    stop_server
+done

@@ -1,0 +1,154 @@
+//! What one shard publishes for the metrics endpoint: a snapshot of its core's counters,
+//! its I/O counters and its allocation count, written at the end of every loop turn with
+//! relaxed atomic stores (no lock, no allocation, nothing per packet), read by the HTTP
+//! thread.
+
+use crate::shard::IoCounters;
+use crate::turn::{Dropped, Refusal, ServerCounters};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One shard's published values.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    pub index: usize,
+    allocations: AtomicU64,
+    relayed_to_peer: AtomicU64,
+    relayed_to_client: AtomicU64,
+    /// By [`Refusal::ALL`] index.
+    refused: Box<[AtomicU64]>,
+    /// By [`Dropped::ALL`] index.
+    dropped: Box<[AtomicU64]>,
+    received: AtomicU64,
+    sent: AtomicU64,
+    send_errors: AtomicU64,
+    truncated: AtomicU64,
+    no_buffers: AtomicU64,
+    cq_overflowed: AtomicU64,
+    cq_lost: AtomicU64,
+}
+
+/// A plain copy of [`ShardMetrics`] for rendering.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardSnapshot {
+    pub index: usize,
+    pub allocations: u64,
+    pub relayed_to_peer: u64,
+    pub relayed_to_client: u64,
+    /// By [`Refusal::ALL`] index.
+    pub refused: Vec<u64>,
+    /// By [`Dropped::ALL`] index.
+    pub dropped: Vec<u64>,
+    pub received: u64,
+    pub sent: u64,
+    pub send_errors: u64,
+    pub truncated: u64,
+    pub no_buffers: u64,
+    pub cq_overflowed: u64,
+    pub cq_lost: u64,
+}
+
+impl ShardMetrics {
+    pub fn new(index: usize) -> ShardMetrics {
+        ShardMetrics {
+            index,
+            allocations: AtomicU64::new(0),
+            relayed_to_peer: AtomicU64::new(0),
+            relayed_to_client: AtomicU64::new(0),
+            refused: Refusal::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            dropped: Dropped::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            no_buffers: AtomicU64::new(0),
+            cq_overflowed: AtomicU64::new(0),
+            cq_lost: AtomicU64::new(0),
+        }
+    }
+
+    /// Called by the shard once per loop turn.
+    pub fn publish(&self, counters: &ServerCounters, io: &IoCounters, allocations: usize) {
+        let r = Ordering::Relaxed;
+        self.allocations.store(allocations as u64, r);
+        self.relayed_to_peer.store(counters.relayed_to_peer, r);
+        self.relayed_to_client.store(counters.relayed_to_client, r);
+        for (slot, &cause) in self.refused.iter().zip(Refusal::ALL) {
+            slot.store(counters.refused(cause), r);
+        }
+        for (slot, &cause) in self.dropped.iter().zip(Dropped::ALL) {
+            slot.store(counters.dropped(cause), r);
+        }
+        self.received.store(io.received, r);
+        self.sent.store(io.sent, r);
+        self.send_errors.store(io.send_errors, r);
+        self.truncated.store(io.truncated, r);
+        self.no_buffers.store(io.no_buffers, r);
+        self.cq_overflowed.store(io.cq_overflowed, r);
+        self.cq_lost.store(io.cq_lost, r);
+    }
+
+    pub fn snapshot(&self) -> ShardSnapshot {
+        let r = Ordering::Relaxed;
+        ShardSnapshot {
+            index: self.index,
+            allocations: self.allocations.load(r),
+            relayed_to_peer: self.relayed_to_peer.load(r),
+            relayed_to_client: self.relayed_to_client.load(r),
+            refused: self.refused.iter().map(|a| a.load(r)).collect(),
+            dropped: self.dropped.iter().map(|a| a.load(r)).collect(),
+            received: self.received.load(r),
+            sent: self.sent.load(r),
+            send_errors: self.send_errors.load(r),
+            truncated: self.truncated.load(r),
+            no_buffers: self.no_buffers.load(r),
+            cq_overflowed: self.cq_overflowed.load(r),
+            cq_lost: self.cq_lost.load(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_then_snapshot_keeps_every_value_in_its_place() {
+        let m = ShardMetrics::new(3);
+        let mut c = ServerCounters::default();
+        for (i, &cause) in Refusal::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                c.count_refusal(cause);
+            }
+        }
+        for (i, &cause) in Dropped::ALL.iter().enumerate() {
+            for _ in 0..=(100 + i) {
+                c.count_drop(cause);
+            }
+        }
+        c.relayed_to_peer = 15;
+        c.relayed_to_client = 16;
+        let io = IoCounters {
+            received: 17,
+            sent: 18,
+            send_errors: 19,
+            truncated: 20,
+            no_buffers: 21,
+            cq_overflowed: 23,
+            cq_lost: 24,
+            relayed_in_process: 25,
+        };
+        m.publish(&c, &io, 22);
+        let s = m.snapshot();
+        assert_eq!(s.index, 3);
+        for (i, &cause) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(s.refused[i], i as u64 + 1, "{cause:?}");
+        }
+        for (i, &cause) in Dropped::ALL.iter().enumerate() {
+            assert_eq!(s.dropped[i], 101 + i as u64, "{cause:?}");
+        }
+        assert_eq!((s.relayed_to_peer, s.relayed_to_client), (15, 16));
+        assert_eq!((s.received, s.sent, s.send_errors), (17, 18, 19));
+        assert_eq!((s.truncated, s.no_buffers, s.allocations), (20, 21, 22));
+        assert_eq!((s.cq_overflowed, s.cq_lost), (23, 24));
+    }
+}

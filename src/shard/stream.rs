@@ -1,0 +1,535 @@
+//! TURN clients over TCP and TLS (RFC 8656 §3.1, §7.2.2): the shard's SO_REUSEPORT stream
+//! listeners and their connections, on an epoll set of their own that either backend polls
+//! when its descriptor turns readable.
+//!
+//! Owns: accepting (up to `max_connections` per shard), TLS handshakes and their deadline,
+//! framing, the per-connection send queues, closing idle connections that hold no
+//! allocation, and telling the core when a connection with an allocation ends. Relay
+//! sockets stay UDP and belong to the backend, reached through [`RelayIo`].
+//! Must not: make protocol decisions, or block: every socket is nonblocking and a client
+//! that does not read loses frames (counted), never the shard's time.
+
+use super::stream_conn::{Closed, Connection, Queued};
+use super::tls::Certificates;
+use super::{IoCounters, ShardState};
+use crate::stun::framing::MAX_FRAME;
+use crate::turn::{ClientAction, Event, FiveTuple, RelayId, RelaySockets, Transmit, Transport};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tokens below this are listeners, from it on connections by slot.
+const CONN_BASE: usize = 1 << 10;
+/// Read buffer: a few TLS records or many small frames per read call.
+const READ_BUFFER: usize = 64 * 1024;
+/// Connections per shard when `--max-connections` is 0.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// How often deadlines are checked; closing is at most this late.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// What the stream side of a shard serves, and its bounds.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// TCP listeners on the listening addresses.
+    pub tcp: bool,
+    /// TLS listeners on the listening IPs at `tls_port`, when certificates are loaded.
+    pub tls: Option<Arc<Certificates>>,
+    pub tls_port: u16,
+    /// Connections per shard; beyond it new ones are closed at once (counted).
+    pub max_connections: usize,
+    /// A connection without an allocation that says nothing this long is closed.
+    pub idle_timeout: Duration,
+    /// A TLS handshake not finished this long after accept is abandoned.
+    pub handshake_timeout: Duration,
+    /// Bytes queued for one client before frames to it are dropped.
+    pub send_queue: usize,
+    /// Largest frame accepted from a client.
+    pub max_frame: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            tcp: true,
+            tls: None,
+            tls_port: 5349,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            send_queue: 256 * 1024,
+            max_frame: MAX_FRAME,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// What the stream side serves, from the configuration; loads the TLS certificates.
+    pub fn from_config(config: &crate::config::Config) -> io::Result<StreamOptions> {
+        let tls = match (&config.cert, &config.pkey, config.no_tls) {
+            (Some(cert), Some(key), false) => Some(
+                Certificates::load(cert, key)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            ),
+            (Some(_), None, false) | (None, Some(_), false) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS needs both --cert and --pkey",
+                ))
+            }
+            _ => None,
+        };
+        let options = StreamOptions {
+            tcp: !config.no_tcp,
+            tls,
+            tls_port: config.tls_listening_port,
+            max_connections: match config.max_connections {
+                0 => DEFAULT_MAX_CONNECTIONS,
+                n => n,
+            },
+            ..StreamOptions::default()
+        };
+        if config.no_udp && !options.tcp && options.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no client transport left (--no-udp, --no-tcp, and no TLS)",
+            ));
+        }
+        Ok(options)
+    }
+}
+
+impl StreamOptions {
+    /// The stream listeners' addresses for the listening addresses `listen`.
+    fn addresses(&self, listen: &[SocketAddr]) -> Vec<(SocketAddr, Transport)> {
+        let mut addrs = Vec::new();
+        if self.tcp {
+            addrs.extend(listen.iter().map(|a| (*a, Transport::Tcp)));
+        }
+        if self.tls.is_some() {
+            addrs.extend(
+                listen
+                    .iter()
+                    .map(|a| (SocketAddr::new(a.ip(), self.tls_port), Transport::Tls)),
+            );
+        }
+        addrs
+    }
+
+    /// Refuses ports another process listens on: SO_REUSEPORT would silently split the
+    /// clients between it and this server.
+    pub(crate) fn check_free(&self, listen: &[SocketAddr]) -> io::Result<()> {
+        for (addr, _) in self.addresses(listen) {
+            if let Err(e) = bind_tcp(addr, false) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on TCP {addr}: {e} (is another TURN server running?)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stream-side events and drops of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounters {
+    pub accepted: u64,
+    /// Closed at accept: the shard was at `max_connections`.
+    pub refused: u64,
+    pub closed: u64,
+    /// Closed for bytes that are not STUN or ChannelData, or a frame over the limit.
+    pub framing_errors: u64,
+    pub tls_errors: u64,
+    pub handshake_timeouts: u64,
+    pub idle_closed: u64,
+    /// Frames for a client dropped because its send queue was full.
+    pub queue_drops: u64,
+    /// Frames for a connection that had closed.
+    pub no_connection: u64,
+    pub frames: u64,
+    /// Connections open, and user-space bytes their buffers hold, at the last sweep.
+    pub open: u64,
+    pub buffered_bytes: u64,
+}
+
+/// The backend's relay sockets as the stream side needs them: for the core, and to send a
+/// client's payload to its peer.
+pub(crate) trait RelayIo {
+    fn sockets(&mut self) -> &mut dyn RelaySockets;
+    /// Sends (or queues) `data` from relay socket `relay` to `peer`, counting it in `io`.
+    fn send_to_peer(&mut self, io: &mut IoCounters, relay: RelayId, peer: SocketAddr, data: &[u8]);
+}
+
+struct Listener {
+    socket: TcpListener,
+    transport: Transport,
+}
+
+pub(crate) struct Streams {
+    poll: Poll,
+    events: Events,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    open: usize,
+    /// (client, server) → slot, for routing the core's output to a connection.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), usize>,
+    options: StreamOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    buf: Box<[u8]>,
+    next_sweep: Instant,
+    pub counters: StreamCounters,
+}
+
+impl Streams {
+    /// Binds this shard's stream listeners (SO_REUSEPORT members) for the UDP listening
+    /// addresses `listen`; `None` when neither TCP nor TLS is on.
+    pub fn new(listen: &[SocketAddr], options: &StreamOptions) -> io::Result<Option<Streams>> {
+        let addrs = options.addresses(listen);
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, (addr, transport)) in addrs.into_iter().enumerate() {
+            let mut socket = TcpListener::from_std(bind_tcp(addr, true)?);
+            poll.registry()
+                .register(&mut socket, Token(i), Interest::READABLE)?;
+            listeners.push(Listener { socket, transport });
+        }
+        Ok(Some(Streams {
+            poll,
+            events: Events::with_capacity(1024),
+            listeners,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            by_tuple: HashMap::new(),
+            tls: options.tls.as_ref().map(Certificates::server_config),
+            options: options.clone(),
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            counters: StreamCounters::default(),
+        }))
+    }
+
+    /// The epoll descriptor the backend watches for readability.
+    pub fn fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// When `sweep` next has work.
+    pub fn next_deadline(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// Handles everything ready on the stream sockets. The core's responses stay queued in
+    /// the core: the backend routes them with [`Streams::route`].
+    pub fn process(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
+        loop {
+            if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::warn!("stream epoll failed: {e}");
+                }
+                return;
+            }
+            let ready: Vec<(Token, bool, bool)> = self
+                .events
+                .iter()
+                .map(|e| {
+                    (
+                        e.token(),
+                        e.is_readable() || e.is_read_closed() || e.is_error(),
+                        e.is_writable(),
+                    )
+                })
+                .collect();
+            for &(Token(t), readable, writable) in &ready {
+                if t < CONN_BASE {
+                    self.accept(t, now);
+                    continue;
+                }
+                let slot = t - CONN_BASE;
+                if readable {
+                    self.read(slot, now, state, relays);
+                }
+                if writable {
+                    self.flush(slot, now, state, relays);
+                }
+            }
+            // The outer poller is edge-triggered on this set: stop only once it is drained.
+            if ready.len() < self.events.capacity() {
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let (socket, client) = match listener.socket.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: the rest wait in the backlog.
+                    tracing::debug!("accept: {e}");
+                    return;
+                }
+            };
+            let transport = listener.transport;
+            if self.open >= self.options.max_connections {
+                self.counters.refused += 1;
+                drop(socket);
+                continue;
+            }
+            let Ok(server) = socket.local_addr() else {
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let tls = match (transport, &self.tls) {
+                (Transport::Tls, Some(config)) => {
+                    match rustls::ServerConnection::new(config.clone()) {
+                        Ok(mut c) => {
+                            // Records are moved to the connection's own bounded queue at once.
+                            c.set_buffer_limit(None);
+                            Some(Box::new(c))
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                _ => None,
+            };
+            let tuple = FiveTuple {
+                client,
+                server,
+                transport,
+            };
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            let mut conn = Connection::new(
+                socket,
+                tuple,
+                tls,
+                self.options.max_frame,
+                self.options.send_queue,
+                now,
+            );
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut conn.socket,
+                    Token(CONN_BASE + slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                self.free.push(slot);
+                continue;
+            }
+            self.by_tuple.insert((client, server), slot);
+            self.conns[slot] = Some(conn);
+            self.open += 1;
+            self.counters.accepted += 1;
+        }
+    }
+
+    fn read(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        state: &mut ShardState,
+        relays: &mut dyn RelayIo,
+    ) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let tuple = conn.tuple;
+        let frames = &mut self.counters.frames;
+        let result = conn.read(&mut self.buf, now, |frame| {
+            *frames += 1;
+            state.io.received += 1;
+            let action = state
+                .server
+                .handle_client(now, tuple, frame, relays.sockets());
+            if let ClientAction::ToPeer {
+                relay,
+                peer,
+                payload,
+            } = action
+            {
+                relays.send_to_peer(&mut state.io, relay, peer, &frame[payload]);
+            }
+        });
+        if let Err(why) = result {
+            self.close(slot, why, now, state, relays);
+        }
+    }
+
+    fn flush(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        state: &mut ShardState,
+        relays: &mut dyn RelayIo,
+    ) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Err(why) = conn.flush() {
+            self.close(slot, why, now, state, relays);
+        }
+    }
+
+    fn close(
+        &mut self,
+        slot: usize,
+        why: Closed,
+        now: Instant,
+        state: &mut ShardState,
+        relays: &mut dyn RelayIo,
+    ) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        match why {
+            Closed::Framing(_) => self.counters.framing_errors += 1,
+            Closed::Tls => self.counters.tls_errors += 1,
+            Closed::Peer | Closed::Io => {}
+        }
+        conn.close();
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        self.by_tuple
+            .remove(&(conn.tuple.client, conn.tuple.server));
+        self.free.push(slot);
+        self.open -= 1;
+        self.counters.closed += 1;
+        // The allocation goes with its connection (RFC 8656 §3.1); a no-op without one.
+        state
+            .server
+            .connection_closed(now, conn.tuple, relays.sockets());
+    }
+
+    /// Closes connections past their deadline: TLS handshakes too slow, and connections
+    /// holding no allocation that have been quiet for the idle timeout.
+    pub fn sweep(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_EVERY;
+        self.counters.open = self.open as u64;
+        self.counters.buffered_bytes = self.buffered_bytes() as u64;
+        state.streams = self.counters.clone();
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_ref() else {
+                continue;
+            };
+            if conn.handshaking()
+                && now.saturating_duration_since(conn.opened_at) >= self.options.handshake_timeout
+            {
+                self.counters.handshake_timeouts += 1;
+                self.close(slot, Closed::Peer, now, state, relays);
+            } else if !conn.allocated
+                && now.saturating_duration_since(conn.active_at) >= self.options.idle_timeout
+            {
+                self.counters.idle_closed += 1;
+                self.close(slot, Closed::Peer, now, state, relays);
+            }
+        }
+    }
+
+    /// Sends a core transmit meant for a stream client; gives it back when it is for UDP.
+    pub fn route(&mut self, t: Transmit) -> Option<Transmit> {
+        if !t.transport.is_stream() {
+            return Some(t);
+        }
+        self.send_to_client(t.local, t.remote, &t.data);
+        None
+    }
+
+    /// Sends a frame the core built (ChannelData already padded to 4, RFC 8656 §12.5) on
+    /// the connection of (`client`, `local`); one that closed meanwhile is dropped, counted.
+    pub fn send_to_client(&mut self, local: SocketAddr, client: SocketAddr, frame: &[u8]) {
+        match self.by_tuple.get(&(client, local)) {
+            Some(&slot) => self.send(slot, frame),
+            None => self.counters.no_connection += 1,
+        }
+    }
+
+    fn send(&mut self, slot: usize, frame: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match conn.send(frame) {
+            Ok(Queued::Yes) => {}
+            Ok(Queued::Full) => self.counters.queue_drops += 1,
+            // Closed on the next read or writable event, where the core can be told.
+            Err(_) => {}
+        }
+    }
+
+    /// Keeps each connection's `allocated` flag in step with the core's events.
+    pub fn on_event(&mut self, event: &Event) {
+        let (info, allocated) = match event {
+            Event::AllocationCreated { info, .. } => (info, true),
+            Event::AllocationDeleted { info, .. } => (info, false),
+            _ => return,
+        };
+        let key = (info.five_tuple.client, info.five_tuple.server);
+        if let Some(conn) = self
+            .by_tuple
+            .get(&key)
+            .and_then(|&slot| self.conns[slot].as_mut())
+        {
+            conn.allocated = allocated;
+            // The idle clock starts again when the allocation goes.
+            conn.active_at = Instant::now();
+        }
+    }
+
+    /// Closes every connection (server stopping); the core deletes allocations itself.
+    pub fn shutdown(&mut self) {
+        for conn in self.conns.iter_mut().filter_map(Option::take) {
+            let mut conn = conn;
+            conn.close();
+        }
+        self.by_tuple.clear();
+        self.open = 0;
+    }
+
+    /// User-space bytes held by connection buffers (send queues and partial frames).
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .map(Connection::buffered_capacity)
+            .sum()
+    }
+}
+
+/// A nonblocking TCP listener at `addr` with a deep backlog.
+pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,236 @@
+//! One TCP or TLS client connection: its socket, its TLS session, the frames arriving on it
+//! and the bytes waiting to leave.
+//!
+//! Owns: reading until the socket would block (through TLS when there is a session),
+//! handing plaintext to the reassembler, and a send queue bounded in bytes: a frame that
+//! does not fit is dropped whole (never cut), so a client that stops reading costs at most
+//! the bound. Must not: interpret frames or decide when a connection should end (that is
+//! the stream module's job, from what these calls report).
+
+use crate::stun::framing::{FramingError, Reassembler};
+use crate::turn::FiveTuple;
+use bytes::{BufMut, BytesMut};
+use mio::net::TcpStream;
+use rustls::ServerConnection;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+/// Why a connection ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The client closed or reset it.
+    Peer,
+    /// Bytes that are not STUN or ChannelData, or a frame over the limit.
+    Framing(FramingError),
+    /// A TLS alert, a bad record, or a failed handshake.
+    Tls,
+    /// A socket error on read or write.
+    Io,
+}
+
+/// Whether a frame for the client was accepted.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Written to the socket, or queued behind earlier bytes.
+    Yes,
+    /// The queue is full: the frame was dropped whole.
+    Full,
+}
+
+/// A send queue this large is given back once empty, so a client that was slow once does
+/// not keep the memory.
+const KEEP_QUEUE_CAPACITY: usize = 16 * 1024;
+
+pub(crate) struct Connection {
+    pub socket: TcpStream,
+    pub tuple: FiveTuple,
+    pub tls: Option<Box<ServerConnection>>,
+    frames: Reassembler,
+    out: BytesMut,
+    limit: usize,
+    /// Last time a byte arrived, or the allocation went away.
+    pub active_at: Instant,
+    pub opened_at: Instant,
+    /// An allocation lives on this connection's 5-tuple.
+    pub allocated: bool,
+}
+
+impl Connection {
+    pub fn new(
+        socket: TcpStream,
+        tuple: FiveTuple,
+        tls: Option<Box<ServerConnection>>,
+        max_frame: usize,
+        limit: usize,
+        now: Instant,
+    ) -> Connection {
+        Connection {
+            socket,
+            tuple,
+            tls,
+            frames: Reassembler::new(max_frame),
+            out: BytesMut::new(),
+            limit,
+            active_at: now,
+            opened_at: now,
+            allocated: false,
+        }
+    }
+
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Memory held for this connection's buffers (not counting TLS state).
+    pub fn buffered_capacity(&self) -> usize {
+        self.out.capacity() + self.frames.capacity()
+    }
+
+    /// Reads until the socket would block, passing every whole frame to `frame`, and
+    /// writes what TLS has to say in return (handshake, alerts).
+    pub fn read(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+        mut frame: impl FnMut(&[u8]),
+    ) -> Result<(), Closed> {
+        let result = match self.tls.as_mut() {
+            None => read_plain(&mut self.socket, &mut self.frames, buf, &mut frame),
+            Some(tls) => read_tls(tls, &mut self.socket, &mut self.frames, buf, &mut frame),
+        };
+        self.active_at = now;
+        self.frames.shrink();
+        if let Some(tls) = self.tls.as_mut() {
+            // Handshake messages and alerts, including the alert for a failed handshake.
+            take_records(tls, &mut self.out);
+        }
+        let flushed = self.flush();
+        result.and(flushed)
+    }
+
+    /// Queues `frame` for the client (encrypting it on TLS) and writes what the socket
+    /// takes now.
+    pub fn send(&mut self, frame: &[u8]) -> Result<Queued, Closed> {
+        if self.handshaking() {
+            // Nothing can be sent before the handshake ends; the core cannot have an
+            // allocation on a connection that has not spoken yet.
+            return Ok(Queued::Full);
+        }
+        if !self.out.is_empty() && self.out.len() + frame.len() > self.limit {
+            return Ok(Queued::Full);
+        }
+        match self.tls.as_mut() {
+            None if self.out.is_empty() => {
+                // The common case: straight from the caller's buffer to the socket.
+                let n = match self.socket.write(frame) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                    Err(_) => return Err(Closed::Io),
+                };
+                // A partly written frame must be finished, so its rest is queued even
+                // past the limit (at most one frame).
+                self.out.extend_from_slice(&frame[n..]);
+                return Ok(Queued::Yes);
+            }
+            None => self.out.extend_from_slice(frame),
+            Some(tls) => {
+                tls.writer().write_all(frame).map_err(|_| Closed::Tls)?;
+                take_records(tls, &mut self.out);
+            }
+        }
+        self.flush()?;
+        Ok(Queued::Yes)
+    }
+
+    /// Writes queued bytes until the socket would block.
+    pub fn flush(&mut self) -> Result<(), Closed> {
+        while !self.out.is_empty() {
+            match self.socket.write(&self.out) {
+                Ok(0) => return Err(Closed::Io),
+                Ok(n) => {
+                    let _ = self.out.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Closed::Io),
+            }
+        }
+        if self.out.capacity() > KEEP_QUEUE_CAPACITY {
+            self.out = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// A polite end: TLS close_notify if there is a session, then the socket is shut.
+    pub fn close(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            take_records(tls, &mut self.out);
+            let _ = self.flush();
+        }
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Moves every TLS record rustls has ready into `out` (one `write_tls` call may move only
+/// one, since a `BytesMut` writer takes one slice per vectored write).
+fn take_records(tls: &mut ServerConnection, out: &mut BytesMut) {
+    while tls.wants_write() {
+        if tls.write_tls(&mut out.writer()).is_err() {
+            return;
+        }
+    }
+}
+
+fn read_plain(
+    socket: &mut TcpStream,
+    frames: &mut Reassembler,
+    buf: &mut [u8],
+    frame: &mut impl FnMut(&[u8]),
+) -> Result<(), Closed> {
+    loop {
+        match socket.read(buf) {
+            Ok(0) => return Err(Closed::Peer),
+            Ok(n) => frames
+                .push(&buf[..n], &mut *frame)
+                .map_err(Closed::Framing)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Closed::Peer),
+        }
+    }
+}
+
+fn read_tls(
+    tls: &mut ServerConnection,
+    socket: &mut TcpStream,
+    frames: &mut Reassembler,
+    buf: &mut [u8],
+    frame: &mut impl FnMut(&[u8]),
+) -> Result<(), Closed> {
+    loop {
+        match tls.read_tls(socket) {
+            Ok(0) => return Err(Closed::Peer),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(Closed::Peer),
+        }
+        let state = tls.process_new_packets().map_err(|_| Closed::Tls)?;
+        let mut plain = state.plaintext_bytes_to_read();
+        while plain > 0 {
+            let n = tls.reader().read(buf).map_err(|_| Closed::Tls)?;
+            if n == 0 {
+                break;
+            }
+            plain = plain.saturating_sub(n);
+            frames
+                .push(&buf[..n], &mut *frame)
+                .map_err(Closed::Framing)?;
+        }
+        if state.peer_has_closed() {
+            return Err(Closed::Peer);
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Graceful drain of the real binary: SIGUSR1 (until the allocations are gone), SIGTERM
+//! bounded by --drain-timeout, a second SIGTERM, /readyz while draining, the refusal of new
+//! allocations (403, or 300 with ALTERNATE-SERVER that coturn's uclient follows), existing
+//! allocations relaying and refreshing meanwhile.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use uturn::client::{Client, Incoming};
+
+mod common;
+use common::*;
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    http: SocketAddr,
+    log: PathBuf,
+}
+
+/// A listening port and 100 relay ports nobody holds (tests/common).
+fn free_block() -> (u16, u16, u16) {
+    let (min, max) = free_port_block(100);
+    (free_listen_port(), min, max)
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let (port, min, max) = free_block();
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log =
+            std::env::temp_dir().join(format!("uturn-drain-{}-{port}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
+            .args([
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port.to_string(),
+                "--min-port",
+                &min.to_string(),
+                "--max-port",
+                &max.to_string(),
+                "--realm",
+                "example.org",
+                "--user",
+                "alice:secret",
+                "--allow-loopback-peers",
+                "--prometheus",
+                "--prometheus-port",
+                &http_port.to_string(),
+            ])
+            .args(extra)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            log,
+        };
+        wait_for("uturn answers Binding", Duration::from_secs(10), || {
+            binding(s.addr, Duration::from_millis(200)).is_some()
+        });
+        s
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    fn readyz(&self) -> Option<u16> {
+        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; its exit code.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut code = None;
+        let child = &mut self.child;
+        let exited = wait_until(within(limit), || match child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
+            }
+            _ => false,
+        });
+        assert!(exited, "uturn did not exit within {limit:?}");
+        code
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn relaying_client(server: SocketAddr, peer: &UdpSocket) -> Client {
+    let mut c = Client::connect(server, "alice", "secret").unwrap();
+    c.set_timeout(Duration::from_millis(500));
+    c.allocate(None).expect("allocate");
+    c.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
+    c
+}
+
+fn round_trip(c: &mut Client, peer: &UdpSocket, seq: u32) {
+    let data = seq.to_be_bytes();
+    c.send_channel_data(0x4000, &data).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = peer.recv_from(&mut buf).expect("peer receives");
+    peer.send_to(&buf[..n], from).unwrap();
+    match c.recv(Duration::from_secs(2)).expect("echo") {
+        Incoming::ChannelData { data: got, .. } => assert_eq!(got, data),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn new_allocation(server: SocketAddr) -> Result<(), Option<u16>> {
+    let mut c = Client::connect(server, "alice", "secret").map_err(|_| None)?;
+    c.set_timeout(Duration::from_millis(500));
+    c.allocate(None).map(|_| ()).map_err(|e| e.code())
+}
+
+#[test]
+fn sigusr1_refuses_new_allocations_keeps_old_ones_and_stops_when_they_are_gone() {
+    let mut server = Server::start(&[]);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut c = relaying_client(server.addr, &peer);
+    round_trip(&mut c, &peer, 0);
+    assert_eq!(server.readyz(), Some(200));
+
+    server.signal("USR1");
+    wait_for("/readyz says not ready", Duration::from_secs(5), || {
+        server.readyz() == Some(503)
+    });
+    assert_eq!(
+        new_allocation(server.addr),
+        Err(Some(403)),
+        "new allocation while draining"
+    );
+    for seq in 1..=20 {
+        round_trip(&mut c, &peer, seq);
+    }
+    c.refresh(600).expect("refresh while draining");
+    c.create_permission(&[peer.local_addr().unwrap()])
+        .expect("CreatePermission while draining");
+    wait_for(
+        "the remaining allocations logged",
+        Duration::from_secs(10),
+        || {
+            server
+                .log_text()
+                .contains("draining: allocations remaining")
+        },
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "stopped with an allocation left"
+    );
+
+    c.refresh(0).unwrap();
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        server.log_text().contains("why=\"drained\""),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn sigterm_drains_until_the_timeout_then_deletes_the_rest() {
+    let mut server = Server::start(&["--drain-timeout", "2"]);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut c = relaying_client(server.addr, &peer);
+    let sent = Instant::now();
+    server.signal("TERM");
+    wait_for("/readyz says not ready", Duration::from_secs(5), || {
+        server.readyz() == Some(503)
+    });
+    round_trip(&mut c, &peer, 1);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped before the timeout: {took:?}"
+    );
+    let log = server.log_text();
+    assert!(log.contains("--drain-timeout reached"), "{log}");
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once_and_min_allocations_ends_a_drain() {
+    let mut server = Server::start(&["--drain-timeout", "600"]);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _c = relaying_client(server.addr, &peer);
+    server.signal("TERM");
+    wait_for("draining", Duration::from_secs(5), || {
+        server.readyz() == Some(503)
+    });
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(server.log_text().contains("second SIGTERM"));
+
+    // One allocation left is enough when --drain-min-allocations is 1.
+    let mut server = Server::start(&["--drain-min-allocations", "1"]);
+    let _c = relaying_client(server.addr, &peer);
+    server.signal("USR1");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_draining_server_sends_coturns_uclient_to_the_alternate_server() {
+    let mut other = Server::start(&[]);
+    let alternate = other.addr.to_string();
+    let draining = Server::start(&["--alternate-server", &alternate]);
+    // One allocation keeps the drain going (with none it would stop at once).
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _held = relaying_client(draining.addr, &peer);
+    draining.signal("USR1");
+    assert!(
+        wait_until(within(Duration::from_secs(5)), || draining.readyz()
+            == Some(503)),
+        "not draining:\n{}",
+        draining.log_text()
+    );
+    // uturn's own client sees 300.
+    assert_eq!(
+        new_allocation(draining.addr),
+        Err(Some(300)),
+        "{}",
+        draining.log_text()
+    );
+    // coturn's client follows ALTERNATE-SERVER and relays through the other server.
+    let echo = Peer::start();
+    let (code, out) = uclient(
+        draining.addr.port(),
+        echo.port,
+        &["-m", "1", "-n", "20", "-l", "120"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("error 300 (Try Alternate)"), "{out}");
+    // uclient makes two allocations (msz=2), 20 messages each, both redirected.
+    assert_eq!(number_after(&out, "tot_recv_msgs="), Some(40), "{out}");
+    assert_eq!(number_after(&out, "Total lost packets"), Some(0), "{out}");
+    let http = other.http;
+    let mut s = TcpStream::connect(http).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    let relayed = metrics
+        .lines()
+        .filter(|l| l.starts_with("uturn_relayed_packets_total{") && l.contains("to_peer"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    assert!(relayed >= 40, "the alternate relayed {relayed}:\n{metrics}");
+    other.signal("INT");
+    assert_eq!(other.wait_exit(Duration::from_secs(10)), Some(0));
+}
