@@ -50,7 +50,21 @@ DURATION=${DURATION:-5}
 SAT_BATCH=${SAT_BATCH:-4}
 BURST=${BURST:-8-16}
 UCLIENT=${UCLIENT:--m 50 -n 2000 -l 170 -z 1}
-PORT=${PORT:-$(python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
+# A port free for UDP and TCP (uturn and coturn listen on both at their defaults), and the
+# next one for the uclient runs' peer.
+PORT=${PORT:-$(python3 -c "
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))
+    p = u.getsockname()[1]
+    try:
+        for port in (p, p + 1):
+            t = socket.socket(); t.bind(('127.0.0.1', port)); t.close()
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('127.0.0.1', p + 1))
+        print(p); break
+    except OSError:
+        pass
+")}
 MIN_PORT=20000
 MAX_PORT=59999
 OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
@@ -99,7 +113,7 @@ start_server() { # name
         uturn-io-uring|uturn-portable)
             local backend=${1#uturn-}
             taskset -c "$SERVER_CORE" "$UTURN" --backend "$backend" --cores "$SERVER_CORE" \
-                --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
+                --no-tcp --no-tls --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
                 --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \
                 --user alice:secret --lt-cred-mech --allow-loopback-peers --log-level warn \
                 ${UTURN_ARGS:-} >"$log" 2>&1 &
