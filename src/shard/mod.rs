@@ -12,6 +12,7 @@ mod knobs;
 mod live;
 mod pktinfo;
 mod portable;
+mod prebind;
 mod state;
 pub mod stream;
 mod stream_conn;
@@ -54,7 +55,11 @@ pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// A listening socket (an SO_REUSEPORT member) at `addr`; on a wildcard address it
 /// reports each datagram's destination, so replies leave from the address the client used.
+/// A member [`prebind::bind_all`] bound for this shard thread is taken first.
 pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+    if let Some(socket) = prebind::take_udp(addr) {
+        return Ok(socket);
+    }
     let socket = bind_udp(addr, true, LISTEN_SOCKET_BUFFER)?;
     if addr.ip().is_unspecified() {
         pktinfo::enable(&socket, addr)?;
@@ -135,6 +140,8 @@ pub(crate) struct ShardSpec {
     pub live: Arc<live::LiveSettings>,
     pub udp: bool,
     pub streams: stream::StreamOptions,
+    /// This shard's listening sockets, bound with every other shard's before any receives.
+    pub listeners: prebind::Listeners,
 }
 
 /// What a shard reports when it ends.
@@ -341,6 +348,7 @@ pub fn start_with_streams(
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
     let policy = peer_policy(config);
     streams.check_free(&listen)?;
+    let mut listeners = prebind::bind_all(cores.len(), &listen, !config.no_udp, &streams)?;
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
@@ -418,6 +426,7 @@ pub fn start_with_streams(
             live: running.live.clone(),
             udp: !config.no_udp,
             streams: streams.clone(),
+            listeners: std::mem::take(&mut listeners[index]),
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -447,7 +456,8 @@ pub fn start_with_streams(
 
 type Ready = mpsc::Sender<io::Result<(Wake, &'static str)>>;
 
-fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
+fn run_shard(mut spec: ShardSpec, ready: Ready) -> ShardReport {
+    prebind::install(std::mem::take(&mut spec.listeners));
     if let Some(id) = spec.core_id {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(

@@ -109,7 +109,7 @@ impl StreamOptions {
 
 impl StreamOptions {
     /// The stream listeners' addresses for the listening addresses `listen`.
-    fn addresses(&self, listen: &[SocketAddr]) -> Vec<(SocketAddr, Transport)> {
+    pub(crate) fn addresses(&self, listen: &[SocketAddr]) -> Vec<(SocketAddr, Transport)> {
         let mut addrs = Vec::new();
         if self.tcp {
             addrs.extend(listen.iter().map(|a| (*a, Transport::Tcp)));
@@ -560,8 +560,12 @@ impl Streams {
     }
 }
 
-/// A nonblocking TCP listener at `addr` with a deep backlog.
+/// A nonblocking TCP listener at `addr` with a deep backlog; a SO_REUSEPORT member that
+/// `prebind::bind_all` bound for this shard thread is taken first.
 pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    if let Some(listener) = reuse_port.then(|| super::prebind::take_tcp(addr)).flatten() {
+        return Ok(listener);
+    }
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {

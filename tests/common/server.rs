@@ -130,9 +130,7 @@ impl Uturn {
     }
 
     /// Waits until every shard runs ("uturn ready" in the log) and the server answers
-    /// Binding; false if it exited or `timeout` passed. The first shard answers before the
-    /// others have joined the SO_REUSEPORT group, and a joining shard re-hashes clients
-    /// away from the shard holding their allocation: a test must not start before.
+    /// Binding; false if it exited or `timeout` passed.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
         let addr = self.addr();
         let log = self.log.clone();
