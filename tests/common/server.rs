@@ -36,7 +36,11 @@ fn port_free(port: u16) -> bool {
 
 /// `width` consecutive relay ports that nobody holds now, below the kernel's ephemeral
 /// range (32768-60999) so client sockets never take one, from a random start, disjoint
-/// from every block this process handed out before (tests run in parallel).
+/// from every block this process handed out before (tests run in parallel) and from the
+/// blocks of every other test process using this helper (other worktrees' suites run on
+/// the same machine): each 100-port page of the block is claimed with an exclusive
+/// `flock` on a file under the temporary directory, held until this process exits (the
+/// kernel releases it then, however the process ends).
 pub fn free_port_block(width: u16) -> (u16, u16) {
     static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
     assert!(width <= 20_000);
@@ -47,12 +51,41 @@ pub fn free_port_block(width: u16) -> (u16, u16) {
         if taken.iter().any(|&(a, b)| lo <= b && a <= hi) {
             continue;
         }
-        if (lo..=hi).all(port_free) {
+        if (lo..=hi).all(port_free) && claim_pages(lo, hi) {
             taken.push((lo, hi));
             return (lo, hi);
         }
     }
     panic!("no {width} free consecutive UDP ports in 10000-32000");
+}
+
+/// Claims the 100-port pages `lo..=hi` spans for this process (see [`free_port_block`]);
+/// false, claiming none, if another process holds one.
+fn claim_pages(lo: u16, hi: u16) -> bool {
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("uturn-test-port-pages");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut claimed = Vec::new();
+    for page in lo / 100..=hi / 100 {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(page.to_string()))
+        else {
+            return false;
+        };
+        // A page this process claimed before is not offered again (TAKEN); its lock,
+        // held on another open file, makes this one fail all the same.
+        if file.try_lock().is_err() {
+            return false;
+        }
+        claimed.push(file);
+    }
+    HELD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(claimed);
+    true
 }
 
 /// A listening port and a relay range of 100 ports, all free now (see above).
