@@ -6,7 +6,7 @@
 mod common;
 mod shard_support;
 use common::wait_until;
-use shard_support::{binding_request, start, Events, Relay};
+use shard_support::{binding_request, start, start_finding_threads, Events, Relay};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,21 +202,6 @@ fn default_listening_covers_ipv4_and_ipv6() {
     running.stop();
 }
 
-/// Ids of this process's threads named `name` (other tests' servers have shard threads of
-/// the same names).
-fn thread_ids(name: &str) -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|t| t.ok())
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
-                })
-                .map(|t| t.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// CPU time (user + system, clock ticks) of this process's thread `tid`.
 fn thread_ticks(tid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
@@ -239,15 +224,8 @@ fn buffer_exhaustion_neither_blocks_other_clients_nor_spins() {
         buffers: Some(16),
         ..TestKnobs::default()
     };
-    let earlier = thread_ids("uturn-shard-0");
-    let running = start(config, &events, knobs);
-    let mut ours = thread_ids("uturn-shard-0");
-    ours.retain(|t| !earlier.contains(t));
-    assert_eq!(
-        ours.len(),
-        1,
-        "another test started a shard at the same moment: {ours:?}"
-    );
+    let (running, mut ours) = start_finding_threads(config, &events, knobs, "uturn-shard-0");
+    assert_eq!(ours.len(), 1, "one new shard thread: {ours:?}");
     let shard_thread = ours.remove(0);
     let server = running.local_addrs()[0];
     let flooded = Relay::new(server);

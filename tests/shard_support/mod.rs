@@ -52,9 +52,47 @@ impl Events {
     }
 }
 
+/// Held while a shard starts, so that a test can tell its own shard threads from other
+/// tests' (thread names repeat across servers).
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// [`start`], and the ids of the threads named `name` it started.
+pub fn start_finding_threads(
+    config: Config,
+    events: &Arc<Events>,
+    knobs: TestKnobs,
+    name: &str,
+) -> (Running, Vec<String>) {
+    let _alone = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    let earlier = thread_ids(name);
+    let running = start_unlocked(config, events, knobs);
+    let mut ours = thread_ids(name);
+    ours.retain(|t| !earlier.contains(t));
+    (running, ours)
+}
+
+/// Ids of this process's threads named `name`.
+fn thread_ids(name: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Starts `config` with `knobs` on free ports (new ones when another process took one),
 /// reporting events to `events`.
 pub fn start(config: Config, events: &Arc<Events>, knobs: TestKnobs) -> Running {
+    let _alone = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    start_unlocked(config, events, knobs)
+}
+
+fn start_unlocked(config: Config, events: &Arc<Events>, knobs: TestKnobs) -> Running {
     for _attempt in 0..20 {
         let mut c = config.clone();
         c.listening_port = crate::common::free_listen_port();
