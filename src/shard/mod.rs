@@ -397,6 +397,7 @@ pub fn start_with_streams(
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
             alternate_servers: config.alternate_servers.clone(),
+            offload: false,
         };
         let spec = ShardSpec {
             index,
