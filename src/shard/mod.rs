@@ -10,6 +10,7 @@ mod failure;
 mod host;
 mod knobs;
 mod live;
+mod offload;
 mod pktinfo;
 mod portable;
 mod state;
@@ -24,6 +25,7 @@ use host::{
     default_listen_ips, default_relay_ip, default_relay_ip_v6, own_addresses, raise_file_limit,
 };
 pub use knobs::{Fault, FaultKind, TestKnobs};
+pub use offload::OffloadCounters;
 pub use state::IoCounters;
 pub(crate) use state::ShardState;
 
@@ -134,6 +136,8 @@ pub(crate) struct ShardSpec {
     pub live: Arc<live::LiveSettings>,
     pub udp: bool,
     pub streams: stream::StreamOptions,
+    /// This shard's handle on the XDP maps (`--xdp` attached).
+    pub offload: Option<crate::xdp::Maps>,
 }
 
 /// What a shard reports when it ends.
@@ -272,6 +276,19 @@ pub fn start_with(
     start_with_streams(config, streams, observer, sink, knobs)
 }
 
+/// [`start`] with the kernel fast path: each shard gets a handle on `offload`'s maps and
+/// applies its core's offload commands to them (`None`: relaying stays in user space).
+pub fn start_offloaded(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    offload: Option<&crate::xdp::Offload>,
+) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    let knobs = TestKnobs::from_env()?;
+    launch(config, streams, observer, sink, knobs, offload)
+}
+
 /// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
 /// the configuration's stream options are not read.
 #[doc(hidden)]
@@ -281,6 +298,17 @@ pub fn start_with_streams(
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
     knobs: TestKnobs,
+) -> io::Result<Running> {
+    launch(config, streams, observer, sink, knobs, None)
+}
+
+fn launch(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+    offload: Option<&crate::xdp::Offload>,
 ) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
@@ -399,6 +427,16 @@ pub fn start_with_streams(
             alternate_servers: config.alternate_servers.clone(),
             offload: false,
         };
+        let maps = offload.and_then(|o| {
+            o.maps()
+                .try_clone()
+                .map_err(|e| tracing::warn!(shard = index, "XDP offload off on this shard: {e}"))
+                .ok()
+        });
+        let server = ServerConfig {
+            offload: maps.is_some(),
+            ..server
+        };
         let spec = ShardSpec {
             index,
             core_id: *core_id,
@@ -417,6 +455,7 @@ pub fn start_with_streams(
             live: running.live.clone(),
             udp: !config.no_udp,
             streams: streams.clone(),
+            offload: maps,
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -446,7 +485,8 @@ pub fn start_with_streams(
 
 type Ready = mpsc::Sender<io::Result<(Wake, &'static str)>>;
 
-fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
+fn run_shard(mut spec: ShardSpec, ready: Ready) -> ShardReport {
+    let mut maps = spec.offload.take();
     if let Some(id) = spec.core_id {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(
@@ -478,6 +518,9 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         live: spec.live.clone(),
         live_seen: 0,
         streams: stream::StreamCounters::default(),
+        offload: maps
+            .take()
+            .map(|maps| offload::ShardOffload::new(maps, Instant::now())),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {
