@@ -273,3 +273,41 @@ fn tls_allocations_name_their_session_in_redis() {
     }
     assert_eq!(server.stop(), Some(0));
 }
+
+/// Before an allocation, only request-sized frames are accepted (a long announced frame
+/// closes the connection); with one, a 10 KB ChannelData goes through.
+#[test]
+fn long_frames_need_an_allocation() {
+    use std::io::{Read, Write};
+    let config = loopback_config(1, |_| {});
+    let running = start_in_process(&config, None, None, 20);
+    let server = running.local_addrs()[0];
+    let mut stranger = std::net::TcpStream::connect(server).unwrap();
+    // A STUN header announcing 10,000 bytes, and the first of them.
+    let mut header = vec![0x00, 0x01, 0x27, 0x10, 0x21, 0x12, 0xa4, 0x42];
+    header.extend_from_slice(&[0; 512]);
+    stranger.write_all(&header).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(stranger.read(&mut buf), Ok(0) | Err(_)),
+        "a long frame without an allocation must close the connection"
+    );
+
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut client = TcpTurn::connect(server, "alice", "secret");
+    client.allocate();
+    client.bind(0x4000, peer.local_addr().unwrap());
+    let big = vec![0x42; 10_000];
+    client.send_channel_data(0x4000, &big);
+    let mut got = vec![0u8; 20_000];
+    let (n, _) = peer
+        .recv_from(&mut got)
+        .expect("the long ChannelData reaches the peer");
+    assert_eq!(&got[..n], &big[..]);
+    let reports = running.stop();
+    assert_eq!(reports[0].streams.framing_errors, 1);
+}

@@ -48,8 +48,11 @@ pub struct StreamOptions {
     pub handshake_timeout: Duration,
     /// Bytes queued for one client before frames to it are dropped.
     pub send_queue: usize,
-    /// Largest frame accepted from a client.
+    /// Largest frame accepted from a client that holds an allocation on the connection.
     pub max_frame: usize,
+    /// Largest frame accepted before that: requests only, so a client that has not
+    /// authenticated cannot make the server hold a long partial frame.
+    pub max_frame_unallocated: usize,
 }
 
 impl Default for StreamOptions {
@@ -63,6 +66,7 @@ impl Default for StreamOptions {
             handshake_timeout: Duration::from_secs(10),
             send_queue: 256 * 1024,
             max_frame: MAX_FRAME,
+            max_frame_unallocated: 4096,
         }
     }
 }
@@ -324,7 +328,7 @@ impl Streams {
                 socket,
                 tuple,
                 tls,
-                self.options.max_frame,
+                self.options.max_frame_unallocated,
                 self.options.send_queue,
                 now,
             );
@@ -526,6 +530,11 @@ impl Streams {
             .and_then(|&slot| self.conns[slot].as_mut())
         {
             conn.allocated = allocated;
+            conn.set_max_frame(if allocated {
+                self.options.max_frame
+            } else {
+                self.options.max_frame_unallocated
+            });
             // The idle clock starts again when the allocation goes.
             conn.active_at = Instant::now();
         }

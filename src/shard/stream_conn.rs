@@ -84,6 +84,10 @@ impl Connection {
         }
     }
 
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.frames.set_max_frame(max_frame);
+    }
+
     pub fn handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }

@@ -69,6 +69,12 @@ impl Reassembler {
         }
     }
 
+    /// Changes the limit for frames whose header has not arrived yet (a partial frame
+    /// already accepted stays).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.max(crate::stun::HEADER_LEN);
+    }
+
     /// Bytes held of a frame not yet complete.
     pub fn pending(&self) -> usize {
         self.partial.len()
@@ -222,6 +228,18 @@ mod tests {
         assert_eq!(r.push(&big[..2], |_| {}), Ok(()));
         assert_eq!(r.push(&big[2..10], |_| {}), Err(FramingError::TooLong(204)));
         assert!(r.capacity() < 100);
+    }
+
+    #[test]
+    fn the_limit_can_change_between_frames() {
+        let mut r = Reassembler::new(100);
+        let big = channel_data(200, 1);
+        assert_eq!(r.push(&big, |_| {}), Err(FramingError::TooLong(204)));
+        let mut r = Reassembler::new(100);
+        r.set_max_frame(MAX_FRAME);
+        let mut n = 0;
+        r.push(&big, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]
