@@ -392,6 +392,7 @@ fn launch(
         certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
+        let maps = offload::shard_maps(offload, index);
         let server = ServerConfig {
             realm: config.realm.clone(),
             software: if config.no_software_attribute {
@@ -426,17 +427,7 @@ fn launch(
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
             alternate_servers: config.alternate_servers.clone(),
-            offload: false,
-        };
-        let maps = offload.and_then(|o| {
-            o.maps()
-                .try_clone()
-                .map_err(|e| tracing::warn!(shard = index, "XDP offload off on this shard: {e}"))
-                .ok()
-        });
-        let server = ServerConfig {
             offload: maps.is_some(),
-            ..server
         };
         let spec = ShardSpec {
             index,

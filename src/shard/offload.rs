@@ -30,6 +30,15 @@ pub struct OffloadCounters {
     pub installed: u64,
 }
 
+/// Shard `index`'s own handle on the maps of `offload`, if there is an offload.
+pub(super) fn shard_maps(offload: Option<&crate::xdp::Offload>, index: usize) -> Option<Maps> {
+    offload?
+        .maps()
+        .try_clone()
+        .map_err(|e| tracing::warn!(shard = index, "XDP offload off on this shard: {e}"))
+        .ok()
+}
+
 pub(crate) struct ShardOffload {
     maps: Maps,
     /// Installed bindings and their counters at the last read.
