@@ -152,3 +152,31 @@ fn since(now: &OffloadTraffic, last: &OffloadTraffic) -> OffloadTraffic {
         to_client: d(&now.to_client, &last.to_client),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic(p: u64) -> OffloadTraffic {
+        let c = Counters {
+            packets: p,
+            rx_bytes: 10 * p,
+            tx_bytes: 20 * p,
+        };
+        OffloadTraffic {
+            to_peer: c,
+            to_client: Counters {
+                packets: 2 * p,
+                ..c
+            },
+        }
+    }
+
+    #[test]
+    fn since_is_the_difference_and_never_wraps() {
+        assert_eq!(since(&traffic(7), &traffic(3)), traffic(4));
+        assert_eq!(since(&traffic(3), &traffic(3)), OffloadTraffic::default());
+        // A binding removed and installed again starts from zero: no huge delta.
+        assert_eq!(since(&traffic(1), &traffic(5)), OffloadTraffic::default());
+    }
+}
