@@ -1,6 +1,8 @@
 //! The forwarding path allocates nothing: a counting global allocator watches 100,000
-//! ChannelData packets (50,000 each way) relayed through a real server on loopback, after a
-//! warm-up, for each backend. This binary holds a single test so that no other test's
+//! ChannelData packets (50,000 each way) and 20,000 Send/Data indications (10,000 each way)
+//! relayed through a real server on loopback, after a warm-up, for each backend. Packets go
+//! in bursts of 16 to one destination, so the io_uring backend's UDP GSO path is the one
+//! measured. This binary holds a single test so that no other test's
 //! allocations are counted.
 
 mod common;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use uturn::client::Client;
 use uturn::config::Backend;
+use uturn::stun::{self, Class, MessageBuilder, Method};
 
 struct Counting;
 
@@ -39,6 +42,7 @@ static GLOBAL: Counting = Counting;
 
 const PACKETS_EACH_WAY: usize = 50_000;
 const WARM_UP: usize = 2_000;
+const INDICATIONS_EACH_WAY: usize = 10_000;
 const WINDOW: usize = 16;
 
 fn relay(backend: Backend) -> u64 {
@@ -55,6 +59,13 @@ fn relay(backend: Backend) -> u64 {
     client
         .channel_bind(0x4000, peer.local_addr().unwrap())
         .unwrap();
+    // A second peer reached through Send indications (permission only, no channel).
+    let peer2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer2
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let peer2_addr = peer2.local_addr().unwrap();
+    client.create_permission(&[peer2_addr]).unwrap();
     let socket = client.socket().try_clone().unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -63,7 +74,17 @@ fn relay(backend: Backend) -> u64 {
     let mut channel_data = [0x5au8; 4 + 160];
     channel_data[..4].copy_from_slice(&[0x40, 0x00, 0, 160]);
     let payload = [0x5au8; 160];
+    let mut send_indication = Vec::new();
+    MessageBuilder::new(
+        &mut send_indication,
+        Class::Indication,
+        Method::SEND,
+        &[7; 12],
+    )
+    .add_xor_address(stun::XOR_PEER_ADDRESS, peer2_addr)
+    .add(stun::DATA, &payload);
     let mut buf = [0u8; 2048];
+    let mut buf2 = [0u8; 2048];
     // Windows of 16 packets each way, so the shard sees batches as under real load.
     let mut round_trip = |count: usize| {
         for _ in 0..count / WINDOW {
@@ -83,9 +104,33 @@ fn relay(backend: Backend) -> u64 {
             }
         }
     };
+    // The same with Send indications out and Data indications back.
+    let mut indications = |count: usize| {
+        for _ in 0..count / WINDOW {
+            for _ in 0..WINDOW {
+                socket.send_to(&send_indication, server).unwrap();
+            }
+            for _ in 0..WINDOW {
+                let (n, from) = peer2.recv_from(&mut buf2).expect("peer 2 receives");
+                assert_eq!((n, from), (160, relayed));
+            }
+            for _ in 0..WINDOW {
+                peer2.send_to(&payload, relayed).unwrap();
+            }
+            for _ in 0..WINDOW {
+                let (n, _) = socket.recv_from(&mut buf2).expect("client receives");
+                assert!(
+                    buf2[..n].windows(160).any(|w| w == payload),
+                    "a Data indication carrying the payload"
+                );
+            }
+        }
+    };
     round_trip(WARM_UP);
+    indications(WARM_UP);
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     round_trip(PACKETS_EACH_WAY);
+    indications(INDICATIONS_EACH_WAY);
     let after = ALLOCATIONS.load(Ordering::SeqCst);
     running.stop();
     after - before
@@ -98,7 +143,8 @@ fn forwarding_allocates_nothing_on_either_backend() {
     assert_eq!(
         (uring, portable),
         (0, 0),
-        "heap allocations while relaying {} ChannelData packets (io_uring, portable)",
-        2 * PACKETS_EACH_WAY
+        "heap allocations while relaying {} ChannelData packets and {} indications (io_uring, portable)",
+        2 * PACKETS_EACH_WAY,
+        2 * INDICATIONS_EACH_WAY
     );
 }

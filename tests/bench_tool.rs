@@ -80,6 +80,62 @@ fn channel_data_and_send_indications_against_uturn() {
 }
 
 #[test]
+fn batched_and_bursty_sends_against_uturn() {
+    let server = Uturn::start("io-uring", &["--allow-loopback-peers"]);
+    let addr = server.addr().to_string();
+    // Frames of 8–16 datagrams to one allocation, as one sendmmsg and as one GSO send.
+    relay(&addr, server.pid(), 10, &["--burst", "8-16"]);
+    relay(&addr, server.pid(), 10, &["--burst", "8-16", "--gso"]);
+    relay(
+        &addr,
+        server.pid(),
+        10,
+        &["--send-batch", "4", "--send-indications"],
+    );
+}
+
+#[test]
+fn direct_mode_reaches_the_peers_without_a_relay() {
+    // Nothing listens on --server: every datagram must go straight to the echo peers.
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = nobody.local_addr().unwrap().to_string();
+    let lines = bench(&[
+        "relay",
+        "--direct",
+        "--server",
+        &server,
+        "--allocations",
+        "10",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--burst",
+        "8-16",
+        "--gso",
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert!(field(r, "sent") >= 400.0, "{r}");
+    assert_eq!(field(r, "received"), field(r, "sent"), "{r}");
+    assert!(r.contains("\"mode\":\"Direct\""), "{r}");
+    assert!(r.contains("\"frames\":\"8-16xgso\""), "{r}");
+    // Machine CPU comes from /proc/stat: present, and no server was asked about.
+    assert!(field(r, "machine_us_per_packet") >= 0.0, "{r}");
+    assert!(r.contains("\"cpu_us_per_packet\":null"), "{r}");
+    let mut buf = [0u8; 64];
+    nobody.set_nonblocking(true).unwrap();
+    assert!(
+        nobody.recv(&mut buf).is_err(),
+        "a datagram reached --server"
+    );
+}
+
+#[test]
 fn rest_credentials_against_uturn() {
     let server = Uturn::start(
         "portable",
@@ -121,7 +177,10 @@ fn null_forwarder_relays_too() {
         udp_bound(listen.parse().unwrap())
     });
     let pid = forwarder.id();
-    let result = std::panic::catch_unwind(|| relay(&listen, pid, 10, &["--null"]));
+    let result = std::panic::catch_unwind(|| {
+        relay(&listen, pid, 10, &["--null"]);
+        relay(&listen, pid, 10, &["--null", "--send-batch", "8"]);
+    });
     let _ = forwarder.kill();
     let _ = forwarder.wait();
     if let Err(panic) = result {

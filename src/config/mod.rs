@@ -107,6 +107,8 @@ pub struct Config {
     pub cores: Vec<usize>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    /// io_uring: runs of equal-size datagrams to one destination leave as one GSO send.
+    pub udp_gso: bool,
     pub log_level: String,
     pub no_software_attribute: bool,
     /// `-c FILE` used, if any.
@@ -194,6 +196,7 @@ impl Default for Config {
             cores: Vec::new(),
             backend: Backend::Auto,
             batch_wait_us: 200,
+            udp_gso: true,
             log_level: "info".to_owned(),
             no_software_attribute: false,
             config_file: None,

@@ -344,8 +344,12 @@ pub(crate) const UTURN: &[Opt] = &[
         };
         Ok(())
     }),
-    value("batch-wait-us", None, "N", Value("200"), "io_uring (kernel 6.12+): a woken shard waits up to N µs for more completions, so one wakeup serves a batch; only while traffic is heavy enough that a wait gathers more than one (measured every 100 ms); 0 = wake for every packet", |c, i| {
+    value("batch-wait-us", None, "N", Value("200"), "io_uring (kernel 6.12+): a woken shard waits up to N µs for the datagrams the measured receive rate brings in that time, so one wakeup serves a batch; only while a wait gathers at least two (measured every 100 ms); 0 = wake for every packet", |c, i| {
         c.batch_wait_us = i.num()?;
+        Ok(())
+    }),
+    flag("no-udp-gso", None, "io_uring: send every datagram alone instead of runs of equal-size datagrams to one destination as one UDP GSO send (for devices that refuse GSO; uturn also turns it off by itself when the kernel refuses a GSO send)", |c, _| {
+        c.udp_gso = false;
         Ok(())
     }),
     list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; needs root and forwarding on IFACE, see bpf/README.md; loaded and attached, no channel offloaded yet)", |c, i| {

@@ -200,6 +200,7 @@ mod tests {
             no_buffers: 21,
             cq_overflowed: 23,
             cq_lost: 24,
+            relayed_in_process: 25,
         };
         let streams = StreamCounters {
             open: 30,

@@ -127,6 +127,7 @@ pub(crate) struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     pub backend: Backend,
     pub batch_wait_us: u32,
+    pub udp_gso: bool,
     pub knobs: TestKnobs,
     pub failures: mpsc::Sender<ShardFailure>,
     pub metrics: Arc<crate::metrics::ShardMetrics>,
@@ -409,6 +410,7 @@ pub fn start_with_streams(
             stop: stop.clone(),
             backend: config.backend,
             batch_wait_us: config.batch_wait_us,
+            udp_gso: config.udp_gso,
             knobs: knobs.clone(),
             failures: failures_tx.clone(),
             metrics: Arc::new(crate::metrics::ShardMetrics::new(index)),
@@ -486,7 +488,7 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
             spec.udp,
             &spec.streams,
             relay_sockets,
-            spec.batch_wait_us,
+            (spec.batch_wait_us, spec.udp_gso),
             &spec.knobs,
         ) {
             Ok(shard) => {

@@ -54,6 +54,9 @@ pub struct IoCounters {
     pub cq_overflowed: u64,
     /// Completions the kernel dropped (completion queue overflow it could not buffer).
     pub cq_lost: u64,
+    /// Datagrams from one of the shard's allocations to another's relay address, handed
+    /// over in process instead of through the kernel (not in `sent` or `received`).
+    pub relayed_in_process: u64,
 }
 
 impl ShardState {

@@ -11,6 +11,8 @@
 //! (`net.ipv4.conf.IFACE.forwarding=1`, likewise for IPv6), because the kernel's route
 //! lookup for XDP refuses to answer for interfaces that do not forward (a warning says so at
 //! attach time); and, on veth, a peer that accepts XDP frames (an XDP program or GRO on).
+//! On `lo` (generic mode) IPv4 bindings between loopback addresses are delivered locally
+//! without a route lookup, so no forwarding is needed there. bpf/README.md has the details.
 //!
 //! Must not decide what to offload or for how long: the TURN core stays the one authority
 //! (RFC 8656 §12 bindings, permissions, expiry, quotas); the program forwards exactly the

@@ -6,6 +6,9 @@
 //! uturn-bench relay --server 127.0.0.1:3478 --user alice:secret --allocations 1000 \
 //!     --size 170 --rate 20000 --duration 5 --cores 1 [--server-pid PID] [--json]
 //! uturn-bench relay ... --find-max          # highest rate with < 0.1% loss
+//! uturn-bench relay ... --send-batch 8       # 8 datagrams per allocation per system call
+//! uturn-bench relay ... --burst 8-16 [--gso] # video-like frames of 8–16 datagrams
+//! uturn-bench relay --direct ...             # the same load straight to the peers
 //! uturn-bench relay ... --transport tls --server 127.0.0.1:5349   # one TLS connection each
 //! uturn-bench alloc --server 127.0.0.1:3478 --user alice:secret --allocations 10000
 //! ```
@@ -13,14 +16,18 @@
 mod forward;
 mod hist;
 mod load;
+mod peers;
+mod procfs;
 mod stream;
 mod stream_load;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use load::{Credentials, Mode, Spec, Step};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
+use worker::{Frames, MAX_FRAME};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +115,20 @@ enum Cmd {
         /// Talk to `uturn-bench forward` instead of a TURN server.
         #[arg(long)]
         null: bool,
+        /// No relay: send the same load straight to the echo peers (the baseline of the
+        /// relay-overhead figure; --server is not used).
+        #[arg(long, conflicts_with = "null")]
+        direct: bool,
+        /// Datagrams per allocation sent back to back with one system call (1..=64).
+        #[arg(long, default_value_t = 1)]
+        send_batch: usize,
+        /// Video-like frames: each allocation sends MIN-MAX datagrams back to back
+        /// (e.g. 8-16; overrides --send-batch).
+        #[arg(long, value_parser = parse_range)]
+        burst: Option<(usize, usize)>,
+        /// Send each frame as one UDP GSO datagram (UDP_SEGMENT) instead of sendmmsg.
+        #[arg(long)]
+        gso: bool,
         /// Echo peer sockets.
         #[arg(long, default_value_t = 4)]
         peers: usize,
@@ -157,6 +178,18 @@ enum Cmd {
 #[derive(Clone, Debug, Default)]
 struct CoreList(Vec<usize>);
 
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| format!("{s}: not MIN-MAX"))?,
+        b.trim().parse().map_err(|_| format!("{s}: not MIN-MAX"))?,
+    );
+    if a == 0 || a > b || b > MAX_FRAME {
+        return Err(format!("{s}: need 1 <= MIN <= MAX <= {MAX_FRAME}"));
+    }
+    Ok((a, b))
+}
+
 fn parse_cores(s: &str) -> Result<CoreList, String> {
     if s.is_empty() {
         return Ok(CoreList::default());
@@ -205,6 +238,7 @@ fn spec(
         setup_threads: t.setup_threads,
         server_pid: t.server_pid,
         progress,
+        frames: Frames::SINGLE,
     })
 }
 
@@ -214,7 +248,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 fn step_json(label: &str, kind: &str, spec: &Spec, s: &Step) -> String {
     format!(
-        "{{\"label\":\"{label}\",\"kind\":\"{kind}\",\"allocations\":{},\"size\":{},\"mode\":\"{:?}\",\"offered_rps\":{:.1},\"round_trips_per_s\":{:.1},\"relayed_pps\":{:.1},\"sent\":{},\"received\":{},\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"server_cpu_s\":{},\"cpu_us_per_packet\":{},\"server_rss_kib\":{},\"corrupt\":{}}}",
+        "{{\"label\":\"{label}\",\"kind\":\"{kind}\",\"allocations\":{},\"size\":{},\"mode\":\"{:?}\",\"offered_rps\":{:.1},\"round_trips_per_s\":{:.1},\"relayed_pps\":{:.1},\"sent\":{},\"received\":{},\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"server_cpu_s\":{},\"cpu_us_per_packet\":{},\"machine_cpu_s\":{},\"machine_us_per_packet\":{},\"frames\":\"{}\",\"server_rss_kib\":{},\"corrupt\":{}}}",
         spec.allocations,
         spec.size,
         spec.mode,
@@ -230,6 +264,10 @@ fn step_json(label: &str, kind: &str, spec: &Spec, s: &Step) -> String {
         s.max_us,
         s.server_cpu_s.map_or("null".into(), |v| format!("{v:.3}")),
         s.cpu_us_per_packet().map_or("null".into(), |v| format!("{v:.3}")),
+        s.machine_cpu_s.map_or("null".into(), |v| format!("{v:.3}")),
+        s.machine_us_per_packet()
+            .map_or("null".into(), |v| format!("{v:.3}")),
+        spec.frames.label(),
         s.server_rss_kib.map_or("null".into(), |v| v.to_string()),
         s.corrupt
     )
@@ -237,7 +275,7 @@ fn step_json(label: &str, kind: &str, spec: &Spec, s: &Step) -> String {
 
 fn print_table(label: &str, spec: &Spec, steps: &[Step]) {
     println!(
-        "{:<14} {:>6} {:>5} {:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>9} {:>10}",
+        "{:<14} {:>6} {:>5} {:>10} {:>10} {:>8} {:>7} {:>7} {:>8} {:>9} {:>10} {:>11}",
         "server",
         "allocs",
         "size",
@@ -248,11 +286,12 @@ fn print_table(label: &str, spec: &Spec, steps: &[Step]) {
         "p99us",
         "p99.9us",
         "cpu s",
-        "cpu us/pkt"
+        "cpu us/pkt",
+        "machine us"
     );
     for s in steps {
         println!(
-            "{:<14} {:>6} {:>5} {:>10.0} {:>10.0} {:>8.3} {:>7} {:>7} {:>8} {:>9} {:>10}",
+            "{:<14} {:>6} {:>5} {:>10.0} {:>10.0} {:>8.3} {:>7} {:>7} {:>8} {:>9} {:>10} {:>11}",
             if label.is_empty() { "-" } else { label },
             spec.allocations,
             spec.size,
@@ -263,7 +302,8 @@ fn print_table(label: &str, spec: &Spec, steps: &[Step]) {
             s.p99_us,
             s.p999_us,
             opt(s.server_cpu_s, 2),
-            opt(s.cpu_us_per_packet(), 3)
+            opt(s.cpu_us_per_packet(), 3),
+            opt(s.machine_us_per_packet(), 3)
         );
     }
 }
@@ -351,7 +391,7 @@ fn main() -> ExitCode {
                 }
             };
             let peers = vec![SocketAddr::from(([127, 0, 0, 1], 9))];
-            let rss_before = spec.server_pid.and_then(load::process_rss_kib);
+            let rss_before = spec.server_pid.and_then(procfs::process_rss_kib);
             let setup = match target.transport {
                 stream::Transport::Udp => {
                     load::setup(&spec, &peers).map(|(a, t)| (Held::Udp(a), t))
@@ -368,7 +408,7 @@ fn main() -> ExitCode {
             };
             let count = allocs.len();
             std::thread::sleep(Duration::from_millis(300));
-            let rss_after = spec.server_pid.and_then(load::process_rss_kib);
+            let rss_after = spec.server_pid.and_then(procfs::process_rss_kib);
             let per_alloc = match (rss_before, rss_after) {
                 (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / count as f64),
                 _ => None,
@@ -410,6 +450,10 @@ fn main() -> ExitCode {
             warmup,
             send_indications,
             null,
+            direct,
+            send_batch,
+            burst,
+            gso,
             peers,
             peer_ip,
             threads,
@@ -421,7 +465,8 @@ fn main() -> ExitCode {
             label,
         } => {
             let rate = rate_per_allocation.map_or(rate, |r| r * target.allocations as f64);
-            let mode = match (null, send_indications) {
+            let mode = match (null || direct, send_indications) {
+                (true, _) if direct => Mode::Direct,
                 (true, _) => Mode::Null,
                 (false, true) => Mode::SendIndication,
                 (false, false) => Mode::ChannelData,
@@ -439,14 +484,20 @@ fn main() -> ExitCode {
             } else {
                 cores.first().copied()
             };
+            if !(1..=MAX_FRAME).contains(&send_batch) {
+                eprintln!("uturn-bench: --send-batch must be 1..={MAX_FRAME}");
+                return ExitCode::from(2);
+            }
+            let (min, max) = burst.unwrap_or((send_batch, send_batch));
+            let frames = Frames { min, max, gso };
             let spec = match spec(&target, mode, size, peers, threads, cores, !quiet) {
-                Ok(s) => s,
+                Ok(s) => Spec { frames, ..s },
                 Err(e) => {
                     eprintln!("uturn-bench: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let peers = match load::Peers::start(peer_ip, spec.peers, peer_core) {
+            let peers = match peers::Peers::start(peer_ip, spec.peers, peer_core) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("uturn-bench: echo peers: {e}");
@@ -454,8 +505,10 @@ fn main() -> ExitCode {
                 }
             };
             if target.transport != stream::Transport::Udp {
-                if find_max || null {
-                    eprintln!("uturn-bench: --find-max and --null are for --transport udp");
+                if find_max || null || direct || burst.is_some() || gso || send_batch != 1 {
+                    eprintln!(
+                        "uturn-bench: --find-max, --null, --direct, --burst, --gso and --send-batch are for --transport udp"
+                    );
                     return ExitCode::from(2);
                 }
                 let step = stream_relay(&spec, &target, &peers.addrs, rate, warmup, duration);

@@ -7,6 +7,7 @@
 
 use crate::hist::Histogram;
 use crate::load::{self, Mode, Spec, Step, STAMP};
+use crate::procfs::{machine_cpu, process_cpu, process_rss_kib};
 use crate::stream::Conn;
 use mio::{Events, Interest, Poll, Token};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,7 @@ pub fn run_step(
     let mut hist = Histogram::new();
     let (mut sent, mut received, mut corrupt) = (0, 0, 0);
     let mut cpu = (None, None);
+    let mut machine = (None, None);
     std::thread::scope(|scope| {
         let handles: Vec<_> = groups
             .into_iter()
@@ -73,7 +75,8 @@ pub fn run_step(
             .collect();
         let sleep_until = |t: Duration| std::thread::sleep(t.saturating_sub(epoch.elapsed()));
         sleep_until(window.0);
-        cpu.0 = spec.server_pid.and_then(load::process_cpu);
+        cpu.0 = spec.server_pid.and_then(process_cpu);
+        machine.0 = machine_cpu();
         let mut last_print = Instant::now();
         while epoch.elapsed() < window.1 {
             std::thread::sleep(
@@ -89,7 +92,8 @@ pub fn run_step(
                 );
             }
         }
-        cpu.1 = spec.server_pid.and_then(load::process_cpu);
+        cpu.1 = spec.server_pid.and_then(process_cpu);
+        machine.1 = machine_cpu();
         for h in handles {
             let t = h.join().expect("stream worker");
             sent += t.sent;
@@ -107,8 +111,6 @@ pub fn run_step(
     if closed > 0 {
         eprintln!("uturn-bench: the server closed {closed} of {total} connections");
     }
-    // Fields the stream load does not measure (any added to Step later) stay at default.
-    #[allow(clippy::needless_update)]
     Step {
         rate,
         seconds: duration.as_secs_f64(),
@@ -123,8 +125,11 @@ pub fn run_step(
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },
-        server_rss_kib: spec.server_pid.and_then(load::process_rss_kib),
-        ..Step::default()
+        machine_cpu_s: match machine {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        server_rss_kib: spec.server_pid.and_then(process_rss_kib),
     }
 }
 

@@ -13,6 +13,7 @@ impl Shard {
     /// Cancels every receive and waits (bounded) until the kernel has let go of the
     /// buffers, so the mappings can be freed.
     pub(super) fn drain(&mut self) {
+        self.io.flush_group();
         for index in 0..self.io.listeners.len() as u32 {
             let sqe = opcode::AsyncCancel::new(Op::ListenRecv { index }.encode())
                 .build()
@@ -28,6 +29,9 @@ impl Shard {
         while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
             && Instant::now() < deadline
         {
+            let buffers = &mut self.buffers;
+            self.io
+                .reap_failed_groups(|buf| super::give_back(buffers, buf));
             self.buffers.publish();
             let ts = Timespec::new().nsec(50_000_000);
             let args = SubmitArgs::new().timespec(&ts);
@@ -45,9 +49,9 @@ impl Shard {
                         self.io.armed = self.io.armed.saturating_sub(1)
                     }
                     Some(Op::Send { slot }) => {
-                        if let Some(buf) = self.io.finish_send(slot) {
-                            self.release(buf);
-                        }
+                        let buffers = &mut self.buffers;
+                        self.io
+                            .finish_send(slot, |buf| super::give_back(buffers, buf));
                     }
                     Some(Op::WakeRead) => wake_done = true,
                     _ => {}

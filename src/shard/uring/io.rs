@@ -5,6 +5,7 @@
 //! the operation's completion; must not look at completions' payloads (that is `mod.rs`).
 
 use super::buffers::{Buffers, Lent};
+use super::gso::{Added, Groups, MAX_SEGMENT};
 use super::op::{Op, GEN_MASK};
 use crate::shard::pktinfo::{self, SourceControl};
 use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
@@ -12,11 +13,14 @@ use crate::turn::{RelayId, RelaySockets};
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{opcode, squeue, IoUring};
 use socket2::SockAddr;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 pub(super) const BUF_GROUP: u16 = 0;
+/// Send slots from here on name GSO groups (`Op::Send { slot: GROUP_BASE + group }`).
+const GROUP_BASE: u32 = 1 << 30;
 pub(super) const NAME_LEN: u32 = 28;
 /// Room for the destination address a wildcard listener's receive reports.
 pub(super) const CONTROL_LEN: u32 = pktinfo::CONTROL_LEN as u32;
@@ -58,6 +62,8 @@ struct Closing {
 pub(super) struct RelaySlot {
     pub socket: Option<UdpSocket>,
     pub gen: u32,
+    /// The relay address the socket is bound to.
+    pub addr: SocketAddr,
 }
 
 pub(super) struct Io {
@@ -77,6 +83,13 @@ pub(super) struct Io {
     /// Receives armed and not yet finished (to drain at shutdown).
     pub armed: usize,
     closing: Vec<Closing>,
+    /// This shard's open relay sockets by address, so a datagram from one of its
+    /// allocations to another can be handed over without the kernel.
+    relay_by_addr: HashMap<SocketAddr, u32>,
+    /// Datagrams gathered into UDP GSO sends.
+    groups: Groups,
+    /// GSO in use (until the kernel refuses a GSO send).
+    pub gso: bool,
     /// Test only: this many next submits fail as if the kernel said EBUSY.
     #[cfg(test)]
     pub fail_submits: u32,
@@ -113,6 +126,9 @@ impl Io {
             starved: Vec::new(),
             armed: 0,
             closing: Vec::new(),
+            relay_by_addr: HashMap::new(),
+            groups: Groups::new(),
+            gso: true,
             #[cfg(test)]
             fail_submits: 0,
         }
@@ -213,6 +229,7 @@ impl Io {
             Some(RelaySlot {
                 socket: Some(socket),
                 gen: current,
+                ..
             }) if *current == gen => Some(socket.as_raw_fd()),
             _ => None,
         }
@@ -227,6 +244,36 @@ impl Io {
         to: SocketAddr,
         buf: SendBuf,
     ) -> Result<(), SendBuf> {
+        // A forwarded datagram from a socket bound to its address may join a GSO group.
+        let grouped = match (&buf, source) {
+            (SendBuf::Lent { buf, offset, len }, None) if self.gso && *len <= MAX_SEGMENT => {
+                Some((buffers.send_ptr(buf, *offset), *len))
+            }
+            _ => None,
+        };
+        let mut buf = buf;
+        if let Some((ptr, len)) = grouped {
+            loop {
+                let spare = self.free_slots.last().copied();
+                match self.groups.add(fd, to, (ptr, len), buf, spare) {
+                    Added::Joined => return Ok(()),
+                    Added::Opened => {
+                        self.free_slots.pop();
+                        return Ok(());
+                    }
+                    Added::CloseFirst(group, back) => {
+                        self.queue_group(group);
+                        buf = back;
+                    }
+                    Added::Alone(back) => {
+                        buf = back;
+                        break;
+                    }
+                }
+            }
+        }
+        // Whatever was gathered leaves first, so datagrams keep their order.
+        self.flush_group();
         let Some(index) = self.free_slots.pop() else {
             return Err(buf);
         };
@@ -269,18 +316,67 @@ impl Io {
         }
     }
 
+    /// Queues the send of GSO group `group`; a group the ring refuses is failed.
+    fn queue_group(&mut self, group: u32) {
+        let (fd, msghdr) = self.groups.prepare(group);
+        let sqe = opcode::SendMsg::new(Fd(fd), msghdr).build().user_data(
+            Op::Send {
+                slot: GROUP_BASE + group,
+            }
+            .encode(),
+        );
+        if !self.push(&sqe) {
+            self.groups.failed.push(group);
+        }
+    }
+
+    /// Queues the GSO group still gathering, if any (before every submit).
+    pub fn flush_group(&mut self) {
+        if let Some(group) = self.groups.take_open() {
+            self.queue_group(group);
+        }
+    }
+
+    /// Groups the ring refused: hands their buffers to `release`; returns the datagrams.
+    pub fn reap_failed_groups(&mut self, mut release: impl FnMut(SendBuf)) -> usize {
+        let mut lost = 0;
+        while let Some(group) = self.groups.failed.pop() {
+            if let Some((n, slot)) = self.groups.finish(group, &mut release) {
+                self.free_slots.push(slot);
+                lost += n;
+            }
+        }
+        lost
+    }
+
     /// The completion of send slot `index` arrived: the slot is free again, and what it
-    /// carried is the caller's (a lent buffer goes back to the ring).
-    pub fn finish_send(&mut self, index: u32) -> Option<SendBuf> {
-        let buf = self.slots.get_mut(index as usize)?.buf.take()?;
+    /// carried goes to `release` (a lent buffer goes back to the ring). Returns how many
+    /// datagrams the send carried (a GSO group several).
+    pub fn finish_send(&mut self, index: u32, mut release: impl FnMut(SendBuf)) -> usize {
+        if index >= GROUP_BASE {
+            let Some((n, slot)) = self.groups.finish(index - GROUP_BASE, &mut release) else {
+                return 0;
+            };
+            self.free_slots.push(slot);
+            return n;
+        }
+        let Some(buf) = self
+            .slots
+            .get_mut(index as usize)
+            .and_then(|s| s.buf.take())
+        else {
+            return 0;
+        };
         self.free_slots.push(index);
-        Some(buf)
+        release(buf);
+        1
     }
 
     /// Keeps the send slots (the msghdrs, iovecs, addresses and bytes the kernel may still
     /// read) and the receive msghdr for the life of the process.
     pub fn leak(&mut self) {
         std::mem::forget(std::mem::take(&mut self.slots));
+        self.groups.leak();
         self.free_slots.clear();
         std::mem::forget(std::mem::replace(
             &mut self.recv_msghdr,
@@ -298,6 +394,18 @@ impl Io {
     /// port and family, which then needs `local`'s address as the source.
     pub fn listener_for(&self, local: SocketAddr) -> Option<(RawFd, Option<IpAddr>)> {
         crate::shard::listener_for(&self.listeners, local).map(|(s, src)| (s.as_raw_fd(), src))
+    }
+
+    /// The relay of this shard bound at `addr`, with the address of `from` (the relay a
+    /// datagram to `addr` would leave from), if both are open.
+    pub fn relay_to_relay(&self, from: RelayId, addr: SocketAddr) -> Option<(RelayId, SocketAddr)> {
+        if self.relay_by_addr.is_empty() {
+            return None;
+        }
+        let target = *self.relay_by_addr.get(&addr)?;
+        let from = self.relays.get(from.0 as usize)?;
+        from.socket.as_ref()?;
+        Some((RelayId(target), from.addr))
     }
 
     pub fn relay_fd(&self, relay: RelayId) -> Option<(RawFd, Option<IpAddr>)> {
@@ -319,11 +427,14 @@ impl RelaySockets for Io {
             self.relays.resize_with(index + 1, || RelaySlot {
                 socket: None,
                 gen: 0,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             });
         }
         let slot = &mut self.relays[index];
         slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
         slot.socket = Some(socket);
+        slot.addr = addr;
+        self.relay_by_addr.insert(addr, id.0);
         let gen = slot.gen;
         self.arm(Op::RelayRecv { index: id.0, gen });
         Ok(())
@@ -334,6 +445,13 @@ impl RelaySockets for Io {
             return;
         };
         let Some(socket) = slot.socket.take() else {
+            return;
+        };
+        let slot_addr = slot.addr;
+        // Datagrams gathered for this socket reach the kernel before it can close.
+        self.flush_group();
+        self.relay_by_addr.remove(&slot_addr);
+        let Some(slot) = self.relays.get_mut(id.0 as usize) else {
             return;
         };
         let op = Op::RelayRecv {

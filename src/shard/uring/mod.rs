@@ -23,6 +23,7 @@
 mod addr;
 mod buffers;
 mod drain;
+mod gso;
 mod io;
 mod op;
 mod pacer;
@@ -65,7 +66,7 @@ const CQ_MAX: u32 = 65536;
 /// counts as unable to go on.
 const PERSISTENT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(60);
-/// Completions a batched wakeup waits for before its minimum wait is over.
+/// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
 
 /// What became of a received datagram.
@@ -141,7 +142,7 @@ impl Shard {
         udp: bool,
         stream_options: &StreamOptions,
         relay_sockets: usize,
-        batch_wait_us: u32,
+        (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
     ) -> std::io::Result<Shard> {
         check_kernel()?;
@@ -187,6 +188,12 @@ impl Shard {
             ", {} provided buffers of {BUF_SIZE} bytes",
             buffers.count()
         ));
+        if udp_gso {
+            features.push_str(&format!(
+                ", UDP GSO for runs of up to {} datagrams",
+                gso::MAX_SEGMENTS
+            ));
+        }
         let mut listeners = Vec::with_capacity(listen.len());
         for addr in listen.iter().filter(|_| udp) {
             listeners.push((*addr, bind_listener(*addr)?));
@@ -214,11 +221,12 @@ impl Shard {
             wake_buf: Box::new(0),
             wake_armed: false,
             features,
-            pacer: Pacer::new(batch_wait_us),
+            pacer: Pacer::new(batch_wait_us, BATCH),
             cq_dropped: 0,
             recheck_due: false,
             streams,
         };
+        shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }
@@ -281,15 +289,19 @@ impl Shard {
                 timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
             }
             self.buffers.publish();
+            self.io.flush_group();
             self.io.queue_pending_cancels();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
-            // With a minimum wait, one wakeup gathers up to BATCH completions or whatever
-            // arrived within batch_wait_us; an idle shard still sleeps until its timer.
+            // With a minimum wait, one wakeup gathers the receives the measured rate brings
+            // within batch_wait_us (at most BATCH), or whatever arrived by then; the
+            // completions of the sends in flight land in the same queue, so they are added
+            // to the count rather than ending the wait early or counting as traffic. An
+            // idle shard still sleeps until its timer.
             let (want, args) = if self.pacer.waiting() {
                 (
-                    BATCH,
+                    self.io.sends_in_flight() + self.pacer.receives_wanted(),
                     SubmitArgs::new()
                         .timespec(&ts)
                         .min_wait_usec(self.pacer.wait_us),
@@ -312,10 +324,22 @@ impl Shard {
             completions.clear();
             completions.extend(self.io.ring.completion());
             let now = Instant::now();
-            self.pacer.count(now, completions.len());
+            let receives = completions
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        Op::decode(e.user_data()),
+                        Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
+                    )
+                })
+                .count();
+            self.pacer.count(now, receives);
             for entry in &completions {
                 self.complete(state, now, entry);
             }
+            let buffers = &mut self.buffers;
+            state.io.send_errors +=
+                self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
             state.end_turn(now, &mut self.io);
             self.run_streams(state, now, true);
             self.flush_transmits(state);
@@ -357,13 +381,24 @@ impl Shard {
                 self.received(state, now, op, entry)
             }
             Some(Op::Send { slot }) => {
-                if let Some(buf) = self.io.finish_send(slot) {
-                    self.release(buf);
-                }
-                if entry.result() < 0 {
-                    state.io.send_errors += 1;
+                let buffers = &mut self.buffers;
+                let datagrams = self.io.finish_send(slot, |buf| give_back(buffers, buf)) as u64;
+                let result = entry.result();
+                if result < 0 {
+                    state.io.send_errors += datagrams;
+                    // A kernel or device that refuses UDP_SEGMENT: send one by one from now.
+                    if datagrams > 1
+                        && self.io.gso
+                        && [libc::EINVAL, libc::EIO, libc::EOPNOTSUPP].contains(&-result)
+                    {
+                        self.io.gso = false;
+                        tracing::warn!(
+                            "UDP GSO send refused ({}); sending datagrams one by one",
+                            std::io::Error::from_raw_os_error(-result)
+                        );
+                    }
                 } else {
-                    state.io.sent += 1;
+                    state.io.sent += datagrams;
                 }
             }
             Some(Op::WakeRead) => {
@@ -385,9 +420,7 @@ impl Shard {
 
     /// Returns what a send carried: a lent buffer goes back to the ring.
     fn release(&mut self, buf: SendBuf) {
-        if let SendBuf::Lent { buf, .. } = buf {
-            self.buffers.give_back(buf);
-        }
+        give_back(&mut self.buffers, buf);
     }
 
     fn received(&mut self, state: &mut ShardState, now: Instant, op: Op, entry: &cqueue::Entry) {
@@ -476,41 +509,32 @@ impl Shard {
                         relay,
                         peer,
                         payload,
-                    } => self
-                        .io
-                        .relay_fd(relay)
-                        .map(|fd| (fd, peer, PAYLOAD_OFFSET + payload.start, payload.len())),
+                    } => {
+                        let payload = PAYLOAD_OFFSET + payload.start..PAYLOAD_OFFSET + payload.end;
+                        match self.io.relay_to_relay(relay, peer) {
+                            // To another allocation of this shard: handed over as if it
+                            // had come through the kernel from the sender's relay address.
+                            Some((target, relay_addr)) => {
+                                state.io.relayed_in_process += 1;
+                                let action = state
+                                    .server
+                                    .handle_peer(now, target, relay_addr, buf, payload);
+                                to_client(&self.io, self.streams.as_mut(), action, buf)
+                            }
+                            None => self
+                                .io
+                                .relay_fd(relay)
+                                .map(|fd| (fd, peer, payload.start, payload.len())),
+                        }
+                    }
                     ClientAction::None => None,
                 }
             }
             Op::RelayRecv { index, .. } => {
-                match state
+                let action = state
                     .server
-                    .handle_peer(now, RelayId(index), from, buf, payload)
-                {
-                    PeerAction::ToClient {
-                        local,
-                        client,
-                        range,
-                        transport,
-                    } if transport.is_stream() => {
-                        // Written or queued by the connection: the buffer goes back.
-                        if let Some(s) = self.streams.as_mut() {
-                            s.send_to_client(local, client, &buf[range]);
-                        }
-                        None
-                    }
-                    PeerAction::ToClient {
-                        local,
-                        client,
-                        range,
-                        ..
-                    } => self
-                        .io
-                        .listener_for(local)
-                        .map(|fd| (fd, client, range.start, range.len())),
-                    PeerAction::Drop => None,
-                }
+                    .handle_peer(now, RelayId(index), from, buf, payload);
+                to_client(&self.io, self.streams.as_mut(), action, buf)
             }
             _ => None,
         };
@@ -549,5 +573,51 @@ impl Shard {
                 state.io.send_errors += 1;
             }
         }
+    }
+}
+
+/// A lent buffer a send carried goes back to the ring.
+fn give_back(buffers: &mut Buffers, buf: SendBuf) {
+    if let SendBuf::Lent { buf, .. } = buf {
+        buffers.give_back(buf);
+    }
+}
+
+/// The UDP send a peer datagram turns into, if any: (descriptor and source, client,
+/// offset in the buffer, length). To a stream client it is written or queued by the
+/// connection at once, and the buffer can go back.
+#[allow(clippy::type_complexity)]
+fn to_client(
+    io: &Io,
+    streams: Option<&mut Streams>,
+    action: PeerAction,
+    buf: &[u8],
+) -> Option<(
+    (std::os::fd::RawFd, Option<std::net::IpAddr>),
+    SocketAddr,
+    usize,
+    usize,
+)> {
+    match action {
+        PeerAction::ToClient {
+            local,
+            client,
+            range,
+            transport,
+        } if transport.is_stream() => {
+            if let Some(s) = streams {
+                s.send_to_client(local, client, &buf[range]);
+            }
+            None
+        }
+        PeerAction::ToClient {
+            local,
+            client,
+            range,
+            ..
+        } => io
+            .listener_for(local)
+            .map(|fd| (fd, client, range.start, range.len())),
+        PeerAction::Drop => None,
     }
 }

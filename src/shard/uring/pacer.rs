@@ -1,43 +1,58 @@
-//! When a woken shard should wait for a batch of completions (kernel 6.12+ minimum wait).
+//! When a woken shard should wait for a batch of received datagrams (kernel 6.12+ minimum
+//! wait), and how many it should wait for.
 //!
-//! Batched wakeups only pay while completions come often enough that a wait of `wait_us`
-//! gathers more than one; below that rate waiting would only add latency. The rate is
-//! measured over windows of 100 ms. Owns only that measurement; must not touch the ring.
+//! A wait adds latency to every datagram it holds, so it is bounded twice: by `wait_us`
+//! (the kernel's minimum wait) and by the number of receives the wait asks for, which is
+//! what the measured receive rate brings within `wait_us`. Only receives are counted: the
+//! shard's own send completions arrive at once and are not traffic, and counting them made
+//! every wait run to its full length. Below two receives per wait, waiting would only add
+//! latency and the shard wakes for every completion. The rate is measured over windows of
+//! 100 ms. Owns only that measurement; must not touch the ring.
 
 use std::time::{Duration, Instant};
 
 pub(super) struct Pacer {
     /// Minimum-wait timeout in µs (0: the kernel has none, or it is off).
     pub wait_us: u32,
+    /// Receives a wait gathers at the measured rate (0 while waiting does not pay).
+    per_wait: usize,
+    max_batch: usize,
     window_start: Instant,
     window_count: usize,
-    on: bool,
 }
 
 impl Pacer {
     const WINDOW: Duration = Duration::from_millis(100);
 
-    pub fn new(wait_us: u32) -> Pacer {
+    pub fn new(wait_us: u32, max_batch: usize) -> Pacer {
         Pacer {
             wait_us,
+            per_wait: 0,
+            max_batch: max_batch.max(2),
             window_start: Instant::now(),
             window_count: 0,
-            on: false,
         }
     }
 
     pub fn waiting(&self) -> bool {
-        self.on && self.wait_us > 0
+        self.per_wait >= 2 && self.wait_us > 0
     }
 
-    pub fn count(&mut self, now: Instant, completions: usize) {
-        self.window_count += completions;
+    /// Receives the next wait should gather before `wait_us` is over (the shard adds the
+    /// completions of its own sends in flight, which also land in the queue).
+    pub fn receives_wanted(&self) -> usize {
+        self.per_wait.clamp(1, self.max_batch)
+    }
+
+    /// Counts `receives` completions taken at `now`.
+    pub fn count(&mut self, now: Instant, receives: usize) {
+        self.window_count += receives;
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= Self::WINDOW {
-            // Completions expected within one wait: rate (per µs) × wait (µs).
+            // Receives expected within one wait: rate (per µs) × wait (µs).
             let per_wait =
                 self.window_count as f64 * f64::from(self.wait_us) / elapsed.as_micros() as f64;
-            self.on = per_wait >= 1.0;
+            self.per_wait = per_wait as usize;
             self.window_start = now;
             self.window_count = 0;
         }
@@ -50,20 +65,24 @@ mod tests {
 
     #[test]
     fn pacer_waits_only_when_it_gathers_a_batch() {
-        let start = Instant::now();
-        let mut p = Pacer::new(200);
+        let mut p = Pacer::new(100, 64);
+        let start = p.window_start;
         assert!(!p.waiting(), "off until a rate is measured");
-        // 100 completions in 100 ms: 0.2 per 200 µs wait: not worth waiting.
-        p.count(start + Duration::from_millis(100), 100);
+        // 1,000 receives in 100 ms: 1 per 100 µs wait: waiting would only add latency.
+        p.count(start + Duration::from_millis(100), 1_000);
         assert!(!p.waiting());
-        // 10,000 in 100 ms: 20 per wait.
-        p.count(start + Duration::from_millis(200), 10_000);
+        // 4,000 in 100 ms: 4 per wait, and the wait asks for those 4, not more.
+        p.count(start + Duration::from_millis(200), 4_000);
         assert!(p.waiting());
+        assert_eq!(p.receives_wanted(), 4);
+        // Very heavy traffic: capped at the batch.
+        p.count(start + Duration::from_millis(300), 1_000_000);
+        assert_eq!(p.receives_wanted(), 64);
         // Traffic drops: waiting stops.
-        p.count(start + Duration::from_millis(300), 3);
+        p.count(start + Duration::from_millis(400), 3);
         assert!(!p.waiting());
-        let mut off = Pacer::new(0);
-        off.count(start + Duration::from_millis(100), 1_000_000);
+        let mut off = Pacer::new(0, 64);
+        off.count(off.window_start + Duration::from_millis(100), 1_000_000);
         assert!(!off.waiting(), "0 disables batching");
     }
 }

@@ -17,7 +17,7 @@ fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
             ..Default::default()
         },
         relays,
-        0,
+        (0, true),
         knobs,
     )
     .expect("io_uring set-up (these tests need io_uring)")
