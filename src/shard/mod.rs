@@ -10,6 +10,7 @@ mod failure;
 mod host;
 mod knobs;
 mod live;
+mod offload;
 mod pktinfo;
 mod portable;
 mod prebind;
@@ -27,6 +28,7 @@ use host::{
     default_listen_ips, default_relay_ip, default_relay_ip_v6, own_addresses, raise_file_limit,
 };
 pub use knobs::{Fault, FaultKind, TestKnobs};
+pub use offload::OffloadCounters;
 pub(crate) use sockets::{
     bind_listener, bind_udp, listener_for, note_relay_open_error, RELAY_SOCKET_BUFFER,
 };
@@ -74,6 +76,8 @@ pub(crate) struct ShardSpec {
     pub streams: stream::StreamOptions,
     /// This shard's listening sockets, bound with every other shard's before any receives.
     pub listeners: prebind::Listeners,
+    /// This shard's handle on the XDP maps (`--xdp` attached).
+    pub offload: Option<crate::xdp::Maps>,
 }
 
 /// What a shard reports when it ends.
@@ -212,6 +216,19 @@ pub fn start_with(
     start_with_streams(config, streams, observer, sink, knobs)
 }
 
+/// [`start`] with the kernel fast path: each shard gets a handle on `offload`'s maps and
+/// applies its core's offload commands to them (`None`: relaying stays in user space).
+pub fn start_offloaded(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    offload: Option<&crate::xdp::Offload>,
+) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    let knobs = TestKnobs::from_env()?;
+    launch(config, streams, observer, sink, knobs, offload)
+}
+
 /// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
 /// the configuration's stream options are not read.
 #[doc(hidden)]
@@ -221,6 +238,17 @@ pub fn start_with_streams(
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
     knobs: TestKnobs,
+) -> io::Result<Running> {
+    launch(config, streams, observer, sink, knobs, None)
+}
+
+fn launch(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+    offload: Option<&crate::xdp::Offload>,
 ) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
@@ -304,6 +332,7 @@ pub fn start_with_streams(
         certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
+        let maps = offload::shard_maps(offload, index);
         let server = ServerConfig {
             realm: config.realm.clone(),
             software: if config.no_software_attribute {
@@ -338,6 +367,7 @@ pub fn start_with_streams(
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
             alternate_servers: config.alternate_servers.clone(),
+            offload: maps.is_some(),
         };
         let spec = ShardSpec {
             index,
@@ -359,6 +389,7 @@ pub fn start_with_streams(
             udp: !config.no_udp,
             streams: streams.clone(),
             listeners: std::mem::take(&mut listeners[index]),
+            offload: maps,
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -390,6 +421,7 @@ type Ready = mpsc::Sender<io::Result<(Wake, &'static str)>>;
 
 fn run_shard(mut spec: ShardSpec, ready: Ready) -> ShardReport {
     prebind::install(std::mem::take(&mut spec.listeners));
+    let mut maps = spec.offload.take();
     if let Some(id) = spec.core_id {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(
@@ -421,6 +453,9 @@ fn run_shard(mut spec: ShardSpec, ready: Ready) -> ShardReport {
         live: spec.live.clone(),
         live_seen: 0,
         streams: stream::StreamCounters::default(),
+        offload: maps
+            .take()
+            .map(|maps| offload::ShardOffload::new(maps, Instant::now())),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {

@@ -9,7 +9,9 @@
 //! Must not: make protocol decisions, or block: every socket is nonblocking and a client
 //! that does not read loses frames (counted), never the shard's time.
 
-use super::stream_conn::{Closed, Connection, Queued};
+mod ring;
+
+use super::stream_conn::{Closed, Connection, Input, Queued};
 pub(crate) use super::stream_options::bind_tcp;
 pub use super::stream_options::{StreamOptions, DEFAULT_MAX_CONNECTIONS};
 use super::tls::Certificates;
@@ -28,6 +30,8 @@ use std::time::{Duration, Instant};
 const CONN_BASE: usize = 1 << 10;
 /// Read buffer: a few TLS records or many small frames per read call.
 const READ_BUFFER: usize = 64 * 1024;
+/// Ring receive generations fit the backend's tag field (28 bits).
+const RING_GEN_MASK: u32 = (1 << 28) - 1;
 /// How often deadlines are checked; closing is at most this late.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
@@ -82,6 +86,11 @@ pub(crate) struct Streams {
     buf: Box<[u8]>,
     /// Connections whose client ended its side this turn, closed at its end.
     ending: Vec<usize>,
+    /// Plain TCP connections are read by the backend's ring ([`Streams::ring_received`]).
+    ring_reads: bool,
+    /// (slot, generation, descriptor) of connections whose ring receive is to be armed.
+    to_arm: Vec<(u32, u32, RawFd)>,
+    next_gen: u32,
     next_sweep: Instant,
     pub counters: StreamCounters,
 }
@@ -115,6 +124,9 @@ impl Streams {
             options: options.clone(),
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             ending: Vec::new(),
+            ring_reads: false,
+            to_arm: Vec::new(),
+            next_gen: 0,
             next_sweep: Instant::now() + SWEEP_EVERY,
             counters: StreamCounters::default(),
         }))
@@ -153,8 +165,14 @@ impl Streams {
                     continue;
                 }
                 let slot = t - CONN_BASE;
-                if readable {
-                    self.read(slot, ended, now, state, relays);
+                // A ring-read connection's bytes, end and errors come through the ring.
+                let ring = self
+                    .conns
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| c.ring);
+                if readable && !ring {
+                    self.read(slot, Input::Socket { to_end: ended }, now, state, relays);
                 }
                 if writable {
                     self.flush(slot, now, state, relays);
@@ -216,6 +234,7 @@ impl Streams {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
+            let ring = self.ring_reads && tls.is_none();
             let mut conn = Connection::new(
                 socket,
                 tuple,
@@ -224,18 +243,26 @@ impl Streams {
                 self.options.send_queue,
                 now,
             );
+            let interest = if ring {
+                Interest::WRITABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
             if self
                 .poll
                 .registry()
-                .register(
-                    &mut conn.socket,
-                    Token(CONN_BASE + slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
+                .register(&mut conn.socket, Token(CONN_BASE + slot), interest)
                 .is_err()
             {
                 self.free.push(slot);
                 continue;
+            }
+            if ring {
+                self.next_gen = self.next_gen.wrapping_add(1) & RING_GEN_MASK;
+                conn.ring = true;
+                conn.gen = self.next_gen;
+                self.to_arm
+                    .push((slot as u32, conn.gen, conn.socket.as_raw_fd()));
             }
             self.by_tuple.insert((client, server), slot);
             self.conns[slot] = Some(conn);
@@ -247,7 +274,7 @@ impl Streams {
     fn read(
         &mut self,
         slot: usize,
-        to_end: bool,
+        input: Input<'_>,
         now: Instant,
         state: &mut ShardState,
         relays: &mut dyn RelayIo,
@@ -261,7 +288,7 @@ impl Streams {
         let tuple = conn.tuple;
         let frames = &mut self.counters.frames;
         let mut tell = !conn.session_told;
-        let result = conn.read(&mut self.buf, to_end, now, |frame, session| {
+        let result = conn.read(&mut self.buf, input, now, |frame, session| {
             // Before the first request: the allocation it may make carries the session.
             if let (true, Some(session)) = (tell, session) {
                 state.server.set_tls_session(tuple, session);
