@@ -6,12 +6,19 @@
 # per relayed message, and loss. Then user-space memory per idle TLS connection: CONNS
 # connections that finished their handshake and sent nothing, RSS before and after.
 #
-# usage: scripts/stream-bench.sh [--transport tcp|tls|both]
-# env: SERVER_CORE (0), LOAD_CORE (1), CLIENTS (50), MESSAGES (400 per client), CONNS (500)
+# Then the same servers under uturn-bench's paced TURN load over the same transport
+# (--load bench): CPU per relayed packet over the measured window, ratio to coturn's,
+# round-trip p50/p99 and loss.
+#
+# usage: scripts/stream-bench.sh [--transport tcp|tls|both] [--load uclient|bench|all]
+# env: SERVER_CORE (0), LOAD_CORE (1), CLIENTS (50), MESSAGES (400 per client), CONNS (500),
+#      ALLOCS (50 uturn-bench connections), RATE (10000 round trips/s), DURATION (5 s),
+#      OUT (the uturn-bench JSON lines, target/stream-bench-DATE.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TRANSPORTS=(tcp tls)
+LOAD=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --transport)
@@ -22,7 +29,14 @@ while [ $# -gt 0 ]; do
             esac
             shift
             ;;
-        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+        --load)
+            case "$2" in
+                uclient|bench|all) LOAD="$2" ;;
+                *) echo "stream-bench.sh: --load uclient|bench|all" >&2; exit 2 ;;
+            esac
+            shift
+            ;;
+        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
         *) echo "stream-bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -33,6 +47,10 @@ LOAD_CORE=${LOAD_CORE:-1}
 CLIENTS=${CLIENTS:-50}
 MESSAGES=${MESSAGES:-400}
 CONNS=${CONNS:-500}
+ALLOCS=${ALLOCS:-50}
+RATE=${RATE:-10000}
+DURATION=${DURATION:-5}
+OUT=${OUT:-${CARGO_TARGET_DIR:-target}/stream-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 PORT=$(free_port)
 TLS_PORT=$(free_port)
@@ -44,8 +62,9 @@ for tool in turnserver turnutils_uclient turnutils_peer openssl python3; do
 done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --bin uturn --quiet
+cargo build --release --bin uturn --bin uturn-bench --quiet
 UTURN=${CARGO_TARGET_DIR:-target}/release/uturn
+BENCH=${CARGO_TARGET_DIR:-target}/release/uturn-bench
 WORK=$(mktemp -d)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=localhost -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
@@ -108,6 +127,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 taskset -c "$LOAD_CORE" turnutils_peer -L 127.0.0.1 -p "$PEER_PORT" >/dev/null 2>&1 &
 PEER_PID=$!
 HZ=$(getconf CLK_TCK)
+if [ "$LOAD" != bench ]; then
 echo "| transport | server | messages | lost | server CPU ms | CPU µs per message |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for transport in "${TRANSPORTS[@]}"; do
@@ -133,7 +153,43 @@ print(f"| {t} | {server} | {sent} | {lost} | {ms:.0f} | {per} |")
 EOF
     done
 done
+fi
 
+if [ "$LOAD" != uclient ]; then
+    mkdir -p "$(dirname "$OUT")"
+    : >"$OUT"
+    echo
+    echo "uturn-bench: $ALLOCS connections, 170 bytes, $RATE round trips/s offered, ${DURATION} s measured"
+    for transport in "${TRANSPORTS[@]}"; do
+        port=$PORT
+        [ "$transport" = tls ] && port=$TLS_PORT
+        for server in uturn-io-uring uturn-portable coturn; do
+            start_server "$server"
+            if ! timeout 120 taskset -c "$LOAD_CORE" "$BENCH" relay --transport "$transport" \
+                --server "127.0.0.1:$port" --allocations "$ALLOCS" --rate "$RATE" \
+                --duration "$DURATION" --warmup 1 --client-ips 127.0.0.1 \
+                --server-pid "$SERVER_PID" --label "$transport/$server" --json --quiet >>"$OUT"; then
+                echo "stream-bench.sh: uturn-bench against $server over $transport failed" >&2
+            fi
+            stop_server
+        done
+    done
+    python3 - "$OUT" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+coturn = {r["label"].split("/")[0]: r["cpu_us_per_packet"] for r in rows if r["label"].endswith("/coturn")}
+print("| transport | server | relayed pkt/s | loss % | p50 µs | p99 µs | CPU µs per relayed packet | vs coturn |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    t, server = r["label"].split("/")
+    cpu, base = r["cpu_us_per_packet"], coturn.get(t)
+    ratio = f"{cpu / base:.2f}x" if cpu is not None and base else "–"
+    cpu = f"{cpu:.2f}" if cpu is not None else "–"
+    print(f"| {t} | {server} | {r['relayed_pps']:.0f} | {r['loss_pct']:.3f} | {r['p50_us']} | {r['p99_us']} | {cpu} | {ratio} |")
+EOF
+fi
+
+[ "$LOAD" = bench ] && exit 0
 echo
 echo "| server | idle TLS connections | RSS before KiB | RSS after KiB | bytes per connection |"
 echo "| --- | --- | --- | --- | --- |"

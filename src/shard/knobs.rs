@@ -41,12 +41,15 @@ pub struct TestKnobs {
     pub buffers: Option<u16>,
     /// io_uring send slots per shard.
     pub send_slots: Option<usize>,
+    /// `Some(true)`: the io_uring shard reads plain TCP connections through the epoll set
+    /// as it does TLS ones, not with ring receives (for A/B measurements).
+    pub stream_epoll: Option<bool>,
 }
 
 impl TestKnobs {
     /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N][,times=N]`, ERRNO a number or
     /// one of EBADR EAGAIN EINTR EBUSY ENOMEM EFAULT), `UTURN_TEST_CQ_ENTRIES`,
-    /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`. A set variable that does not parse
+    /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`, `UTURN_TEST_STREAM_EPOLL` (`true`). A set variable that does not parse
     /// is an error, so a test never runs without the fault it asked for.
     pub fn from_env() -> io::Result<TestKnobs> {
         fn var<T: std::str::FromStr>(name: &str) -> io::Result<Option<T>> {
@@ -64,6 +67,7 @@ impl TestKnobs {
             cq_entries: var("UTURN_TEST_CQ_ENTRIES")?,
             buffers: var("UTURN_TEST_BUFFERS")?,
             send_slots: var("UTURN_TEST_SEND_SLOTS")?,
+            stream_epoll: var("UTURN_TEST_STREAM_EPOLL")?,
         };
         if knobs != TestKnobs::default() {
             tracing::warn!(?knobs, "test knobs set: this server is under test");
@@ -137,6 +141,8 @@ impl Trigger {
                     0 => Some(f),
                     n => Some(Fault { times: n - 1, ..f }),
                 };
+                // Tests time the failure's consequences from this line.
+                tracing::warn!("injected test fault fires");
                 match f.kind {
                     FaultKind::Panic => panic!("injected test fault (UTURN_TEST_FAULT)"),
                     FaultKind::WaitError(e) => Err(io::Error::from_raw_os_error(e)),

@@ -37,6 +37,16 @@ pub(crate) enum Queued {
     Full,
 }
 
+/// Where the bytes of a read come from.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Input<'a> {
+    /// The socket, read until it would block (`to_end`: until it reports its end, as the
+    /// peer closed it).
+    Socket { to_end: bool },
+    /// Bytes the backend's ring already took off a plain TCP socket.
+    Received(&'a [u8]),
+}
+
 /// A send queue this large is given back once empty, so a client that was slow once does
 /// not keep the memory.
 const KEEP_QUEUE_CAPACITY: usize = 16 * 1024;
@@ -58,6 +68,12 @@ pub(crate) struct Connection {
     /// The client ended its side: nothing more is read, the connection closes once the
     /// answers to what it sent last have been written.
     pub ended: bool,
+    /// The backend's ring receives this connection's bytes (plain TCP on io_uring); the
+    /// epoll set watches it for writability only.
+    pub ring: bool,
+    /// Tags the ring receive's completions, so one for an earlier connection in the same
+    /// slot is told apart.
+    pub gen: u32,
 }
 
 impl Connection {
@@ -81,6 +97,8 @@ impl Connection {
             allocated: false,
             session_told: false,
             ended: false,
+            ring: false,
+            gen: 0,
         }
     }
 
@@ -97,22 +115,30 @@ impl Connection {
         self.out.capacity() + self.frames.capacity()
     }
 
-    /// Reads until the socket would block (`to_end`: until it reports its end, as the
-    /// peer closed it), passing every whole frame to `frame` with the TLS session it came
-    /// over (none on TCP), and writes what TLS has to say in return (handshake, alerts).
+    /// Takes `input` (reading the socket until it would block, or bytes a ring receive
+    /// took), passing every whole frame to `frame` with the TLS session it came over (none
+    /// on TCP), and writes what TLS has to say in return (handshake, alerts).
     pub fn read(
         &mut self,
         buf: &mut [u8],
-        to_end: bool,
+        input: Input<'_>,
         now: Instant,
         mut frame: impl FnMut(&[u8], Option<TlsSession>),
     ) -> Result<(), Closed> {
-        let result = match self.tls.as_mut() {
-            None => {
+        let result = match (self.tls.as_mut(), input) {
+            (None, Input::Socket { to_end }) => {
                 let mut plain = |f: &[u8]| frame(f, None);
                 read_plain(&mut self.socket, &mut self.frames, buf, to_end, &mut plain)
             }
-            Some(tls) => read_tls(tls, &mut self.socket, &mut self.frames, buf, &mut frame),
+            (None, Input::Received(bytes)) => self
+                .frames
+                .push(bytes, |f| frame(f, None))
+                .map_err(Closed::Framing),
+            (Some(tls), Input::Socket { .. }) => {
+                read_tls(tls, &mut self.socket, &mut self.frames, buf, &mut frame)
+            }
+            // Ring receives are armed for plain TCP only.
+            (Some(_), Input::Received(_)) => Err(Closed::Io),
         };
         self.active_at = now;
         self.frames.shrink();

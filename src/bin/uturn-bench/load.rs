@@ -117,7 +117,7 @@ pub fn pin(core: Option<usize>) {
     }
 }
 
-fn credentials(c: &Credentials, i: usize) -> (String, String) {
+pub fn credentials(c: &Credentials, i: usize) -> (String, String) {
     match c {
         Credentials::User { name, password } => (name.clone(), password.clone()),
         Credentials::RestSecret(secret) => {

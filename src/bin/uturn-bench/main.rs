@@ -9,6 +9,7 @@
 //! uturn-bench relay ... --send-batch 8       # 8 datagrams per allocation per system call
 //! uturn-bench relay ... --burst 8-16 [--gso] # video-like frames of 8–16 datagrams
 //! uturn-bench relay --direct ...             # the same load straight to the peers
+//! uturn-bench relay ... --transport tls --server 127.0.0.1:5349   # one TLS connection each
 //! uturn-bench alloc --server 127.0.0.1:3478 --user alice:secret --allocations 10000
 //! ```
 
@@ -17,6 +18,8 @@ mod hist;
 mod load;
 mod peers;
 mod procfs;
+mod stream;
+mod stream_load;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +67,25 @@ struct Target {
     /// Server process id: report its CPU (utime+stime) and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Client transport: one TCP or TLS connection per allocation with tcp and tls.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: stream::Transport,
+    /// With --transport tls: trust only these PEM CA certificates (default: accept any
+    /// certificate, for loopback benches against self-signed ones).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// With --transport tls: the server name to ask for and, with --ca, to verify.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+}
+
+impl Target {
+    fn trust(&self) -> stream::TlsTrust {
+        stream::TlsTrust {
+            ca: self.ca.clone(),
+            name: self.tls_name.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -286,6 +308,50 @@ fn print_table(label: &str, spec: &Spec, steps: &[Step]) {
     }
 }
 
+/// Allocations held by the alloc mode, of either transport.
+enum Held {
+    Udp(Vec<load::Alloc>),
+    Stream(Vec<stream::Conn>),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Udp(a) => a.len(),
+            Held::Stream(a) => a.len(),
+        }
+    }
+}
+
+/// One fixed-rate step over TCP or TLS connections.
+fn stream_relay(
+    spec: &Spec,
+    target: &Target,
+    peers: &[SocketAddr],
+    rate: f64,
+    warmup: f64,
+    duration: f64,
+) -> Result<Step, String> {
+    let (mut conns, took) = stream::setup(spec, peers, target.transport, &target.trust())
+        .map_err(|e| format!("setup failed: {e}"))?;
+    if spec.progress {
+        eprintln!(
+            "uturn-bench: {} allocations over {:?} set up in {:.2} s",
+            conns.len(),
+            target.transport,
+            took.as_secs_f64()
+        );
+    }
+    Ok(stream_load::run_step(
+        spec,
+        &mut conns,
+        1,
+        rate,
+        Duration::from_secs_f64(warmup),
+        Duration::from_secs_f64(duration),
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -326,26 +392,32 @@ fn main() -> ExitCode {
             };
             let peers = vec![SocketAddr::from(([127, 0, 0, 1], 9))];
             let rss_before = spec.server_pid.and_then(procfs::process_rss_kib);
-            let (allocs, took) = match load::setup(&spec, &peers) {
+            let setup = match target.transport {
+                stream::Transport::Udp => {
+                    load::setup(&spec, &peers).map(|(a, t)| (Held::Udp(a), t))
+                }
+                t => stream::setup(&spec, &peers, t, &target.trust())
+                    .map(|(a, t)| (Held::Stream(a), t)),
+            };
+            let (allocs, took) = match setup {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("uturn-bench: setup failed: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            let count = allocs.len();
             std::thread::sleep(Duration::from_millis(300));
             let rss_after = spec.server_pid.and_then(procfs::process_rss_kib);
             let per_alloc = match (rss_before, rss_after) {
-                (Some(a), Some(b)) => {
-                    Some((b.saturating_sub(a)) as f64 * 1024.0 / allocs.len() as f64)
-                }
+                (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / count as f64),
                 _ => None,
             };
-            let rate = allocs.len() as f64 / took.as_secs_f64();
+            let rate = count as f64 / took.as_secs_f64();
             if json {
                 println!(
                     "{{\"allocations\":{},\"seconds\":{:.3},\"allocs_per_s\":{:.1},\"rss_before_kib\":{},\"rss_after_kib\":{},\"bytes_per_allocation\":{}}}",
-                    allocs.len(),
+                    count,
                     took.as_secs_f64(),
                     rate,
                     rss_before.map_or("null".into(), |v| v.to_string()),
@@ -355,7 +427,7 @@ fn main() -> ExitCode {
             } else {
                 println!(
                     "{} allocations (each with a ChannelBind) in {:.2} s: {:.0} allocations/s; server RSS {} -> {} KiB: {} bytes per allocation",
-                    allocs.len(),
+                    count,
                     took.as_secs_f64(),
                     rate,
                     rss_before.map_or("-".into(), |v| v.to_string()),
@@ -432,6 +504,29 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if target.transport != stream::Transport::Udp {
+                if find_max || null || direct || burst.is_some() || gso || send_batch != 1 {
+                    eprintln!(
+                        "uturn-bench: --find-max, --null, --direct, --burst, --gso and --send-batch are for --transport udp"
+                    );
+                    return ExitCode::from(2);
+                }
+                let step = stream_relay(&spec, &target, &peers.addrs, rate, warmup, duration);
+                return match step {
+                    Ok(s) if json => {
+                        println!("{}", step_json(&label, "fixed", &spec, &s));
+                        ExitCode::SUCCESS
+                    }
+                    Ok(s) => {
+                        print_table(&label, &spec, &[s]);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("uturn-bench: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             let (allocs, took) = match load::setup(&spec, &peers.addrs) {
                 Ok(r) => r,
                 Err(e) => {

@@ -180,6 +180,20 @@ impl Buffers {
         self.published = self.tail;
     }
 
+    /// The bytes of a lent buffer, to read while the buffers are also borrowed elsewhere
+    /// for reading (a send's pointer).
+    pub fn data(&self, lent: &Lent) -> &[u8] {
+        // SAFETY: `bid < count` (checked in `take`), so the range is inside the data
+        // mapping; the buffer is lent, so the kernel does not write it; a `&mut` slice of
+        // it (`bytes`) needs `&mut self`, which this shared borrow excludes while it lives.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.data.ptr.add(usize::from(lent.bid) * BUF_SIZE),
+                BUF_SIZE,
+            )
+        }
+    }
+
     /// The bytes of a lent buffer.
     pub fn bytes(&mut self, lent: &Lent) -> &mut [u8] {
         // SAFETY: `bid < count` (checked in `take`), so the range is inside the data

@@ -43,7 +43,7 @@ impl Shard {
                     self.buffers.give_back(lent);
                 }
                 match Op::decode(entry.user_data()) {
-                    Some(Op::ListenRecv { .. } | Op::RelayRecv { .. })
+                    Some(Op::ListenRecv { .. } | Op::RelayRecv { .. } | Op::StreamRecv { .. })
                         if !cqueue::more(entry.flags()) =>
                     {
                         self.io.armed = self.io.armed.saturating_sub(1)

@@ -13,7 +13,8 @@
 //! that carries a send returns to the ring when the send completes; any other at once.
 //!
 //! TCP and TLS clients are served by the stream module on an epoll set of its own, which
-//! the ring polls (`streams`); stream traffic takes plain read/write calls.
+//! the ring polls (`streams`): accepts, TLS reads and all writes are plain calls there;
+//! plain TCP connections receive through a multishot receive into the provided buffers.
 //!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses); this
@@ -197,9 +198,14 @@ impl Shard {
         for addr in listen.iter().filter(|_| udp) {
             listeners.push((*addr, bind_listener(*addr)?));
         }
-        let streams = Streams::new(listen, stream_options)?;
-        if streams.is_some() {
-            features.push_str(", TCP/TLS clients through epoll");
+        let mut streams = Streams::new(listen, stream_options)?;
+        if let Some(s) = streams.as_mut() {
+            if knobs.stream_epoll == Some(true) {
+                features.push_str(", TCP/TLS clients through epoll");
+            } else {
+                s.set_ring_reads();
+                features.push_str(", TCP receives on the ring, TLS and writes through epoll");
+            }
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -338,6 +344,7 @@ impl Shard {
             self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();
+            self.arm_stream_recvs();
             if std::mem::take(&mut self.recheck_due) && !state.stopping() {
                 self.recheck_receives();
             }
@@ -404,6 +411,9 @@ impl Shard {
                 self.rechecked(state.stopping(), op, entry.result())
             }
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
+            Some(Op::StreamRecv { index, gen }) => {
+                self.stream_received(state, now, (index, gen), entry)
+            }
             Some(Op::Cancel) | None => {}
         }
     }

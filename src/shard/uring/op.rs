@@ -19,6 +19,9 @@ pub(super) enum Op {
     Cancel,
     /// The multishot poll on the stream side's epoll descriptor.
     StreamsPoll,
+    /// The multishot receive of plain TCP connection `index` (its slot), opened as
+    /// generation `gen`.
+    StreamRecv { index: u32, gen: u32 },
     /// A cancellation of listening socket `index`'s receive that checks it is still armed
     /// (after the kernel dropped completions): "not found" means it ended unseen.
     RecheckListen { index: u32 },
@@ -40,6 +43,7 @@ const TAG_CANCEL: u64 = 5;
 const TAG_RECHECK_LISTEN: u64 = 6;
 const TAG_RECHECK_RELAY: u64 = 7;
 const TAG_STREAMS: u64 = 8;
+const TAG_STREAM_RECV: u64 = 9;
 
 impl Op {
     pub fn encode(self) -> u64 {
@@ -50,6 +54,7 @@ impl Op {
             Op::WakeRead => (TAG_WAKE, 0, 0),
             Op::Cancel => (TAG_CANCEL, 0, 0),
             Op::StreamsPoll => (TAG_STREAMS, 0, 0),
+            Op::StreamRecv { index, gen } => (TAG_STREAM_RECV, gen & GEN_MASK, index),
             Op::RecheckListen { index } => (TAG_RECHECK_LISTEN, 0, index),
             Op::RecheckRelay { index, gen } => (TAG_RECHECK_RELAY, gen & GEN_MASK, index),
         };
@@ -68,6 +73,7 @@ impl Op {
             TAG_WAKE => Op::WakeRead,
             TAG_CANCEL => Op::Cancel,
             TAG_STREAMS => Op::StreamsPoll,
+            TAG_STREAM_RECV => Op::StreamRecv { index, gen },
             TAG_RECHECK_LISTEN => Op::RecheckListen { index },
             TAG_RECHECK_RELAY => Op::RecheckRelay { index, gen },
             _ => return None,
@@ -106,6 +112,11 @@ mod tests {
             Op::WakeRead,
             Op::Cancel,
             Op::StreamsPoll,
+            Op::StreamRecv { index: 4, gen: 3 },
+            Op::StreamRecv {
+                index: 4,
+                gen: GEN_MASK,
+            },
             Op::RecheckListen { index: 2 },
             Op::RecheckRelay {
                 index: 9,

@@ -1,17 +1,19 @@
 //! The io_uring shard's hook into the stream side (TCP and TLS clients): one multishot
-//! poll on the stream module's epoll descriptor, and the relay side as that module reaches
-//! it. Stream sockets are read and written with plain calls there, not ring operations.
+//! poll on the stream module's epoll descriptor (accepts, writability, TLS connections),
+//! a multishot receive into the provided-buffer ring on every plain TCP connection, and
+//! the relay side as that module reaches it. Writes to stream sockets are plain calls.
 //!
 //! Owns no state of its own; must not touch raw pointers (every SQE it builds carries a
 //! descriptor only).
 
-use super::io::{Io, SendBuf};
+use super::buffers::BUF_SIZE;
+use super::io::{Io, SendBuf, BUF_GROUP};
 use super::op::Op;
 use super::{Buffers, Shard};
 use crate::shard::stream::{RelayIo, Streams};
 use crate::shard::{IoCounters, ShardState};
 use crate::turn::{RelayId, RelaySockets};
-use ::io_uring::opcode;
+use ::io_uring::{cqueue, opcode};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -55,6 +57,80 @@ impl Shard {
                 .build()
                 .user_data(Op::StreamsPoll.encode());
             self.io.push(&sqe);
+        }
+    }
+
+    /// Arms the multishot receives of the plain TCP connections the stream side asks for
+    /// (new ones, and those whose receive ended); while buffers are short, waits until an
+    /// eighth of them is back, as the UDP receives do.
+    pub(super) fn arm_stream_recvs(&mut self) {
+        let Some(streams) = self.streams.as_mut() else {
+            return;
+        };
+        let count = usize::from(self.buffers.count());
+        if self.buffers.lent() > count - count / 8 {
+            return;
+        }
+        let mut retry = Vec::new();
+        for (slot, gen, fd) in streams.take_ring_arms() {
+            let op = Op::StreamRecv { index: slot, gen };
+            let sqe = opcode::RecvMulti::new(::io_uring::types::Fd(fd), BUF_GROUP)
+                .build()
+                .user_data(op.encode());
+            if self.io.push(&sqe) {
+                self.io.armed += 1;
+            } else {
+                retry.push((slot, gen));
+            }
+        }
+        for (slot, gen) in retry {
+            streams.rearm_ring(slot, gen);
+        }
+    }
+
+    /// A plain TCP connection's receive completed: its bytes go to the stream side from
+    /// the provided buffer (given back at once: a client's payload is copied into its send
+    /// to the peer), an end or error closes the connection, a receive that ended is armed
+    /// again.
+    pub(super) fn stream_received(
+        &mut self,
+        state: &mut ShardState,
+        now: Instant,
+        (slot, gen): (u32, u32),
+        entry: &cqueue::Entry,
+    ) {
+        let result = entry.result();
+        let lent = self.buffers.take(entry);
+        if !cqueue::more(entry.flags()) {
+            self.io.armed = self.io.armed.saturating_sub(1);
+        }
+        if let Some(streams) = self.streams.as_mut() {
+            let data: Option<Result<&[u8], ()>> = match (&lent, result) {
+                (Some(l), n) if n > 0 => {
+                    Some(Ok(&self.buffers.data(l)[..(n as usize).min(BUF_SIZE)]))
+                }
+                (_, 0) => Some(Ok(&[])),
+                // Out of buffers: armed again once some are back. Cancelled: the
+                // connection is closing.
+                (_, e) if e == -libc::ENOBUFS || e == -libc::ECANCELED => None,
+                _ => Some(Err(())),
+            };
+            if result == -libc::ENOBUFS {
+                state.io.no_buffers += 1;
+            }
+            if let Some(data) = data {
+                let mut relays = StreamRelays {
+                    io: &mut self.io,
+                    buffers: &self.buffers,
+                };
+                streams.ring_received(slot, gen, data, now, state, &mut relays);
+            }
+            if !cqueue::more(entry.flags()) && (result > 0 || result == -libc::ENOBUFS) {
+                streams.rearm_ring(slot, gen);
+            }
+        }
+        if let Some(lent) = lent {
+            self.buffers.give_back(lent);
         }
     }
 
