@@ -13,7 +13,9 @@
 # coturn, both at their defaults (no pinning), plain and with -y (client to client).
 # Prints the tables with ratios and keeps the raw JSON lines.
 #
-# usage: scripts/bench.sh [--quick] [--out FILE] [--no-uclient]
+# usage: scripts/bench.sh [--quick] [--out FILE] [--no-uclient] | --xdp [--out FILE]
+#   --xdp        uturn with XDP, uturn on io_uring and coturn across veth pairs between two
+#                network namespaces (scripts/bench-xdp.sh; needs root)
 #   --quick      50 and 1,000 allocations, 170 bytes, fixed rate; bursty 50 x 1,200;
 #                uclient (about 4 minutes)
 #   default      50 / 1,000 / 10,000 allocations x 170 / 1,200 bytes at a fixed rate, bursty
@@ -37,6 +39,8 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --out) OUT="$2"; shift ;;
         --no-uclient) UCLIENT_RUNS=0 ;;
+        # The namespace topology with uturn's XDP offload: its own script.
+        --xdp) shift; exec "$(dirname "$0")/bench-xdp.sh" "$@" ;;
         -h|--help) sed -n 2,30p "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac

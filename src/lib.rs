@@ -158,8 +158,8 @@ pub fn run_with(config: Config, hooks: lifecycle::Hooks) -> ExitCode {
     };
     // The kernel fast path (`--xdp`): any failure is one log line and changes nothing else.
     // Held until exit: dropping it detaches the program.
-    let _offload = xdp::Offload::from_config(&config);
-    let running = match shard::start(&config, observer, sink) {
+    let offload = xdp::Offload::from_config(&config);
+    let running = match shard::start_offloaded(&config, observer, sink, offload.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start: {e}");

@@ -46,11 +46,9 @@ const INDICATIONS_EACH_WAY: usize = 10_000;
 const WINDOW: usize = 16;
 
 fn relay(backend: Backend) -> u64 {
-    let mut config = common::loopback_config(1, |c| c.backend = backend);
-    config.listening_port = common::free_listen_port();
-    (config.min_port, config.max_port) = common::free_port_block(20);
-    let running =
-        uturn::shard::start(&config, uturn::observer_from_config(&config), None).expect("start");
+    let config = common::loopback_config(1, |c| c.backend = backend);
+    // Free UDP and TCP ports, tried again when another process takes one first.
+    let running = common::start_in_process(&config, None, None, 20);
     let server = running.local_addrs()[0];
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -5,88 +5,43 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use uturn::client::{Client, Incoming};
 
 mod common;
 use common::*;
 
+/// The binary with metrics and probes on, on free ports (tests/common).
 struct Server {
-    child: Child,
+    uturn: Uturn,
     addr: SocketAddr,
     http: SocketAddr,
-    log: PathBuf,
-}
-
-/// A listening port and 100 relay ports nobody holds (tests/common).
-fn free_block() -> (u16, u16, u16) {
-    let (min, max) = free_port_block(100);
-    (free_listen_port(), min, max)
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let (port, min, max) = free_block();
-        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log =
-            std::env::temp_dir().join(format!("uturn-drain-{}-{port}.log", std::process::id()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
-            .args([
-                "--listening-ip",
-                "127.0.0.1",
-                "--relay-ip",
-                "127.0.0.1",
-                "--listening-port",
-                &port.to_string(),
-                "--min-port",
-                &min.to_string(),
-                "--max-port",
-                &max.to_string(),
-                "--realm",
-                "example.org",
-                "--user",
-                "alice:secret",
-                "--allow-loopback-peers",
-                "--prometheus",
-                "--prometheus-port",
-                &http_port.to_string(),
-            ])
-            .args(extra)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let s = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
-            log,
-        };
-        wait_for("uturn answers Binding", Duration::from_secs(10), || {
-            binding(s.addr, Duration::from_millis(200)).is_some()
+        let mut args = vec!["--allow-loopback-peers"];
+        args.extend(extra);
+        let uturn = Uturn::start_with(Launch {
+            backend: "auto",
+            extra: &args,
+            prometheus: true,
+            ..Launch::default()
         });
-        s
+        Server {
+            addr: uturn.addr(),
+            http: uturn.http.unwrap(),
+            uturn,
+        }
     }
 
     fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name}");
+        self.uturn.signal(name);
     }
 
     fn readyz(&self) -> Option<u16> {
-        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(10)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
         s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
@@ -94,30 +49,12 @@ impl Server {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.uturn.log_text()
     }
 
     /// Waits for the process to exit; its exit code.
     fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let mut code = None;
-        let child = &mut self.child;
-        let exited = wait_until(within(limit), || match child.try_wait() {
-            Ok(Some(status)) => {
-                code = status.code();
-                true
-            }
-            _ => false,
-        });
-        assert!(exited, "uturn did not exit within {limit:?}");
-        code
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        self.uturn.wait_exit(limit)
     }
 }
 
@@ -180,10 +117,7 @@ fn sigusr1_refuses_new_allocations_keeps_old_ones_and_stops_when_they_are_gone()
                 .contains("draining: allocations remaining")
         },
     );
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "stopped with an allocation left"
-    );
+    assert!(server.uturn.alive(), "stopped with an allocation left");
 
     c.refresh(0).unwrap();
     assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));

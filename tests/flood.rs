@@ -68,12 +68,14 @@ impl AllocateFlood {
     }
 
     /// `rounds` rounds as fast as the server answers: never more than `window` requests
-    /// unanswered (a request unanswered for 200 ms is written off as lost). Returns
-    /// (offered, answered, time).
+    /// unanswered. The window fits every socket buffer on the way (the listening socket
+    /// asks for 4 MiB; each flooding socket holds at most `window / sockets + 1` answers),
+    /// so loopback cannot drop a request or an answer: every one is waited for, however
+    /// long a loaded machine pauses the server. Returns (offered, answered, time).
     fn closed_loop(&mut self, rounds: usize, window: u64) -> (u64, u64, Duration) {
         let started = Instant::now();
         let first = self.sent;
-        let (mut answered, mut written_off) = (0u64, 0u64);
+        let mut answered = 0u64;
         for _ in 0..rounds {
             self.round();
             let mut stalled = Instant::now();
@@ -83,23 +85,25 @@ impl AllocateFlood {
                 if got > 0 {
                     stalled = Instant::now();
                 }
-                let outstanding = (self.sent - first).saturating_sub(answered + written_off);
-                if outstanding <= window {
+                if (self.sent - first).saturating_sub(answered) <= window {
                     break;
                 }
-                if stalled.elapsed() > Duration::from_millis(200) {
-                    written_off += outstanding;
-                }
+                assert!(
+                    stalled.elapsed() < Duration::from_secs(30),
+                    "no answer for 30 s with {} requests unanswered",
+                    self.sent - first - answered
+                );
+                // Yield the core to the server rather than spin against it.
+                std::thread::sleep(Duration::from_micros(200));
             }
             assert!(
-                started.elapsed() < Duration::from_secs(40),
+                started.elapsed() < Duration::from_secs(120),
                 "flood took too long"
             );
         }
-        // The last round's answers, or the write-off rule above, settle every request.
-        wait_until(within(Duration::from_secs(2)), || {
+        wait_until(within(Duration::from_secs(30)), || {
             answered += self.drain();
-            answered + written_off >= self.sent - first
+            answered >= self.sent - first
         });
         (self.sent - first, answered, started.elapsed())
     }

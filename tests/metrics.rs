@@ -11,18 +11,10 @@ use uturn::client::{Client, Incoming};
 mod common;
 use common::*;
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One HTTP GET; returns (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -72,23 +64,28 @@ impl Metrics {
 #[test]
 fn metrics_count_the_traffic_sent_and_probes_answer() {
     let redis = RedisServer::start();
-    let prom_port = free_tcp_port();
     let statsdb = format!("ip=127.0.0.1 port={} dbname=0", redis.port);
-    let mut server = Uturn::start(
-        "auto",
-        &[
+    let mut server = Uturn::start_with(Launch {
+        backend: "auto",
+        extra: &[
             "--allow-loopback-peers",
-            "--prometheus",
-            "--prometheus-port",
-            &prom_port.to_string(),
             "--redis-statsdb",
             &statsdb,
             "--redis-userdb",
             &statsdb,
         ],
-    );
-    let http = SocketAddr::from(([127, 0, 0, 1], prom_port));
-    assert_eq!(http_get(http, "/healthz").map(|r| r.0), Some(200));
+        prometheus: true,
+        ..Launch::default()
+    });
+    let http = server.http.unwrap();
+    // The endpoint listens before "uturn ready"; a loaded machine may still be slow to
+    // answer the first request.
+    let mut health = None;
+    wait_until(within(Duration::from_secs(60)), || {
+        health = http_get(http, "/healthz").map(|r| r.0);
+        health.is_some()
+    });
+    assert_eq!(health, Some(200), "/healthz");
     assert_eq!(http_get(http, "/readyz").map(|r| r.0), Some(200));
     assert_eq!(http_get(http, "/other").map(|r| r.0), Some(404));
 

@@ -5,7 +5,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,76 +14,58 @@ use uturn::client::{Client, Incoming};
 mod common;
 use common::*;
 
-/// A listening port and 100 relay ports nobody holds (tests/common).
-fn free_block() -> (u16, u16, u16) {
-    let (min, max) = free_port_block(100);
-    (free_listen_port(), min, max)
-}
-
 /// uturn started with nothing but `-c FILE` (the file's user list must not be replaced by
 /// a command-line one).
 struct Server {
-    child: Child,
+    uturn: Uturn,
     addr: SocketAddr,
     conf: PathBuf,
-    log: PathBuf,
     min: u16,
     max: u16,
 }
+
+/// Reloads, starts and traffic wait this long at most: generous, since it costs nothing
+/// when things work and a loaded machine can stall the server for seconds.
+const LIMIT: Duration = Duration::from_secs(60);
 
 impl Server {
     fn start(users: &[&str]) -> Server {
         Server::start_with(users, &["allow-loopback-peers"])
     }
 
+    /// Starts on free ports (tests/common), on new ones when another process took one.
     fn start_with(users: &[&str], extra: &[&str]) -> Server {
-        let (port, min, max) = free_block();
-        let dir = std::env::temp_dir().join(format!("uturn-reload-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("turnserver.conf");
-        let log = dir.join("uturn.log");
-        let mut s = Server {
-            child: Command::new("true").spawn().unwrap(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            conf,
-            log,
-            min,
-            max,
-        };
-        s.write(users, "info", extra);
-        let file = std::fs::File::create(&s.log).unwrap();
-        s.child = Command::new(env!("CARGO_BIN_EXE_uturn"))
-            .arg("-c")
-            .arg(&s.conf)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        wait_for("uturn answers Binding", Duration::from_secs(10), || {
-            binding(s.addr, Duration::from_millis(200)).is_some()
-        });
-        s
+        for _attempt in 0..10 {
+            let (port, min, max) = next_ports();
+            let dir =
+                std::env::temp_dir().join(format!("uturn-reload-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("turnserver.conf");
+            let args = ["-c".to_owned(), conf.display().to_string()];
+            write_conf(&conf, (port, min, max), users, "info", extra);
+            let mut s = Server {
+                uturn: Uturn::launch(&args, port, dir.join("uturn.log")),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                conf,
+                min,
+                max,
+            };
+            if s.uturn.wait_ready(LIMIT) {
+                return s;
+            }
+            let log = s.log_text();
+            assert!(log.contains("in use"), "uturn did not start:\n{log}");
+        }
+        panic!("no free ports for uturn");
     }
 
     fn write(&self, users: &[&str], log_level: &str, extra: &[&str]) {
-        let mut text = format!(
-            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={}\nmin-port={}\nmax-port={}\nrealm=example.org\nlog-level={log_level}\n",
-            self.addr.port(),
-            self.min,
-            self.max
-        );
-        for u in users {
-            text.push_str(&format!("user={u}\n"));
-        }
-        for e in extra {
-            text.push_str(e);
-            text.push('\n');
-        }
-        std::fs::write(&self.conf, text).unwrap();
+        let ports = (self.addr.port(), self.min, self.max);
+        write_conf(&self.conf, ports, users, log_level, extra);
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.uturn.log_text()
     }
 
     fn count(&self, line: &str) -> usize {
@@ -93,13 +75,8 @@ impl Server {
     /// SIGHUP, then waits for the reload's log line (done or refused).
     fn reload(&self) {
         let before = self.count("reload (SIGHUP)");
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        wait_for("the reload's log line", Duration::from_secs(10), || {
+        self.uturn.signal("HUP");
+        wait_for("the reload's log line", LIMIT, || {
             self.count("reload (SIGHUP) done") + self.count("reload (SIGHUP) refused") > before
                 || self.count("reload (SIGHUP)") > before + 1
         });
@@ -108,12 +85,32 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if let Some(dir) = self.conf.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Writes the `-c` file: listening on 127.0.0.1:`port`, relay ports `min..=max`, `users`,
+/// `log_level`, then the `extra` lines.
+fn write_conf(
+    conf: &std::path::Path,
+    (port, min, max): (u16, u16, u16),
+    users: &[&str],
+    log_level: &str,
+    extra: &[&str],
+) {
+    let mut text = format!(
+        "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={port}\nmin-port={min}\nmax-port={max}\nrealm=example.org\nlog-level={log_level}\n"
+    );
+    for u in users {
+        text.push_str(&format!("user={u}\n"));
+    }
+    for e in extra {
+        text.push_str(e);
+        text.push('\n');
+    }
+    std::fs::write(conf, text).unwrap();
 }
 
 fn allocate(server: SocketAddr, user: &str, password: &str) -> Result<Client, Option<u16>> {
@@ -181,7 +178,7 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
             alice
         })
     };
-    wait_for("traffic flows", Duration::from_secs(5), || {
+    wait_for("traffic flows", LIMIT, || {
         sent.load(Ordering::Relaxed) > 100
     });
     for i in 0..9 {
@@ -197,7 +194,7 @@ fn ten_reloads_under_relaying_load_lose_nothing_and_a_removed_user_cannot_alloca
     server.write(&["alice:secret"], "info", &["allow-loopback-peers"]);
     server.reload();
     let at_last_reload = sent.load(Ordering::Relaxed);
-    wait_for("traffic after the reloads", Duration::from_secs(5), || {
+    wait_for("traffic after the reloads", LIMIT, || {
         sent.load(Ordering::Relaxed) > at_last_reload + 100
     });
     let log = server.log_text();
@@ -326,7 +323,7 @@ fn sighup_rotates_tls_certificates_and_keeps_them_when_the_new_files_fail() {
     ];
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let server = Server::start_with(&["alice:secret"], &lines);
-    wait_for("the TLS listener", Duration::from_secs(10), || {
+    wait_for("the TLS listener", LIMIT, || {
         served_subject(tls_port).contains("first")
     });
 

@@ -352,7 +352,7 @@ pub(crate) const UTURN: &[Opt] = &[
         c.udp_gso = false;
         Ok(())
     }),
-    list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; needs root and forwarding on IFACE, see bpf/README.md; loaded and attached, no channel offloaded yet)", |c, i| {
+    list("xdp", None, "IFACE", Note("–"), "attach the XDP fast path to this interface (repeatable; needs root and forwarding on IFACE, see bpf/README.md; bound UDP channels without a bandwidth cap are then relayed by the kernel)", |c, i| {
         let v = i.text();
         if v.is_empty() {
             return Err(i.bad("empty interface name"));

@@ -4,7 +4,7 @@
 //! thread.
 
 use crate::shard::stream::StreamCounters;
-use crate::shard::IoCounters;
+use crate::shard::{IoCounters, OffloadCounters};
 use crate::turn::{Dropped, Refusal, ServerCounters};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,6 +58,35 @@ fn stream_values(s: &StreamCounters) -> [u64; 8] {
     ]
 }
 
+/// The XDP offload's counters per shard: (metric, help), in the order of
+/// [`ShardMetrics::publish_offload`]. The first is a gauge, the rest counters.
+pub const OFFLOAD_METRICS: [(&str, &str); 6] = [
+    (
+        "uturn_offload_bindings",
+        "Channel bindings the XDP fast path relays now, by shard.",
+    ),
+    (
+        "uturn_offload_installs_total",
+        "Channel bindings installed in the XDP maps, by shard.",
+    ),
+    (
+        "uturn_offload_removes_total",
+        "Channel bindings removed from the XDP maps, by shard.",
+    ),
+    (
+        "uturn_offload_refusals_total",
+        "Installs the kernel refused (relayed in user space instead), by shard.",
+    ),
+    (
+        "uturn_offload_errors_total",
+        "XDP map reads or removals that failed, by shard.",
+    ),
+    (
+        "uturn_offload_packets_total",
+        "Datagrams relayed by the XDP fast path (both directions, read once a second), by shard.",
+    ),
+];
+
 /// One shard's published values.
 #[derive(Debug)]
 pub struct ShardMetrics {
@@ -77,6 +106,7 @@ pub struct ShardMetrics {
     cq_overflowed: AtomicU64,
     cq_lost: AtomicU64,
     streams: [AtomicU64; 8],
+    offload: [AtomicU64; 6],
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -99,6 +129,8 @@ pub struct ShardSnapshot {
     pub cq_lost: u64,
     /// In the order of [`STREAM_METRICS`].
     pub streams: [u64; 8],
+    /// In the order of [`OFFLOAD_METRICS`].
+    pub offload: [u64; 6],
 }
 
 impl ShardMetrics {
@@ -118,6 +150,7 @@ impl ShardMetrics {
             cq_overflowed: AtomicU64::new(0),
             cq_lost: AtomicU64::new(0),
             streams: Default::default(),
+            offload: Default::default(),
         }
     }
 
@@ -151,6 +184,21 @@ impl ShardMetrics {
         }
     }
 
+    /// Called by a shard with the XDP offload at the end of each loop turn.
+    pub fn publish_offload(&self, c: &OffloadCounters) {
+        let values = [
+            c.installed,
+            c.installs,
+            c.removes,
+            c.refusals,
+            c.errors,
+            c.packets,
+        ];
+        for (slot, v) in self.offload.iter().zip(values) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> ShardSnapshot {
         let r = Ordering::Relaxed;
         ShardSnapshot {
@@ -168,6 +216,7 @@ impl ShardMetrics {
             cq_overflowed: self.cq_overflowed.load(r),
             cq_lost: self.cq_lost.load(r),
             streams: std::array::from_fn(|i| self.streams[i].load(r)),
+            offload: std::array::from_fn(|i| self.offload[i].load(r)),
         }
     }
 }

@@ -76,7 +76,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// Deletes every allocation through the core after a panic. False if that panicked too.
 fn shutdown_after_panic(state: &mut ShardState) -> bool {
     catch_unwind(AssertUnwindSafe(|| {
-        state.server.shutdown(Instant::now(), &mut Gone);
+        state.shutdown(Instant::now(), &mut Gone);
         state.dispatch_events();
     }))
     .is_ok()

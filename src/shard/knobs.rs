@@ -141,6 +141,8 @@ impl Trigger {
                     0 => Some(f),
                     n => Some(Fault { times: n - 1, ..f }),
                 };
+                // Tests time the failure's consequences from this line.
+                tracing::warn!("injected test fault fires");
                 match f.kind {
                     FaultKind::Panic => panic!("injected test fault (UTURN_TEST_FAULT)"),
                     FaultKind::WaitError(e) => Err(io::Error::from_raw_os_error(e)),

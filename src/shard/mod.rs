@@ -10,11 +10,15 @@ mod failure;
 mod host;
 mod knobs;
 mod live;
+mod offload;
 mod pktinfo;
 mod portable;
+mod prebind;
+mod sockets;
 mod state;
 pub mod stream;
 mod stream_conn;
+mod stream_options;
 pub mod tls;
 mod uring;
 
@@ -24,6 +28,10 @@ use host::{
     default_listen_ips, default_relay_ip, default_relay_ip_v6, own_addresses, raise_file_limit,
 };
 pub use knobs::{Fault, FaultKind, TestKnobs};
+pub use offload::OffloadCounters;
+pub(crate) use sockets::{
+    bind_listener, bind_udp, listener_for, note_relay_open_error, RELAY_SOCKET_BUFFER,
+};
 pub use state::IoCounters;
 pub(crate) use state::ShardState;
 
@@ -31,18 +39,12 @@ use crate::auth::{AuthDecision, Observer, Quotas};
 use crate::config::{Backend, Config};
 use crate::stats::EventSink;
 use crate::turn::{PeerPolicy, Server, ServerConfig, ServerCounters};
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Receive/send buffer asked for on listening sockets; the kernel caps it at
-/// `net.core.rmem_max`/`wmem_max` (see tuning/).
-const LISTEN_SOCKET_BUFFER: usize = 4 << 20;
-const RELAY_SOCKET_BUFFER: usize = 1 << 20;
 
 /// The largest datagram either backend takes, from a client or a peer: what fits an
 /// io_uring provided buffer (4,096 bytes) after the receive header and the core's
@@ -51,69 +53,6 @@ pub const MAX_DATAGRAM: usize = uring::MAX_DATAGRAM;
 
 /// Wakes a shard from another thread (stop, asynchronous authentication answers).
 pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
-
-/// A listening socket (an SO_REUSEPORT member) at `addr`; on a wildcard address it
-/// reports each datagram's destination, so replies leave from the address the client used.
-pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = bind_udp(addr, true, LISTEN_SOCKET_BUFFER)?;
-    if addr.ip().is_unspecified() {
-        pktinfo::enable(&socket, addr)?;
-    }
-    Ok(socket)
-}
-
-/// The listener that sends as `local`: the one bound there, or the wildcard listener of
-/// its port and family, with `local`'s address as the source to set.
-pub(crate) fn listener_for<S>(
-    listeners: &[(SocketAddr, S)],
-    local: SocketAddr,
-) -> Option<(&S, Option<IpAddr>)> {
-    if let Some((_, s)) = listeners.iter().find(|(addr, _)| *addr == local) {
-        return Some((s, None));
-    }
-    listeners
-        .iter()
-        .find(|(addr, _)| {
-            addr.ip().is_unspecified()
-                && addr.port() == local.port()
-                && addr.is_ipv4() == local.is_ipv4()
-        })
-        .map(|(_, s)| (s, Some(local.ip())))
-}
-
-/// Creates a nonblocking UDP socket bound at `addr`.
-pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    // Best effort: the kernel caps these, and a smaller buffer still works.
-    let _ = socket.set_recv_buffer_size(buffer);
-    let _ = socket.set_send_buffer_size(buffer);
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Logs a relay socket that could not be opened when the cause is the process's or the
-/// system's descriptor limit (every allocation holds one socket): the core answers 508,
-/// and the operator needs to know why. Logged at 1, 2, 4, 8, … occurrences, not per request.
-pub(crate) fn note_relay_open_error(e: &io::Error) {
-    use std::sync::atomic::AtomicU64;
-    static FD_LIMIT_HITS: AtomicU64 = AtomicU64::new(0);
-    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-        let n = FD_LIMIT_HITS.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
-            tracing::warn!(
-                times = n,
-                "cannot open relay sockets: {e}; raise the file descriptor limit (LimitNOFILE, ulimit -n; see tuning/)"
-            );
-        }
-    }
-}
 
 /// Everything one shard thread needs.
 pub(crate) struct ShardSpec {
@@ -135,6 +74,10 @@ pub(crate) struct ShardSpec {
     pub live: Arc<live::LiveSettings>,
     pub udp: bool,
     pub streams: stream::StreamOptions,
+    /// This shard's listening sockets, bound with every other shard's before any receives.
+    pub listeners: prebind::Listeners,
+    /// This shard's handle on the XDP maps (`--xdp` attached).
+    pub offload: Option<crate::xdp::Maps>,
 }
 
 /// What a shard reports when it ends.
@@ -273,6 +216,19 @@ pub fn start_with(
     start_with_streams(config, streams, observer, sink, knobs)
 }
 
+/// [`start`] with the kernel fast path: each shard gets a handle on `offload`'s maps and
+/// applies its core's offload commands to them (`None`: relaying stays in user space).
+pub fn start_offloaded(
+    config: &Config,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    offload: Option<&crate::xdp::Offload>,
+) -> io::Result<Running> {
+    let streams = stream::StreamOptions::from_config(config)?;
+    let knobs = TestKnobs::from_env()?;
+    launch(config, streams, observer, sink, knobs, offload)
+}
+
 /// [`start_with`] with the TCP/TLS side's bounds given (timeouts, queue and frame sizes);
 /// the configuration's stream options are not read.
 #[doc(hidden)]
@@ -282,6 +238,17 @@ pub fn start_with_streams(
     observer: Arc<dyn Observer>,
     sink: Option<Arc<dyn EventSink>>,
     knobs: TestKnobs,
+) -> io::Result<Running> {
+    launch(config, streams, observer, sink, knobs, None)
+}
+
+fn launch(
+    config: &Config,
+    streams: stream::StreamOptions,
+    observer: Arc<dyn Observer>,
+    sink: Option<Arc<dyn EventSink>>,
+    knobs: TestKnobs,
+    offload: Option<&crate::xdp::Offload>,
 ) -> io::Result<Running> {
     let cores: Vec<Option<usize>> = if config.cores.is_empty() {
         match core_affinity::get_core_ids() {
@@ -341,6 +308,7 @@ pub fn start_with_streams(
     let exchange = Arc::new(crate::turn::ports::PortExchange::new());
     let policy = peer_policy(config);
     streams.check_free(&listen)?;
+    let mut listeners = prebind::bind_all(cores.len(), &listen, !config.no_udp, &streams)?;
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
@@ -364,6 +332,7 @@ pub fn start_with_streams(
         certificates: streams.tls.clone(),
     };
     for (index, (core_id, (lo, hi))) in cores.iter().zip(&slices).enumerate() {
+        let maps = offload::shard_maps(offload, index);
         let server = ServerConfig {
             realm: config.realm.clone(),
             software: if config.no_software_attribute {
@@ -398,6 +367,7 @@ pub fn start_with_streams(
             id_base: 1_000_000_000_000_000 + index as u64,
             id_stride: cores.len() as u64,
             alternate_servers: config.alternate_servers.clone(),
+            offload: maps.is_some(),
         };
         let spec = ShardSpec {
             index,
@@ -418,6 +388,8 @@ pub fn start_with_streams(
             live: running.live.clone(),
             udp: !config.no_udp,
             streams: streams.clone(),
+            listeners: std::mem::take(&mut listeners[index]),
+            offload: maps,
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -447,7 +419,9 @@ pub fn start_with_streams(
 
 type Ready = mpsc::Sender<io::Result<(Wake, &'static str)>>;
 
-fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
+fn run_shard(mut spec: ShardSpec, ready: Ready) -> ShardReport {
+    prebind::install(std::mem::take(&mut spec.listeners));
+    let mut maps = spec.offload.take();
     if let Some(id) = spec.core_id {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(
@@ -479,6 +453,9 @@ fn run_shard(spec: ShardSpec, ready: Ready) -> ShardReport {
         live: spec.live.clone(),
         live_seen: 0,
         streams: stream::StreamCounters::default(),
+        offload: maps
+            .take()
+            .map(|maps| offload::ShardOffload::new(maps, Instant::now())),
     };
     let want_uring = matches!(spec.backend, Backend::Auto | Backend::IoUring);
     if want_uring {

@@ -131,7 +131,7 @@ impl Shard {
     /// allocation is deleted through the core first.
     pub fn run(&mut self, state: &mut ShardState) -> io::Result<()> {
         let result = self.serve(state);
-        state.server.shutdown(Instant::now(), &mut self.relays);
+        state.shutdown(Instant::now(), &mut self.relays);
         flush_transmits(&self.listeners, self.streams.as_mut(), state);
         dispatch_events(self.streams.as_mut(), state);
         if let Some(s) = self.streams.as_mut() {

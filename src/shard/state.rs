@@ -35,6 +35,8 @@ pub(crate) struct ShardState {
     pub live_seen: u64,
     /// The stream side's counters, as of its last sweep and when the shard stops.
     pub streams: super::stream::StreamCounters,
+    /// The kernel fast path's maps when `--xdp` attached (the core then emits commands).
+    pub offload: Option<super::offload::ShardOffload>,
 }
 
 /// How often a busy shard logs a summary line (an idle one stays quiet).
@@ -105,6 +107,7 @@ impl ShardState {
             self.server.set_draining(draining);
         }
         self.live.apply(&mut self.live_seen, &mut self.server);
+        self.apply_offload(now);
         self.metrics.publish(
             self.server.counters(),
             &self.io,
@@ -138,6 +141,21 @@ impl ShardState {
             self.summary_at = now;
             self.summary_received = self.io.received;
         }
+    }
+
+    /// Applies the core's offload commands and hands the kernel's counts back to it.
+    pub fn apply_offload(&mut self, now: Instant) {
+        if let Some(offload) = &mut self.offload {
+            offload.apply(now, &mut self.server);
+            self.metrics.publish_offload(&offload.counters);
+        }
+    }
+
+    /// Deletes every allocation through the core (server stopping), offloaded bindings
+    /// included, so their last counts reach the final events.
+    pub fn shutdown(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {
+        self.server.shutdown(now, sockets);
+        self.apply_offload(now);
     }
 
     pub fn take_auth_results(&mut self, now: Instant, sockets: &mut dyn crate::turn::RelaySockets) {

@@ -80,6 +80,9 @@ pub struct Allocation {
     pub reported: Traffic,
     pub bucket_in: Option<TokenBucket>,
     pub bucket_out: Option<TokenBucket>,
+    /// Channels the kernel fast path relays (installed by an `OffloadCommand`), empty
+    /// unless `ServerConfig::offload`.
+    pub offloaded: Vec<crate::xdp::ChannelOffload>,
 }
 
 impl Allocation {

@@ -24,8 +24,8 @@ pub use policy::{IpRange, PeerPolicy};
 pub use quotas::{QuotaExceeded, Quotas};
 pub use refusal::{Dropped, Refusal, ServerCounters};
 pub use server::{
-    ClientAction, PeerAction, RelayId, RelaySockets, Server, ServerConfig, TicketSink, Transmit,
-    PEER_HEADROOM, PEER_TAILROOM,
+    ClientAction, OffloadCommand, PeerAction, RelayId, RelaySockets, Server, ServerConfig,
+    TicketSink, Transmit, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use std::net::SocketAddr;

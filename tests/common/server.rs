@@ -4,7 +4,7 @@
 use super::wait::{wait_until, within};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
@@ -36,7 +36,11 @@ fn port_free(port: u16) -> bool {
 
 /// `width` consecutive relay ports that nobody holds now, below the kernel's ephemeral
 /// range (32768-60999) so client sockets never take one, from a random start, disjoint
-/// from every block this process handed out before (tests run in parallel).
+/// from every block this process handed out before (tests run in parallel) and from the
+/// blocks of every other test process using this helper (other worktrees' suites run on
+/// the same machine): each 100-port page of the block is claimed with an exclusive
+/// `flock` on a file under the temporary directory, held until this process exits (the
+/// kernel releases it then, however the process ends).
 pub fn free_port_block(width: u16) -> (u16, u16) {
     static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
     assert!(width <= 20_000);
@@ -47,12 +51,41 @@ pub fn free_port_block(width: u16) -> (u16, u16) {
         if taken.iter().any(|&(a, b)| lo <= b && a <= hi) {
             continue;
         }
-        if (lo..=hi).all(port_free) {
+        if (lo..=hi).all(port_free) && claim_pages(lo, hi) {
             taken.push((lo, hi));
             return (lo, hi);
         }
     }
     panic!("no {width} free consecutive UDP ports in 10000-32000");
+}
+
+/// Claims the 100-port pages `lo..=hi` spans for this process (see [`free_port_block`]);
+/// false, claiming none, if another process holds one.
+fn claim_pages(lo: u16, hi: u16) -> bool {
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("uturn-test-port-pages");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut claimed = Vec::new();
+    for page in lo / 100..=hi / 100 {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(page.to_string()))
+        else {
+            return false;
+        };
+        // A page this process claimed before is not offered again (TAKEN); its lock,
+        // held on another open file, makes this one fail all the same.
+        if file.try_lock().is_err() {
+            return false;
+        }
+        claimed.push(file);
+    }
+    HELD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(claimed);
+    true
 }
 
 /// A listening port and a relay range of 100 ports, all free now (see above).
@@ -65,15 +98,49 @@ pub struct Uturn {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    /// The metrics endpoint, when started with [`Launch::prometheus`].
+    pub http: Option<SocketAddr>,
 }
+
+/// How a test starts the binary beyond the interop options: see [`Uturn::start_with`].
+#[derive(Default)]
+pub struct Launch<'a> {
+    pub backend: &'a str,
+    /// Options after the interop ones (a repeated option: the last one wins).
+    pub extra: &'a [&'a str],
+    /// Environment variables set, and removed, for the process.
+    pub env: &'a [(&'a str, &'a str)],
+    pub env_remove: &'a [&'a str],
+    /// Serve metrics and probes (`--prometheus`) on a free TCP port.
+    pub prometheus: bool,
+    /// Ready when it logs "uturn ready", without a Binding request (for a server whose
+    /// first datagram fires an injected fault).
+    pub no_probe: bool,
+}
+
+/// How long a start may take: generous, since it costs nothing when the machine is idle
+/// and a loaded machine (six engineers building on two cores) can stall a process for
+/// seconds.
+const START_LIMIT: Duration = Duration::from_secs(60);
 
 impl Uturn {
     /// Starts `uturn` with the interop options plus `extra`, waits until it answers Binding.
     pub fn start(backend: &str, extra: &[&str]) -> Uturn {
-        for _attempt in 0..5 {
+        Uturn::start_with(Launch {
+            backend,
+            extra,
+            ..Launch::default()
+        })
+    }
+
+    /// Starts `uturn` on fresh free ports as `how` says and waits until it is ready;
+    /// a start that lost a port to another process ("in use") tries again on new ports.
+    pub fn start_with(how: Launch<'_>) -> Uturn {
+        for _attempt in 0..10 {
             let (port, min, max) = next_ports();
-            let log = std::env::temp_dir()
-                .join(format!("uturn-interop-{}-{port}.log", std::process::id()));
+            let http_port = how.prometheus.then(free_tcp_port);
+            let log =
+                std::env::temp_dir().join(format!("uturn-test-{}-{port}.log", std::process::id()));
             let mut args: Vec<String> = [
                 "--listening-ip",
                 "127.0.0.1",
@@ -91,22 +158,40 @@ impl Uturn {
                 "alice:secret",
                 "--lt-cred-mech",
                 "--backend",
-                backend,
+                how.backend,
                 "--log-level",
                 "debug",
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let mut server = Uturn::launch(&args, port, log);
-            if server.wait_ready(Duration::from_secs(10)) {
+            if let Some(http) = http_port {
+                args.extend(["--prometheus".into(), "--prometheus-port".into()]);
+                args.push(http.to_string());
+            }
+            args.extend(how.extra.iter().map(|s| s.to_string()));
+            let mut command = Command::new(env!("CARGO_BIN_EXE_uturn"));
+            command.args(&args);
+            for (k, v) in how.env {
+                command.env(k, v);
+            }
+            for k in how.env_remove {
+                command.env_remove(k);
+            }
+            let mut server = Uturn::spawn(command, port, log);
+            server.http = http_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+            let ready = if how.no_probe {
+                server.wait_logged_ready(START_LIMIT)
+            } else {
+                server.wait_ready(START_LIMIT)
+            };
+            if ready {
                 return server;
             }
             let log = server.log_text();
             server.stop();
             if !log.contains("in use") {
-                panic!("uturn did not answer Binding; log:\n{log}");
+                panic!("uturn did not start within {START_LIMIT:?}; log:\n{log}");
             }
         }
         panic!("could not find free ports for uturn");
@@ -115,14 +200,25 @@ impl Uturn {
     /// Starts `uturn` with exactly `args`, expected to listen on 127.0.0.1:`port`, logging
     /// to `log`; does not wait.
     pub fn launch(args: &[String], port: u16, log: PathBuf) -> Uturn {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_uturn"));
+        command.args(args);
+        Uturn::spawn(command, port, log)
+    }
+
+    fn spawn(mut command: Command, port: u16, log: PathBuf) -> Uturn {
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_uturn"))
-            .args(args)
+        let child = command
+            .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("spawn uturn");
-        Uturn { child, port, log }
+        Uturn {
+            child,
+            port,
+            log,
+            http: None,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -130,9 +226,7 @@ impl Uturn {
     }
 
     /// Waits until every shard runs ("uturn ready" in the log) and the server answers
-    /// Binding; false if it exited or `timeout` passed. The first shard answers before the
-    /// others have joined the SO_REUSEPORT group, and a joining shard re-hashes clients
-    /// away from the shard holding their allocation: a test must not start before.
+    /// Binding; false if it exited or `timeout` passed.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
         let addr = self.addr();
         let log = self.log.clone();
@@ -143,6 +237,17 @@ impl Uturn {
             exited
                 || (std::fs::read_to_string(&log).is_ok_and(|l| l.contains("uturn ready"))
                     && binding(addr, Duration::from_millis(200)).is_some())
+        }) && !exited
+    }
+
+    /// Waits until the log says "uturn ready"; false if it exited or `timeout` passed.
+    pub fn wait_logged_ready(&mut self, timeout: Duration) -> bool {
+        let log = self.log.clone();
+        let child = &mut self.child;
+        let mut exited = false;
+        wait_until(within(timeout), || {
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("uturn ready"))
         }) && !exited
     }
 
@@ -159,22 +264,41 @@ impl Uturn {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends signal `name` (TERM, USR1, …) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits up to `limit` for the process to exit: its exit status if it did.
+    pub fn try_wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        let child = &mut self.child;
+        wait_until(within(limit), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Waits for the process to exit; its exit code. Panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let status = self.try_wait_exit(limit);
+        assert!(status.is_some(), "uturn did not exit within {limit:?}");
+        status.and_then(|s| s.code())
+    }
+
     /// SIGTERM, then wait; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let mut code = None;
-        let child = &mut self.child;
-        if wait_until(within(Duration::from_secs(10)), || match child.try_wait() {
-            Ok(Some(status)) => {
-                code = status.code();
-                true
-            }
-            _ => false,
-        }) {
-            return code;
+        if let Some(status) = self.try_wait_exit(Duration::from_secs(30)) {
+            return status.code();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -189,6 +313,15 @@ impl Drop for Uturn {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A TCP port nobody listens on now (the kernel picks it).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A STUN Binding round trip; returns the reflexive address.

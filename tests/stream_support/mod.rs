@@ -171,14 +171,7 @@ pub fn make_cert(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (cert, key)
 }
 
-/// A loopback TCP port free right now.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_tcp_port;
 
 /// Arguments that turn TLS on with a fresh certificate; returns them and the TLS port.
 pub fn tls_args(tag: &str) -> (Vec<String>, u16) {

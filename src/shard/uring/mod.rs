@@ -265,7 +265,7 @@ impl Shard {
     /// the allocations were deleted; the caller leaks the shard).
     pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
         let result = self.serve(state);
-        state.server.shutdown(Instant::now(), &mut self.io);
+        state.shutdown(Instant::now(), &mut self.io);
         self.flush_transmits(state);
         self.dispatch_events(state);
         self.stop_streams(state);

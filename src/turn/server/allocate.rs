@@ -282,6 +282,7 @@ impl Server {
             reported: Traffic::default(),
             bucket_in: (max_bps > 0).then(|| TokenBucket::new(now, max_bps)),
             bucket_out: (max_bps > 0).then(|| TokenBucket::new(now, max_bps)),
+            offloaded: Vec::new(),
         });
         s.prune_at = None;
         let gen = s.gen;
@@ -344,6 +345,10 @@ impl Server {
         sockets.close(RelayId(slot));
         self.release_port(alloc.info.relay.port());
         self.quotas.release(&alloc.info.username);
+        if !alloc.offloaded.is_empty() {
+            // The kernel's last counts must reach the totals first (`offload_removed`).
+            return self.close_offloaded(alloc, reason);
+        }
         let last = alloc.take_unreported();
         self.events.push_back(Event::AllocationDeleted {
             info: alloc.info,

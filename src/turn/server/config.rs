@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// Other servers to send clients to (ALTERNATE-SERVER with 300 Try Alternate) while
     /// draining or when the total quota is reached (`--alternate-server`).
     pub alternate_servers: Vec<SocketAddr>,
+    /// The shard has the XDP fast path (`--xdp` attached): emit `OffloadCommand`s.
+    pub offload: bool,
 }
 
 impl ServerConfig {
@@ -123,6 +125,7 @@ impl ServerConfig {
             id_base: 0,
             id_stride: 1,
             alternate_servers: Vec::new(),
+            offload: false,
         }
     }
 }

@@ -156,6 +156,8 @@ impl Server {
         if let Some(next) = self.allocation_mut(slot).and_then(|a| a.prune(now)) {
             self.schedule_prune(slot, next);
         }
+        // The channel or its permission ended at this tick: so does the kernel path.
+        self.sync_offload(slot, now);
     }
 
     fn fire_stats(&mut self, slot: u32, gen: u32, now_tick: u64) {

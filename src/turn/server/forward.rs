@@ -263,7 +263,7 @@ impl Server {
     }
 
     /// Reports traffic when the client-side packet count reaches the trigger (coturn: 4096).
-    fn maybe_report(&mut self, slot: u32) {
+    pub(super) fn maybe_report(&mut self, slot: u32) {
         let trigger = self.config.stats_packet_trigger;
         if trigger == 0 {
             return;

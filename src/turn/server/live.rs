@@ -16,5 +16,8 @@ impl Server {
 
     pub fn set_max_bps(&mut self, max_bps: u64) {
         self.config.max_bps = max_bps;
+        if max_bps != 0 {
+            self.remove_all_offloads();
+        }
     }
 }

@@ -16,11 +16,13 @@ mod config;
 mod expiry;
 mod forward;
 mod live;
+mod offload;
 mod request;
 mod requests;
 mod table;
 
 pub use config::ServerConfig;
+pub use offload::OffloadCommand;
 
 use super::nonce;
 use super::observer::{AuthDecision, Observer};
@@ -129,6 +131,9 @@ pub struct Server {
     ticket_sink: Option<TicketSink>,
     /// Refuse new allocations (Refresh, CreatePermission and ChannelBind keep working).
     draining: bool,
+    /// Commands for the kernel fast path, and deleted allocations awaiting its last counts.
+    offload_commands: VecDeque<OffloadCommand>,
+    closing: HashMap<u64, offload::Closing>,
 }
 
 impl Server {
@@ -159,6 +164,8 @@ impl Server {
             next_ticket: 1,
             ticket_sink: None,
             draining: false,
+            offload_commands: VecDeque::new(),
+            closing: HashMap::new(),
         }
     }
 

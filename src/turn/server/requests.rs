@@ -136,6 +136,8 @@ impl Server {
             alloc.install_permission(Permission { ip, expires, own }, max, now);
         }
         self.schedule_prune(slot, expires);
+        // A refreshed or new permission may make a bound channel relayable again.
+        self.sync_offload(slot, now);
         self.respond(req, Class::Success, Some(key), |_| {});
     }
 
@@ -157,7 +159,10 @@ impl Server {
             return;
         };
         match self.bind(req, slot, number, peer, own) {
-            Ok(()) => self.respond(req, Class::Success, Some(key), |_| {}),
+            Ok(()) => {
+                self.sync_offload(slot, req.now);
+                self.respond(req, Class::Success, Some(key), |_| {})
+            }
             Err(refusal) => self.refuse(req, refusal, Some(key)),
         }
     }

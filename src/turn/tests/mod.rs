@@ -24,6 +24,7 @@ const PEER: &str = "203.0.114.7:9000";
 
 mod authentication;
 mod lifecycle;
+mod offload;
 mod own_addresses;
 mod prop;
 mod refusals;
