@@ -3,60 +3,19 @@
 //! handshake uses the new one; a reload from broken files keeps the old one; TLS 1.2 and 1.3
 //! both carry a TURN Allocate.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, StreamOwned};
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
+use uturn::testing::tls::{client_config, Remember};
 
 mod common;
 mod stream_support;
 use common::*;
 use stream_support::{free_tcp_port, make_cert};
-
-/// Accepts the test's self-signed certificate and remembers the leaf it was shown.
-#[derive(Debug, Default)]
-struct Remember(Mutex<Option<CertificateDer<'static>>>);
-
-fn algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
-}
-
-impl ServerCertVerifier for Remember {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.0.lock().unwrap() = Some(end_entity.clone().into_owned());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        algorithms().supported_schemes()
-    }
-}
 
 /// Connects over TLS `version`, sends an unauthenticated Allocate and reads the 401 back;
 /// returns the leaf certificate the server showed.
@@ -65,13 +24,7 @@ fn allocate_over_tls(
     version: &'static rustls::SupportedProtocolVersion,
 ) -> CertificateDer<'static> {
     let remember = Arc::new(Remember::default());
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(remember.clone())
-            .with_no_client_auth();
+    let config = client_config(version, remember.clone());
     let conn = ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
     let sock = TcpStream::connect(server).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -95,8 +48,7 @@ fn allocate_over_tls(
         Some(version.version),
         "negotiated version"
     );
-    let leaf = remember.0.lock().unwrap().clone().unwrap();
-    leaf
+    remember.leaf().unwrap()
 }
 
 fn leaf_of(cert: &std::path::Path) -> CertificateDer<'static> {

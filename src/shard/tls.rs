@@ -158,67 +158,11 @@ pub fn cipher_name(suite: Option<CipherSuite>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{ServerName, UnixTime};
-    use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
-    use std::process::Command;
-    use std::sync::Mutex;
+    use crate::testing::tls::{client_config, Remember};
+    use rustls::{ClientConnection, ServerConnection};
 
-    /// Makes a self-signed certificate and key with the openssl command-line tool.
     fn make_cert(cert: &Path, key: &Path, name: &str) {
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .arg("-subj")
-            .arg(format!("/CN={name}"))
-            .arg("-keyout")
-            .arg(key)
-            .arg("-out")
-            .arg(cert)
-            .output()
-            .expect("the openssl command is needed to make test certificates");
-        assert!(status.status.success(), "openssl: {status:?}");
-    }
-
-    /// Accepts any server certificate (these are self-signed) but remembers the leaf.
-    #[derive(Debug, Default)]
-    struct Remember(Mutex<Option<CertificateDer<'static>>>);
-
-    impl ServerCertVerifier for Remember {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            *self.0.lock().unwrap() = Some(end_entity.clone().into_owned());
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
+        crate::testing::tls::make_cert(cert, key, name);
     }
 
     /// A full handshake between a rustls client and `server` in memory; returns the leaf
@@ -228,13 +172,7 @@ mod tests {
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (CertificateDer<'static>, &'static str, &'static str) {
         let remember = Arc::new(Remember::default());
-        let client =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[version])
-                .unwrap()
-                .dangerous()
-                .with_custom_certificate_verifier(remember.clone())
-                .with_no_client_auth();
+        let client = client_config(version, remember.clone());
         let mut c =
             ClientConnection::new(Arc::new(client), "turn.test".try_into().unwrap()).unwrap();
         let mut s = ServerConnection::new(server.clone()).unwrap();
@@ -252,7 +190,7 @@ mod tests {
             }
         }
         assert!(!s.is_handshaking(), "handshake did not finish");
-        let leaf = remember.0.lock().unwrap().clone().unwrap();
+        let leaf = remember.leaf().unwrap();
         (
             leaf,
             protocol_name(s.protocol_version()),

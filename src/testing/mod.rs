@@ -20,6 +20,8 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 /// The realm of every simulated server.
 pub const REALM: &str = "example.org";
 

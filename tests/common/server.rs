@@ -38,9 +38,8 @@ fn port_free(port: u16) -> bool {
 /// range (32768-60999) so client sockets never take one, from a random start, disjoint
 /// from every block this process handed out before (tests run in parallel) and from the
 /// blocks of every other test process using this helper (other worktrees' suites run on
-/// the same machine): each 100-port page of the block is claimed with an exclusive
-/// `flock` on a file under the temporary directory, held until this process exits (the
-/// kernel releases it then, however the process ends).
+/// the same machine): each 100-port page of the block is claimed by binding an abstract
+/// Unix socket name, held until this process exits.
 pub fn free_port_block(width: u16) -> (u16, u16) {
     static TAKEN: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
     assert!(width <= 20_000);
@@ -62,25 +61,21 @@ pub fn free_port_block(width: u16) -> (u16, u16) {
 /// Claims the 100-port pages `lo..=hi` spans for this process (see [`free_port_block`]);
 /// false, claiming none, if another process holds one.
 fn claim_pages(lo: u16, hi: u16) -> bool {
-    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
-    let dir = std::env::temp_dir().join("uturn-test-port-pages");
-    let _ = std::fs::create_dir_all(&dir);
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    static HELD: Mutex<Vec<UnixDatagram>> = Mutex::new(Vec::new());
     let mut claimed = Vec::new();
     for page in lo / 100..=hi / 100 {
-        let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(page.to_string()))
-        else {
+        // An abstract Unix socket name is held by one socket at a time on the machine
+        // and released when its process exits, however it ends.
+        let name = format!("uturn-test-relay-page-{page}");
+        let Ok(addr) = UnixAddr::from_abstract_name(name.as_bytes()) else {
             return false;
         };
-        // A page this process claimed before is not offered again (TAKEN); its lock,
-        // held on another open file, makes this one fail all the same.
-        if file.try_lock().is_err() {
-            return false;
+        match UnixDatagram::bind_addr(&addr) {
+            Ok(socket) => claimed.push(socket),
+            Err(_) => return false,
         }
-        claimed.push(file);
     }
     HELD.lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use uturn::stun::framing::Reassembler;
 use uturn::stun::{
@@ -158,16 +157,7 @@ pub fn make_cert(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("uturn-stream-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl tool is needed to make a test certificate (Debian: openssl)");
-    assert!(out.status.success(), "openssl failed: {out:?}");
+    uturn::testing::tls::make_cert(&cert, &key, "localhost");
     (cert, key)
 }
 
