@@ -1,11 +1,12 @@
 //! The io_uring shard's hook into the stream side (TCP and TLS clients): one multishot
-//! poll on the stream module's epoll descriptor (accepts, writability, TLS connections),
+//! poll on the stream module's epoll descriptor (accepts, writability),
 //! a multishot receive into the provided-buffer ring on every TCP and TLS connection, and
 //! the relay side as that module reaches it. Writes to stream sockets are plain calls.
 //!
 //! Not yet covered: the recheck after dropped completions (`recover`) re-arms UDP receives
 //! only; a stream receive whose last completion the kernel dropped (its overflow list could
-//! not grow) leaves that connection unread until it is closed for idleness or by its client.
+//! not grow) leaves that connection unread until its client closes it, or, without an
+//! allocation, until the idle timeout.
 //!
 //! Owns no state of its own; must not touch raw pointers (every SQE it builds carries a
 //! descriptor only).
