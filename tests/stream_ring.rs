@@ -1,6 +1,6 @@
-//! Plain TCP clients on the io_uring shard, read by multishot receives into the provided
-//! buffers, and (test knob `UTURN_TEST_STREAM_EPOLL=true`) through the epoll set as TLS
-//! ones are: on both paths a frame split into tiny writes, a frame longer than a provided
+//! TCP clients on the io_uring shard, read by multishot receives into the provided
+//! buffers, and (test knob `UTURN_TEST_STREAM_EPOLL=true`) through the epoll set with
+//! `read` calls: on both paths a frame split into tiny writes, a frame longer than a provided
 //! buffer and many frames in one write arrive whole and in order, and the peer's answers
 //! come back as ChannelData.
 
@@ -76,7 +76,7 @@ fn check(server: Uturn, path: &str) {
 fn tcp_frames_on_the_ring_and_through_epoll() {
     check(
         Uturn::start("io-uring", &["--allow-loopback-peers"]),
-        "TCP receives on the ring",
+        "TCP and TLS receives on the ring",
     );
     std::env::set_var("UTURN_TEST_STREAM_EPOLL", "true");
     let epoll = Uturn::start("io-uring", &["--allow-loopback-peers"]);

@@ -41,8 +41,8 @@ pub struct TestKnobs {
     pub buffers: Option<u16>,
     /// io_uring send slots per shard.
     pub send_slots: Option<usize>,
-    /// `Some(true)`: the io_uring shard reads plain TCP connections through the epoll set
-    /// as it does TLS ones, not with ring receives (for A/B measurements).
+    /// `Some(true)`: the io_uring shard reads stream connections through the epoll set
+    /// with `read` calls, not with ring receives (for A/B measurements).
     pub stream_epoll: Option<bool>,
 }
 

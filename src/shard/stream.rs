@@ -86,7 +86,7 @@ pub(crate) struct Streams {
     buf: Box<[u8]>,
     /// Connections whose client ended its side this turn, closed at its end.
     ending: Vec<usize>,
-    /// Plain TCP connections are read by the backend's ring ([`Streams::ring_received`]).
+    /// Connections are read by the backend's ring ([`Streams::ring_received`]).
     ring_reads: bool,
     /// (slot, generation, descriptor) of connections whose ring receive is to be armed.
     to_arm: Vec<(u32, u32, RawFd)>,
@@ -234,7 +234,7 @@ impl Streams {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
-            let ring = self.ring_reads && tls.is_none();
+            let ring = self.ring_reads;
             let mut conn = Connection::new(
                 socket,
                 tuple,

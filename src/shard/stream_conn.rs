@@ -43,7 +43,7 @@ pub(crate) enum Input<'a> {
     /// The socket, read until it would block (`to_end`: until it reports its end, as the
     /// peer closed it).
     Socket { to_end: bool },
-    /// Bytes the backend's ring already took off a plain TCP socket.
+    /// Bytes the backend's ring already took off the socket (TLS records on TLS).
     Received(&'a [u8]),
 }
 
@@ -68,8 +68,8 @@ pub(crate) struct Connection {
     /// The client ended its side: nothing more is read, the connection closes once the
     /// answers to what it sent last have been written.
     pub ended: bool,
-    /// The backend's ring receives this connection's bytes (plain TCP on io_uring); the
-    /// epoll set watches it for writability only.
+    /// The backend's ring receives this connection's bytes (io_uring); the epoll set
+    /// watches it for writability only.
     pub ring: bool,
     /// Tags the ring receive's completions, so one for an earlier connection in the same
     /// slot is told apart.
@@ -137,8 +137,9 @@ impl Connection {
             (Some(tls), Input::Socket { .. }) => {
                 read_tls(tls, &mut self.socket, &mut self.frames, buf, &mut frame)
             }
-            // Ring receives are armed for plain TCP only.
-            (Some(_), Input::Received(_)) => Err(Closed::Io),
+            (Some(tls), Input::Received(bytes)) => {
+                received_tls(tls, bytes, &mut self.frames, buf, &mut frame)
+            }
         };
         self.active_at = now;
         self.frames.shrink();
@@ -269,23 +270,55 @@ fn read_tls(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(Closed::Peer),
         }
-        let state = tls.process_new_packets().map_err(|_| Closed::Tls)?;
-        // Plaintext only follows a finished handshake.
-        let session = (!tls.is_handshaking()).then(|| super::tls::session(tls));
-        let mut deliver = |f: &[u8]| frame(f, session);
-        let mut plain = state.plaintext_bytes_to_read();
-        while plain > 0 {
-            let n = tls.reader().read(buf).map_err(|_| Closed::Tls)?;
-            if n == 0 {
-                break;
-            }
-            plain = plain.saturating_sub(n);
-            frames
-                .push(&buf[..n], &mut deliver)
-                .map_err(Closed::Framing)?;
-        }
-        if state.peer_has_closed() {
-            return Err(Closed::Peer);
-        }
+        decrypt(tls, frames, buf, frame)?;
     }
+}
+
+/// TLS records a ring receive already took off the socket: all of `bytes` goes through
+/// rustls (in pieces when its buffer is smaller).
+fn received_tls(
+    tls: &mut ServerConnection,
+    mut bytes: &[u8],
+    frames: &mut Reassembler,
+    buf: &mut [u8],
+    frame: &mut impl FnMut(&[u8], Option<TlsSession>),
+) -> Result<(), Closed> {
+    while !bytes.is_empty() {
+        match tls.read_tls(&mut bytes) {
+            Ok(0) => return Err(Closed::Tls),
+            Ok(_) => {}
+            Err(_) => return Err(Closed::Tls),
+        }
+        decrypt(tls, frames, buf, frame)?;
+    }
+    Ok(())
+}
+
+/// Processes the records rustls holds and passes the plaintext's frames on; the client's
+/// close_notify ends the connection.
+fn decrypt(
+    tls: &mut ServerConnection,
+    frames: &mut Reassembler,
+    buf: &mut [u8],
+    frame: &mut impl FnMut(&[u8], Option<TlsSession>),
+) -> Result<(), Closed> {
+    let state = tls.process_new_packets().map_err(|_| Closed::Tls)?;
+    // Plaintext only follows a finished handshake.
+    let session = (!tls.is_handshaking()).then(|| super::tls::session(tls));
+    let mut deliver = |f: &[u8]| frame(f, session);
+    let mut plain = state.plaintext_bytes_to_read();
+    while plain > 0 {
+        let n = tls.reader().read(buf).map_err(|_| Closed::Tls)?;
+        if n == 0 {
+            break;
+        }
+        plain = plain.saturating_sub(n);
+        frames
+            .push(&buf[..n], &mut deliver)
+            .map_err(Closed::Framing)?;
+    }
+    if state.peer_has_closed() {
+        return Err(Closed::Peer);
+    }
+    Ok(())
 }

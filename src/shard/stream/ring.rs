@@ -1,4 +1,4 @@
-//! The stream side's half of io_uring receives for plain TCP connections: which receives to
+//! The stream side's half of io_uring receives for TCP and TLS connections: which receives to
 //! arm, and the bytes they bring, handed to the connection as a read would.
 //!
 //! Owns no state of its own (the connection's `ring` flag and generation live with it).
@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 impl Streams {
-    /// From now on, plain TCP connections accepted are read by the backend's ring: it
+    /// From now on, connections accepted are read by the backend's ring: it
     /// takes their receives from [`Streams::take_ring_arms`] and hands the bytes to
     /// [`Streams::ring_received`].
     pub fn set_ring_reads(&mut self) {

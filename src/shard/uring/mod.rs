@@ -13,8 +13,9 @@
 //! that carries a send returns to the ring when the send completes; any other at once.
 //!
 //! TCP and TLS clients are served by the stream module on an epoll set of its own, which
-//! the ring polls (`streams`): accepts, TLS reads and all writes are plain calls there;
-//! plain TCP connections receive through a multishot receive into the provided buffers.
+//! the ring polls (`streams`): accepts and all writes are plain calls there;
+//! every connection (TCP and TLS) receives through a multishot receive into the provided
+//! buffers.
 //!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses); this
@@ -204,7 +205,9 @@ impl Shard {
                 features.push_str(", TCP/TLS clients through epoll");
             } else {
                 s.set_ring_reads();
-                features.push_str(", TCP receives on the ring, TLS and writes through epoll");
+                features.push_str(
+                    ", TCP and TLS receives on the ring, accepts and writes through epoll",
+                );
             }
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.

@@ -19,7 +19,7 @@ pub(super) enum Op {
     Cancel,
     /// The multishot poll on the stream side's epoll descriptor.
     StreamsPoll,
-    /// The multishot receive of plain TCP connection `index` (its slot), opened as
+    /// The multishot receive of stream connection `index` (its slot), opened as
     /// generation `gen`.
     StreamRecv { index: u32, gen: u32 },
     /// A cancellation of listening socket `index`'s receive that checks it is still armed

@@ -1,7 +1,12 @@
 //! The io_uring shard's hook into the stream side (TCP and TLS clients): one multishot
-//! poll on the stream module's epoll descriptor (accepts, writability, TLS connections),
-//! a multishot receive into the provided-buffer ring on every plain TCP connection, and
+//! poll on the stream module's epoll descriptor (accepts, writability),
+//! a multishot receive into the provided-buffer ring on every TCP and TLS connection, and
 //! the relay side as that module reaches it. Writes to stream sockets are plain calls.
+//!
+//! Not yet covered: the recheck after dropped completions (`recover`) re-arms UDP receives
+//! only; a stream receive whose last completion the kernel dropped (its overflow list could
+//! not grow) leaves that connection unread until its client closes it, or, without an
+//! allocation, until the idle timeout.
 //!
 //! Owns no state of its own; must not touch raw pointers (every SQE it builds carries a
 //! descriptor only).
@@ -60,7 +65,7 @@ impl Shard {
         }
     }
 
-    /// Arms the multishot receives of the plain TCP connections the stream side asks for
+    /// Arms the multishot receives of the stream connections the stream side asks for
     /// (new ones, and those whose receive ended); while buffers are short, waits until an
     /// eighth of them is back, as the UDP receives do.
     pub(super) fn arm_stream_recvs(&mut self) {
@@ -88,7 +93,7 @@ impl Shard {
         }
     }
 
-    /// A plain TCP connection's receive completed: its bytes go to the stream side from
+    /// A stream connection's receive completed: its bytes go to the stream side from
     /// the provided buffer (given back at once: a client's payload is copied into its send
     /// to the peer), an end or error closes the connection, a receive that ended is armed
     /// again.
