@@ -13,7 +13,9 @@
 # usage: scripts/stream-bench.sh [--transport tcp|tls|both] [--load uclient|bench|all]
 # env: SERVER_CORE (0), LOAD_CORE (1), CLIENTS (50), MESSAGES (400 per client), CONNS (500),
 #      ALLOCS (50 uturn-bench connections), RATE (10000 round trips/s), DURATION (5 s),
-#      OUT (the uturn-bench JSON lines, target/stream-bench-DATE.jsonl)
+#      OUT (the uturn-bench JSON lines, target/stream-bench-DATE.jsonl), SERVERS (for the
+#      uturn-bench runs: uturn-io-uring uturn-portable coturn; uturn-io-uring-epoll is the
+#      io_uring shard reading plain TCP through epoll instead of ring receives)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
             esac
             shift
             ;;
-        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
         *) echo "stream-bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -50,6 +52,7 @@ CONNS=${CONNS:-500}
 ALLOCS=${ALLOCS:-50}
 RATE=${RATE:-10000}
 DURATION=${DURATION:-5}
+SERVERS=${SERVERS:-uturn-io-uring uturn-portable coturn}
 OUT=${OUT:-${CARGO_TARGET_DIR:-target}/stream-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 PORT=$(free_port)
@@ -99,8 +102,11 @@ wait_listening() {
 start_server() { # name
     local log="$WORK/server-$1.log"
     case "$1" in
-        uturn-io-uring|uturn-portable)
-            taskset -c "$SERVER_CORE" "$UTURN" --backend "${1#uturn-}" --cores "$SERVER_CORE" \
+        uturn-io-uring|uturn-portable|uturn-io-uring-epoll)
+            local backend=${1#uturn-}
+            # The io_uring shard with plain TCP read through epoll, as before ring receives.
+            [ "$1" = uturn-io-uring-epoll ] && backend=io-uring && export UTURN_TEST_STREAM_EPOLL=true
+            taskset -c "$SERVER_CORE" "$UTURN" --backend "$backend" --cores "$SERVER_CORE" \
                 --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
                 --tls-listening-port "$TLS_PORT" --cert "$WORK/cert.pem" --pkey "$WORK/key.pem" \
                 --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \
@@ -117,6 +123,7 @@ start_server() { # name
             ;;
     esac
     SERVER_PID=$!
+    unset UTURN_TEST_STREAM_EPOLL
     wait_listening "$PORT"
     wait_listening "$TLS_PORT"
 }
@@ -163,7 +170,7 @@ if [ "$LOAD" != uclient ]; then
     for transport in "${TRANSPORTS[@]}"; do
         port=$PORT
         [ "$transport" = tls ] && port=$TLS_PORT
-        for server in uturn-io-uring uturn-portable coturn; do
+        for server in $SERVERS; do
             start_server "$server"
             if ! timeout 120 taskset -c "$LOAD_CORE" "$BENCH" relay --transport "$transport" \
                 --server "127.0.0.1:$port" --allocations "$ALLOCS" --rate "$RATE" \

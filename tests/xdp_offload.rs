@@ -24,17 +24,46 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uturn::client::Client;
+use uturn::stun;
 use uturn_process::Server;
 
-const SERVER_IP: &str = "192.0.2.1";
-const CLIENT_IP: &str = "192.0.2.10";
-const RELAY_IP: &str = "198.51.100.1";
-const PEER_IP: &str = "198.51.100.20";
 const PEER_PORT: u16 = 7000;
 const METRICS_PORT: u16 = 9641;
 
-/// client ns `eth0` (CLIENT_IP) <-> server ns `xc0` (SERVER_IP);
-/// server ns `xp0` (RELAY_IP) <-> peer ns `eth0` (PEER_IP). Native XDP on `xc0` and `xp0`.
+/// One address family's addresses.
+struct Plan {
+    server: &'static str,
+    client: &'static str,
+    relay: &'static str,
+    peer: &'static str,
+    prefix: &'static str,
+    family: &'static str,
+}
+
+const V4: Plan = Plan {
+    server: "192.0.2.1",
+    client: "192.0.2.10",
+    relay: "198.51.100.1",
+    peer: "198.51.100.20",
+    prefix: "24",
+    family: "ipv4",
+};
+
+const V6: Plan = Plan {
+    server: "2001:db8:c::1",
+    client: "2001:db8:c::10",
+    relay: "2001:db8:a::1",
+    peer: "2001:db8:a::20",
+    prefix: "64",
+    family: "ipv6",
+};
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("IP literal"), port)
+}
+
+/// client ns `eth0` (client) <-> server ns `xc0` (server);
+/// server ns `xp0` (relay) <-> peer ns `eth0` (peer). Native XDP on `xc0` and `xp0`.
 struct Topology {
     client: Netns,
     server: Netns,
@@ -42,13 +71,17 @@ struct Topology {
 }
 
 impl Topology {
-    fn new() -> Topology {
+    fn new(plan: &Plan) -> Topology {
         let t = Topology {
             client: Netns::new(),
             server: Netns::new(),
             peer: Netns::new(),
         };
-        for (dev, other, ip) in [("xc0", &t.client, SERVER_IP), ("xp0", &t.peer, RELAY_IP)] {
+        let prefix = plan.prefix;
+        for (dev, other, ip) in [
+            ("xc0", &t.client, plan.server),
+            ("xp0", &t.peer, plan.relay),
+        ] {
             t.server.ip(&[
                 "link",
                 "add",
@@ -61,19 +94,46 @@ impl Topology {
                 "netns",
                 &other.name,
             ]);
-            t.server
-                .ip(&["addr", "add", &format!("{ip}/24"), "dev", dev, "nodad"]);
+            t.server.ip(&[
+                "addr",
+                "add",
+                &format!("{ip}/{prefix}"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             t.server.ip(&["link", "set", dev, "up"]);
             // bpf_fib_lookup answers only for interfaces that forward.
             t.server
-                .sysctl(&format!("net.ipv4.conf.{dev}.forwarding=1"));
+                .sysctl(&format!("net.{}.conf.{dev}.forwarding=1", plan.family));
         }
-        for (ns, ip) in [(&t.client, CLIENT_IP), (&t.peer, PEER_IP)] {
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0", "nodad"]);
+        for (ns, ip) in [(&t.client, plan.client), (&t.peer, plan.peer)] {
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{ip}/{prefix}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ns.ip(&["link", "set", "eth0", "up"]);
             // Full checksums on the wire as from a real NIC; GRO on lets the veth take
             // frames redirected by XDP.
             ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"]);
+        }
+        // Usable addresses on both ends of each link (IPv6 ones wait for the carrier).
+        for (ns, ip) in [
+            (&t.server, plan.server),
+            (&t.server, plan.relay),
+            (&t.client, plan.client),
+            (&t.peer, plan.peer),
+        ] {
+            let usable = ns.run(|| {
+                wait_until(within(Duration::from_secs(10)), || {
+                    UdpSocket::bind(addr(ip, 0)).is_ok()
+                })
+            });
+            assert!(usable, "{ip} never became usable");
         }
         t
     }
@@ -81,13 +141,13 @@ impl Topology {
     /// The server namespace knows the peer's MAC before traffic starts: the first datagram
     /// to an unresolved neighbour is passed up by the program (its route lookup fails), and
     /// this test counts what user space relays.
-    fn resolve_peer(&self) {
+    fn resolve_peer(&self, plan: &Plan) {
         self.server.run(|| {
-            let s = UdpSocket::bind((RELAY_IP, 0)).expect("socket on the relay address");
+            let s = UdpSocket::bind(addr(plan.relay, 0)).expect("socket on the relay address");
             assert!(
                 wait_until(within(Duration::from_secs(10)), || {
-                    let _ = s.send_to(b"arp", (PEER_IP, 9));
-                    neighbour_known(PEER_IP)
+                    let _ = s.send_to(b"arp", addr(plan.peer, 9));
+                    neighbour_known(plan.peer)
                 }),
                 "the server namespace never resolved the peer"
             );
@@ -340,18 +400,18 @@ fn uclient_through_offload(scene: &Scene) {
 #[test]
 fn uclient_through_native_xdp_offload_zero_loss_and_exact_redis_totals() {
     lab::require_root();
-    let t = Topology::new();
-    t.resolve_peer();
+    let t = Topology::new(&V4);
+    t.resolve_peer(&V4);
     uclient_through_offload(&Scene {
         server_ns: &t.server,
         client_ns: &t.client,
         peer_ns: &t.peer,
-        listen: SERVER_IP,
-        relay: RELAY_IP,
-        peer_ip: PEER_IP,
+        listen: V4.server,
+        relay: V4.relay,
+        peer_ip: V4.peer,
         extra: vec![
             "--allowed-peer-ip",
-            PEER_IP,
+            V4.peer,
             "--xdp",
             "xc0",
             "--xdp",
@@ -390,18 +450,27 @@ fn uclient_through_loopback_generic_offload() {
 /// after it, and user space relayed none of them.
 #[test]
 fn channel_expiry_stops_the_kernel_path_at_the_deadline() {
+    channel_expiry(&V4);
+}
+
+#[test]
+fn ipv6_channel_expiry_stops_the_kernel_path_at_the_deadline() {
+    channel_expiry(&V6);
+}
+
+fn channel_expiry(plan: &Plan) {
     const LIFETIME: Duration = Duration::from_secs(4);
     lab::require_root();
-    let t = Topology::new();
-    t.resolve_peer();
+    let t = Topology::new(plan);
+    t.resolve_peer(plan);
     let server = Server::start(
         &t.server,
         &uturn_args(
-            SERVER_IP,
-            RELAY_IP,
+            plan.server,
+            plan.relay,
             &[
                 "--allowed-peer-ip",
-                PEER_IP,
+                plan.peer,
                 "--xdp",
                 "xc0",
                 "--xdp",
@@ -416,17 +485,28 @@ fn channel_expiry_stops_the_kernel_path_at_the_deadline() {
     );
     server.wait_for_log(&["XDP offload attached"]);
     server.wait_for_log(&["uturn ready"]);
-    let peer_addr: SocketAddr = (PEER_IP.parse::<std::net::IpAddr>().unwrap(), PEER_PORT).into();
+    let peer_addr = addr(plan.peer, PEER_PORT);
     let peer = t
         .peer
         .run(|| UdpSocket::bind(peer_addr).expect("peer socket"));
     let socket = t
         .client
-        .run(|| UdpSocket::bind((CLIENT_IP, 0)).expect("client socket"));
-    let server_addr: SocketAddr = (SERVER_IP.parse::<std::net::IpAddr>().unwrap(), 3478).into();
-    let mut client = Client::with_socket(socket, server_addr, "alice", "secret");
+        .run(|| UdpSocket::bind(addr(plan.client, 0)).expect("client socket"));
+    let mut client = Client::with_socket(socket, addr(plan.server, 3478), "alice", "secret");
     client.set_timeout(Duration::from_millis(300));
-    let relayed = client.allocate(None).expect("allocate");
+    // Without REQUESTED-ADDRESS-FAMILY the relay address is IPv4 (RFC 8656 §7.1).
+    let v6 = plan.family == "ipv6";
+    let relayed = client
+        .allocate_with(&|b| {
+            if v6 {
+                b.add_address_family(stun::REQUESTED_ADDRESS_FAMILY, stun::FAMILY_IPV6);
+            }
+        })
+        .expect("allocate");
+    assert_eq!(
+        relayed.ip(),
+        plan.relay.parse::<std::net::IpAddr>().unwrap()
+    );
 
     let sent_bind = Instant::now();
     client
@@ -479,7 +559,7 @@ fn channel_expiry_stops_the_kernel_path_at_the_deadline() {
         "relayed {:?} after the deadline",
         last - latest
     );
-    let (ns, ip) = (&t.server, SERVER_IP);
+    let (ns, ip) = (&t.server, plan.server);
     assert_eq!(metric(ns, ip, "uturn_offload_removes_total", ""), 1);
     assert_eq!(metric(ns, ip, "uturn_offload_bindings", ""), 0);
     assert_eq!(

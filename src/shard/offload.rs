@@ -156,6 +156,7 @@ fn since(now: &OffloadTraffic, last: &OffloadTraffic) -> OffloadTraffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn traffic(p: u64) -> OffloadTraffic {
         let c = Counters {
@@ -170,6 +171,60 @@ mod tests {
                 ..c
             },
         }
+    }
+
+    /// Needs root (it loads the program): fails, saying so, without it.
+    #[test]
+    fn refusals_are_counted_and_removals_release_held_deletions() {
+        use crate::stun::{self, Method};
+        use crate::testing::{error_code, Client, World};
+        use crate::turn::Event;
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let root = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0");
+        assert!(
+            root,
+            "NOT RUN: this test loads the XDP program and needs root"
+        );
+        // Room for one binding: the second install is refused.
+        let offload = crate::xdp::Offload::load(1).expect("load the XDP program");
+        let mut w = World::with(|c| c.offload = true);
+        let mut shard = ShardOffload::new(offload.maps().try_clone().unwrap(), w.now);
+        let peer: SocketAddr = "203.0.114.7:9000".parse().unwrap();
+        let mut clients = [
+            Client::new("203.0.113.5:40000"),
+            Client::new("203.0.113.6:40000"),
+        ];
+        for c in &mut clients {
+            c.allocate(&mut w);
+            assert_eq!(error_code(&c.bind_channel(&mut w, 0x4001, peer)), None);
+        }
+        shard.apply(w.now, &mut w.server);
+        let c = shard.counters;
+        assert_eq!((c.installs, c.refusals, c.installed), (1, 1, 1));
+        assert_eq!(offload.maps().len(), (1, 1));
+
+        w.events();
+        for c in &mut clients {
+            c.authed(&mut w, Method::REFRESH, |m| {
+                m.add_u32(stun::LIFETIME, 0);
+            });
+        }
+        let deleted = |events: &[Event]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::AllocationDeleted { .. }))
+                .count()
+        };
+        assert_eq!(deleted(&w.events()), 0, "held for the kernel's last counts");
+        shard.apply(w.now, &mut w.server);
+        assert_eq!(deleted(&w.events()), 2);
+        assert_eq!(w.server.closing_count(), 0);
+        assert_eq!((shard.counters.removes, shard.counters.installed), (1, 0));
+        assert_eq!(offload.maps().len(), (0, 0));
     }
 
     #[test]

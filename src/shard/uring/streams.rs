@@ -104,6 +104,7 @@ impl Shard {
         if !cqueue::more(entry.flags()) {
             self.io.armed = self.io.armed.saturating_sub(1);
         }
+        let mut handled = false;
         if let Some(streams) = self.streams.as_mut() {
             let data: Option<Result<&[u8], ()>> = match (&lent, result) {
                 (Some(l), n) if n > 0 => {
@@ -124,6 +125,7 @@ impl Shard {
                     buffers: &self.buffers,
                 };
                 streams.ring_received(slot, gen, data, now, state, &mut relays);
+                handled = true;
             }
             if !cqueue::more(entry.flags()) && (result > 0 || result == -libc::ENOBUFS) {
                 streams.rearm_ring(slot, gen);
@@ -131,6 +133,11 @@ impl Shard {
         }
         if let Some(lent) = lent {
             self.buffers.give_back(lent);
+        }
+        if handled {
+            // Answers go out now: a client's end arriving in the same turn closes the
+            // connection at the turn's end, and they must be written before that.
+            self.flush_transmits(state);
         }
     }
 

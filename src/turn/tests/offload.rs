@@ -249,3 +249,24 @@ fn kernel_traffic_counts_toward_the_packet_trigger() {
     };
     assert_eq!(*delta, traffic(4096));
 }
+
+#[test]
+fn mixed_families_stay_in_user_space() {
+    // An IPv6 client on an IPv4 relay: the program rewrites headers in place, one family.
+    let mut w = world();
+    let mut c = Client::new("[2001:db8::5]:40000");
+    c.allocate(&mut w);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(error_code(&c.bind_channel(&mut w, 0x4001, peer)), None);
+    assert_eq!(commands(&mut w), []);
+}
+
+#[test]
+fn rfc5766_channel_numbers_stay_in_user_space() {
+    let mut w = world();
+    let mut c = Client::new("203.0.113.5:40000");
+    c.allocate(&mut w);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(error_code(&c.bind_channel(&mut w, 0x5000, peer)), None);
+    assert_eq!(commands(&mut w), []);
+}
