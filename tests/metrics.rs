@@ -195,23 +195,9 @@ fn a_taken_metrics_port_stops_the_start() {
     let port = taken.local_addr().unwrap().port().to_string();
     let (listen, min, max) = next_ports();
     let (code, out) = run_bounded(
-        std::process::Command::new(env!("CARGO_BIN_EXE_uturn")).args([
-            "--listening-ip",
-            "127.0.0.1",
-            "--listening-port",
-            &listen.to_string(),
-            "--min-port",
-            &min.to_string(),
-            "--max-port",
-            &max.to_string(),
-            "--realm",
-            "example.org",
-            "--user",
-            "alice:secret",
-            "--prometheus",
-            "--prometheus-port",
-            &port,
-        ]),
+        std::process::Command::new(env!("CARGO_BIN_EXE_uturn"))
+            .args(base_args(listen, min, max))
+            .args(["--prometheus", "--prometheus-port", &port]),
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(1), "{out}");

@@ -118,6 +118,30 @@ pub struct Launch<'a> {
 /// seconds.
 const START_LIMIT: Duration = Duration::from_secs(60);
 
+/// Listening on 127.0.0.1:`port`, relaying on 127.0.0.1 from ports `min..=max`, realm
+/// example.org, user alice/secret: what every test server starts from.
+pub fn base_args(port: u16, min: u16, max: u16) -> Vec<String> {
+    let (port, min, max) = (port.to_string(), min.to_string(), max.to_string());
+    [
+        "--listening-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "127.0.0.1",
+        "--listening-port",
+        &port,
+        "--min-port",
+        &min,
+        "--max-port",
+        &max,
+        "--realm",
+        "example.org",
+        "--user",
+        "alice:secret",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl Uturn {
     /// Starts `uturn` with the interop options plus `extra`, waits until it answers Binding.
     pub fn start(backend: &str, extra: &[&str]) -> Uturn {
@@ -136,30 +160,17 @@ impl Uturn {
             let http_port = how.prometheus.then(free_tcp_port);
             let log =
                 std::env::temp_dir().join(format!("uturn-test-{}-{port}.log", std::process::id()));
-            let mut args: Vec<String> = [
-                "--listening-ip",
-                "127.0.0.1",
-                "--relay-ip",
-                "127.0.0.1",
-                "--listening-port",
-                &port.to_string(),
-                "--min-port",
-                &min.to_string(),
-                "--max-port",
-                &max.to_string(),
-                "--realm",
-                "example.org",
-                "--user",
-                "alice:secret",
-                "--lt-cred-mech",
-                "--backend",
-                how.backend,
-                "--log-level",
-                "debug",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut args = base_args(port, min, max);
+            args.extend(
+                [
+                    "--lt-cred-mech",
+                    "--backend",
+                    how.backend,
+                    "--log-level",
+                    "debug",
+                ]
+                .map(String::from),
+            );
             if let Some(http) = http_port {
                 args.extend(["--prometheus".into(), "--prometheus-port".into()]);
                 args.push(http.to_string());
