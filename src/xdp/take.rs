@@ -41,10 +41,10 @@ pub(super) fn take<K: Pod, V: Pod>(
         value: buf.as_mut_ptr() as u64,
         flags: 0,
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; `key` points to a
-    // `K` of the map's key size (aya checked the sizes when the map was typed) and `buf`
-    // to `cpus * stride` writable bytes, as the kernel writes for a per-CPU map; all three
-    // outlive the call, and `fd` is the map's open descriptor borrowed from `map`.
+    // `attr` is a valid bpf_attr prefix of the size passed; `fd` is the map's open
+    // descriptor borrowed from `map`.
+    // SAFETY: `key` points to a `K` of the map's key size (aya checked it when the map was
+    // typed), `buf` to the `cpus * stride` bytes the kernel writes; all outlive the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,

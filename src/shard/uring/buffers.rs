@@ -196,10 +196,10 @@ impl Buffers {
 
     /// The bytes of a lent buffer.
     pub fn bytes(&mut self, lent: &Lent) -> &mut [u8] {
-        // SAFETY: `bid < count` (checked in `take`), so the range is inside the data
-        // mapping; the buffer is lent (its bit is set and only `give_back`, which consumes
-        // the one `Lent`, clears it), so the kernel does not write it; the `&mut self`
-        // borrow keeps two such slices from coexisting.
+        // The buffer is lent: its bit is set and only `give_back`, which consumes the one
+        // `Lent`, clears it.
+        // SAFETY: `bid < count` (checked in `take`): inside the data mapping; lent, so the
+        // kernel does not write it; `&mut self` keeps two such slices from coexisting.
         unsafe {
             std::slice::from_raw_parts_mut(
                 self.data.ptr.add(usize::from(lent.bid) * BUF_SIZE),
