@@ -72,6 +72,29 @@ fn slow_reader(backend: &str) {
         grown < 2 << 20,
         "server memory grew by {grown} bytes while a client did not read (40 MB sent)"
     );
+    // A client that does not read holds no provided buffers: with the flood still
+    // queued for it, another TCP client relays both ways.
+    {
+        let mut other = TcpTurn::connect(server.addr(), "alice", "secret");
+        let other_relay = other.allocate();
+        other.bind(0x4002, peer_addr);
+        other.send_channel_data(0x4002, b"second");
+        let (n, _) = peer
+            .recv_from(&mut buf)
+            .expect("the second client's ChannelData reaches the peer");
+        assert_eq!(&buf[..n], b"second");
+        for i in 0..1000 {
+            peer.send_to(b"back", other_relay).unwrap();
+            if i % 64 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let mut back = 0;
+        while back < 1000 && other.recv(Duration::from_secs(5)).is_some() {
+            back += 1;
+        }
+        assert_eq!(back, 1000, "the second client got every answer");
+    }
     // The connection still works: the client reads what was queued, then a fresh frame.
     let mut got = 0;
     while client.recv(Duration::from_millis(500)).is_some() {

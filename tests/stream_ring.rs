@@ -1,8 +1,11 @@
-//! TCP clients on the io_uring shard, read by multishot receives into the provided
-//! buffers, and (test knob `UTURN_TEST_STREAM_EPOLL=true`) through the epoll set with
-//! `read` calls: on both paths a frame split into tiny writes, a frame longer than a provided
-//! buffer and many frames in one write arrive whole and in order, and the peer's answers
-//! come back as ChannelData.
+//! TCP clients on the io_uring shard: accepted, read and written on the ring (multishot
+//! accept, multishot receives into the provided buffers, sends from the peer datagram's
+//! own buffer or the connection's queue); with `UTURN_TEST_STREAM_RING_SENDS=false` read on
+//! the ring but accepted and written through the epoll set; with
+//! `UTURN_TEST_STREAM_EPOLL=true` all through the epoll set. On every path a frame split
+//! into tiny writes, a frame longer than a provided buffer and many frames in one write
+//! arrive whole and in order, and the peer's answers come back as ChannelData, in order,
+//! padded to 4 with zero bytes (never stale bytes of a reused buffer).
 
 mod common;
 mod stream_support;
@@ -55,6 +58,33 @@ fn relays_whole_frames(server: &Uturn) {
     let decoded = ChannelData::parse(&back).expect("ChannelData");
     assert_eq!(decoded.number, CHANNEL);
     assert_eq!(decoded.payload, b"answer from the peer");
+
+    // A burst from the peer: large datagrams leave non-zero bytes in the provided buffers,
+    // odd-sized ones after them need padding. Every frame comes back whole, in order,
+    // padded with zeros.
+    let sizes: Vec<usize> = (0..400).map(|i| if i % 2 == 0 { 1200 } else { 1 + i % 7 }).collect();
+    for (i, &len) in sizes.iter().enumerate() {
+        let payload = vec![0xa0 | (i % 16) as u8; len];
+        peer.send_to(&payload, relay).unwrap();
+        if i % 32 == 0 {
+            // Keeps the relay socket's receive queue from overflowing on a loaded host.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for (i, &len) in sizes.iter().enumerate() {
+        let frame = client
+            .recv(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("peer datagram {i} of {}", sizes.len()));
+        let padded = 4 + len.next_multiple_of(4);
+        assert_eq!(frame.len(), padded, "frame {i}: ChannelData padded to 4");
+        let decoded = ChannelData::parse(&frame).expect("ChannelData");
+        assert_eq!(decoded.payload, &vec![0xa0 | (i % 16) as u8; len][..], "frame {i}");
+        assert!(
+            frame[4 + len..].iter().all(|&b| b == 0),
+            "frame {i}: padding {:?} is not zero",
+            &frame[4 + len..]
+        );
+    }
 }
 
 fn check(server: Uturn, path: &str) {
@@ -71,13 +101,17 @@ fn check(server: Uturn, path: &str) {
     }
 }
 
-/// One test, so the knob set for the second server does not reach another test's.
+/// One test, so the knobs set for the later servers do not reach another test's.
 #[test]
 fn tcp_frames_on_the_ring_and_through_epoll() {
     check(
         Uturn::start("io-uring", &["--allow-loopback-peers"]),
-        "TCP and TLS receives on the ring",
+        "TCP and TLS accepts, receives and sends on the ring",
     );
+    std::env::set_var("UTURN_TEST_STREAM_RING_SENDS", "false");
+    let reads = Uturn::start("io-uring", &["--allow-loopback-peers"]);
+    std::env::remove_var("UTURN_TEST_STREAM_RING_SENDS");
+    check(reads, "TCP and TLS receives on the ring, accepts and writes through epoll");
     std::env::set_var("UTURN_TEST_STREAM_EPOLL", "true");
     let epoll = Uturn::start("io-uring", &["--allow-loopback-peers"]);
     std::env::remove_var("UTURN_TEST_STREAM_EPOLL");

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 use uturn::stun::{self, Class, Message, MessageBuilder, Method};
-use uturn::testing::tls::{client_config, Remember};
+use uturn::testing::tls::{client_config, AnyCertificate};
 
 mod common;
 mod stream_support;
@@ -23,7 +23,7 @@ fn allocate_over_tls(
     server: SocketAddr,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> CertificateDer<'static> {
-    let remember = Arc::new(Remember::default());
+    let remember = Arc::new(AnyCertificate::remembering());
     let config = client_config(version, remember.clone());
     let conn = ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
     let sock = TcpStream::connect(server).unwrap();

@@ -11,13 +11,15 @@
 
 mod ring;
 
+pub(crate) use ring::{SendTarget, Sent};
+
 use super::stream_conn::{Closed, Connection, Input, Queued};
 pub(crate) use super::stream_options::bind_tcp;
 pub use super::stream_options::{StreamOptions, DEFAULT_MAX_CONNECTIONS};
 use super::tls::Certificates;
 use super::{IoCounters, ShardState};
 use crate::turn::{ClientAction, Event, FiveTuple, RelayId, RelaySockets, Transmit, Transport};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +36,8 @@ const READ_BUFFER: usize = 64 * 1024;
 const RING_GEN_MASK: u32 = (1 << 28) - 1;
 /// How often deadlines are checked; closing is at most this late.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// How long a connection its client ended waits for its last ring send.
+const SEND_GRACE: Duration = Duration::from_secs(1);
 
 /// Stream-side events and drops of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,6 +67,11 @@ pub(crate) trait RelayIo {
     fn sockets(&mut self) -> &mut dyn RelaySockets;
     /// Sends (or queues) `data` from relay socket `relay` to `peer`, counting it in `io`.
     fn send_to_peer(&mut self, io: &mut IoCounters, relay: RelayId, peer: SocketAddr, data: &[u8]);
+    /// A connection closed: its socket goes, once nothing the backend queued for it can
+    /// reach another socket that gets the same descriptor number.
+    fn release_stream(&mut self, socket: TcpStream) {
+        drop(socket);
+    }
 }
 
 struct Listener {
@@ -90,6 +99,12 @@ pub(crate) struct Streams {
     ring_reads: bool,
     /// (slot, generation, descriptor) of connections whose ring receive is to be armed.
     to_arm: Vec<(u32, u32, RawFd)>,
+    /// Writes to connections go through the backend's ring ([`Streams::take_sends`]).
+    ring_sends: bool,
+    /// Accepts come from the backend's ring ([`Streams::ring_accepted`]).
+    ring_accepts: bool,
+    /// Connections with queued bytes for the ring (see `Connection::listed`).
+    to_send: Vec<usize>,
     next_gen: u32,
     next_sweep: Instant,
     pub counters: StreamCounters,
@@ -126,6 +141,9 @@ impl Streams {
             ending: Vec::new(),
             ring_reads: false,
             to_arm: Vec::new(),
+            ring_sends: false,
+            ring_accepts: false,
+            to_send: Vec::new(),
             next_gen: 0,
             next_sweep: Instant::now() + SWEEP_EVERY,
             counters: StreamCounters::default(),
@@ -202,52 +220,61 @@ impl Streams {
                     return;
                 }
             };
-            let transport = listener.transport;
-            if self.open >= self.options.max_connections {
-                self.counters.refused += 1;
-                drop(socket);
-                continue;
-            }
-            let Ok(server) = socket.local_addr() else {
-                continue;
-            };
-            let _ = socket.set_nodelay(true);
-            let tls = match (transport, &self.tls) {
-                (Transport::Tls, Some(config)) => {
-                    match rustls::ServerConnection::new(config.clone()) {
-                        Ok(mut c) => {
-                            // Records are moved to the connection's own bounded queue at once.
-                            c.set_buffer_limit(None);
-                            Some(Box::new(c))
-                        }
-                        Err(_) => continue,
-                    }
+            self.admit(index, socket, client, now);
+        }
+    }
+
+    /// Takes a connection listener `index` accepted, or closes it at once (counted) when
+    /// the shard is at `max_connections`.
+    fn admit(&mut self, index: usize, socket: TcpStream, client: SocketAddr, now: Instant) {
+        let Some(transport) = self.listeners.get(index).map(|l| l.transport) else {
+            return;
+        };
+        if self.open >= self.options.max_connections {
+            self.counters.refused += 1;
+            return;
+        }
+        let Ok(server) = socket.local_addr() else {
+            return;
+        };
+        let _ = socket.set_nodelay(true);
+        let tls = match (transport, &self.tls) {
+            (Transport::Tls, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(mut c) => {
+                    // Records are moved to the connection's own bounded queue at once.
+                    c.set_buffer_limit(None);
+                    Some(Box::new(c))
                 }
-                _ => None,
-            };
-            let tuple = FiveTuple {
-                client,
-                server,
-                transport,
-            };
-            let slot = self.free.pop().unwrap_or_else(|| {
-                self.conns.push(None);
-                self.conns.len() - 1
-            });
-            let ring = self.ring_reads;
-            let mut conn = Connection::new(
-                socket,
-                tuple,
-                tls,
-                self.options.max_frame_unallocated,
-                self.options.send_queue,
-                now,
-            );
-            let interest = if ring {
-                Interest::WRITABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            };
+                Err(_) => return,
+            },
+            _ => None,
+        };
+        let tuple = FiveTuple {
+            client,
+            server,
+            transport,
+        };
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let ring = self.ring_reads;
+        let mut conn = Connection::new(
+            socket,
+            tuple,
+            tls,
+            self.options.max_frame_unallocated,
+            self.options.send_queue,
+            now,
+        );
+        conn.ring_sends = self.ring_sends;
+        // The epoll set sees what the ring does not: reads, and writability for `write`.
+        let interest = match (ring, self.ring_sends) {
+            (true, true) => None,
+            (true, false) => Some(Interest::WRITABLE),
+            (false, _) => Some(Interest::READABLE | Interest::WRITABLE),
+        };
+        if let Some(interest) = interest {
             if self
                 .poll
                 .registry()
@@ -255,20 +282,21 @@ impl Streams {
                 .is_err()
             {
                 self.free.push(slot);
-                continue;
+                return;
             }
-            if ring {
-                self.next_gen = self.next_gen.wrapping_add(1) & RING_GEN_MASK;
-                conn.ring = true;
-                conn.gen = self.next_gen;
-                self.to_arm
-                    .push((slot as u32, conn.gen, conn.socket.as_raw_fd()));
-            }
-            self.by_tuple.insert((client, server), slot);
-            self.conns[slot] = Some(conn);
-            self.open += 1;
-            self.counters.accepted += 1;
         }
+        if ring {
+            // Never 0, so a generation of 0 names no connection.
+            self.next_gen = (self.next_gen.wrapping_add(1) & RING_GEN_MASK).max(1);
+            conn.ring = true;
+            conn.gen = self.next_gen;
+            self.to_arm
+                .push((slot as u32, conn.gen, conn.socket.as_raw_fd()));
+        }
+        self.by_tuple.insert((client, server), slot);
+        self.conns[slot] = Some(conn);
+        self.open += 1;
+        self.counters.accepted += 1;
     }
 
     fn read(
@@ -321,6 +349,8 @@ impl Streams {
             }
             Err(why) => self.close(slot, why, now, state, relays),
         }
+        // Answers, handshake records and alerts leave on the ring.
+        self.list_send(slot);
     }
 
     fn flush(
@@ -355,7 +385,9 @@ impl Streams {
             Closed::Peer | Closed::Io => {}
         }
         conn.close();
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        if !(conn.ring && conn.ring_sends) {
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+        }
         self.by_tuple
             .remove(&(conn.tuple.client, conn.tuple.server));
         self.free.push(slot);
@@ -365,14 +397,24 @@ impl Streams {
         state
             .server
             .connection_closed(now, conn.tuple, relays.sockets());
+        relays.release_stream(conn.socket);
     }
 
     /// End of a loop turn: closes the connections their clients ended (their answers are
     /// written by now), and those past a deadline: TLS handshakes too slow, connections
     /// holding no allocation quiet for the idle timeout.
     pub fn sweep(&mut self, now: Instant, state: &mut ShardState, relays: &mut dyn RelayIo) {
+        // A connection whose answers are still on the ring closes once they are out, or
+        // after SEND_GRACE if its client does not take them.
         for slot in std::mem::take(&mut self.ending) {
-            self.close(slot, Closed::Peer, now, state, relays);
+            let wait = self.conns.get(slot).and_then(Option::as_ref).is_some_and(|c| {
+                c.sending() && now.saturating_duration_since(c.active_at) < SEND_GRACE
+            });
+            if wait {
+                self.ending.push(slot);
+            } else {
+                self.close(slot, Closed::Peer, now, state, relays);
+            }
         }
         if now < self.next_sweep {
             return;
@@ -428,7 +470,7 @@ impl Streams {
             return;
         };
         match conn.send(frame) {
-            Ok(Queued::Yes) => {}
+            Ok(Queued::Yes) => self.list_send(slot),
             Ok(Queued::Full) => self.counters.queue_drops += 1,
             // Closed on the next read or writable event, where the core can be told.
             Err(_) => {}

@@ -74,6 +74,17 @@ pub(crate) struct Connection {
     /// Tags the ring receive's completions, so one for an earlier connection in the same
     /// slot is told apart.
     pub gen: u32,
+    /// The backend's ring sends this connection's bytes: nothing here writes to the
+    /// socket while the connection is open; queued bytes wait for [`Connection::take_out`].
+    pub ring_sends: bool,
+    /// Bytes of the ring send in flight (at most one per connection, for ordering);
+    /// `None` when none is.
+    in_flight: Option<usize>,
+    /// An empty queue, its capacity kept, swapped in for `out` when `out` leaves on a ring
+    /// send (no allocation per send).
+    spare: BytesMut,
+    /// On the stream side's list of connections with a send to put on the ring.
+    pub listed: bool,
 }
 
 impl Connection {
@@ -99,6 +110,10 @@ impl Connection {
             ended: false,
             ring: false,
             gen: 0,
+            ring_sends: false,
+            in_flight: None,
+            spare: BytesMut::new(),
+            listed: false,
         }
     }
 
@@ -112,7 +127,60 @@ impl Connection {
 
     /// Memory held for this connection's buffers (not counting TLS state).
     pub fn buffered_capacity(&self) -> usize {
-        self.out.capacity() + self.frames.capacity()
+        self.out.capacity() + self.spare.capacity() + self.frames.capacity()
+    }
+
+    /// A ring send is in flight.
+    pub fn sending(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// A frame for the client could go on the ring straight from the caller's buffer: a
+    /// plain TCP connection with nothing queued or in flight.
+    pub fn zero_copy_ready(&self) -> bool {
+        self.ring_sends && self.tls.is_none() && self.in_flight.is_none() && self.out.is_empty()
+    }
+
+    /// Marks a send of `len` bytes the caller put on the ring itself (zero copy).
+    pub fn claim(&mut self, len: usize) {
+        self.in_flight = Some(len);
+    }
+
+    /// Queued bytes wait and no send is in flight: [`Connection::take_out`] has work.
+    pub fn wants_send(&self) -> bool {
+        self.ring_sends && self.in_flight.is_none() && !self.out.is_empty()
+    }
+
+    /// The queued bytes, to go on the ring as one send; the connection counts them as in
+    /// flight until [`Connection::sent`] or [`Connection::unsent`].
+    pub fn take_out(&mut self) -> Option<BytesMut> {
+        if !self.wants_send() {
+            return None;
+        }
+        let bytes = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare));
+        self.in_flight = Some(bytes.len());
+        Some(bytes)
+    }
+
+    /// The ring send in flight completed; `back` is the queue it carried, kept for reuse.
+    pub fn sent(&mut self, back: Option<BytesMut>) {
+        self.in_flight = None;
+        if let Some(mut b) = back {
+            b.clear();
+            if b.capacity() <= KEEP_QUEUE_CAPACITY && b.capacity() > self.spare.capacity() {
+                self.spare = b;
+            }
+        }
+    }
+
+    /// The ring send in flight left `rest` unsent (a short send, or the socket was full):
+    /// it goes first in the queue, before what was queued meanwhile.
+    pub fn unsent(&mut self, rest: &[u8]) {
+        self.in_flight = None;
+        let old = self.out.len();
+        self.out.resize(old + rest.len(), 0);
+        self.out.copy_within(0..old, rest.len());
+        self.out[..rest.len()].copy_from_slice(rest);
     }
 
     /// Takes `input` (reading the socket until it would block, or bytes a ring receive
@@ -159,10 +227,12 @@ impl Connection {
             // allocation on a connection that has not spoken yet.
             return Ok(Queued::Full);
         }
-        if !self.out.is_empty() && self.out.len() + frame.len() > self.limit {
+        let waiting = self.out.len() + self.in_flight.unwrap_or(0);
+        if waiting > 0 && waiting + frame.len() > self.limit {
             return Ok(Queued::Full);
         }
         match self.tls.as_mut() {
+            None if self.ring_sends => self.out.extend_from_slice(frame),
             None if self.out.is_empty() => {
                 // The common case: straight from the caller's buffer to the socket.
                 let n = match self.socket.write(frame) {
@@ -186,8 +256,16 @@ impl Connection {
         Ok(Queued::Yes)
     }
 
-    /// Writes queued bytes until the socket would block.
+    /// Writes queued bytes until the socket would block (on ring sends, the backend's
+    /// ring does).
     pub fn flush(&mut self) -> Result<(), Closed> {
+        if self.ring_sends {
+            return Ok(());
+        }
+        self.write_out()
+    }
+
+    fn write_out(&mut self) -> Result<(), Closed> {
         while !self.out.is_empty() {
             match self.socket.write(&self.out) {
                 Ok(0) => return Err(Closed::Io),
@@ -211,8 +289,11 @@ impl Connection {
             tls.send_close_notify();
             take_records(tls, &mut self.out);
         }
-        // Best effort: what the socket does not take now is lost with the connection.
-        let _ = self.flush();
+        // Best effort: what the socket does not take now is lost with the connection. Behind
+        // a ring send in flight nothing may be written (order); it is lost too.
+        if self.in_flight.is_none() {
+            let _ = self.write_out();
+        }
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }

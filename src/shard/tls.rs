@@ -158,7 +158,7 @@ pub fn cipher_name(suite: Option<CipherSuite>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::tls::{client_config, Remember};
+    use crate::testing::tls::{client_config, AnyCertificate};
     use rustls::{ClientConnection, ServerConnection};
 
     fn make_cert(cert: &Path, key: &Path, name: &str) {
@@ -171,7 +171,7 @@ mod tests {
         server: &Arc<ServerConfig>,
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (CertificateDer<'static>, &'static str, &'static str) {
-        let remember = Arc::new(Remember::default());
+        let remember = Arc::new(AnyCertificate::remembering());
         let client = client_config(version, remember.clone());
         let mut c =
             ClientConnection::new(Arc::new(client), "turn.test".try_into().unwrap()).unwrap();

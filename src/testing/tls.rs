@@ -1,6 +1,7 @@
-//! TLS test support, shared by the unit tests of `shard::tls` and the TLS integration
-//! tests: self-signed certificates made with the `openssl` tool, and a rustls client that
-//! accepts any server certificate and remembers the leaf it was shown.
+//! TLS test support, shared by the unit tests of `shard::tls`, the TLS integration tests and
+//! uturn-bench's TLS clients: self-signed certificates made with the `openssl` tool, and a
+//! rustls certificate verifier that accepts any server certificate (optionally remembering
+//! the leaf it was shown).
 //!
 //! Must not: be used by the server itself (it trusts every certificate).
 
@@ -28,15 +29,30 @@ pub fn make_cert(cert: &Path, key: &Path, name: &str) {
     assert!(out.status.success(), "openssl failed: {out:?}");
 }
 
-/// Accepts any server certificate (test certificates are self-signed) and remembers the
-/// leaf it was shown; signatures are still checked.
+/// Accepts any server certificate (test and bench certificates are self-signed, on
+/// loopback); handshake signatures are still checked, so the key exchange is real. Made
+/// with [`AnyCertificate::remembering`], it keeps the leaf it was last shown.
 #[derive(Debug, Default)]
-pub struct Remember(Mutex<Option<CertificateDer<'static>>>);
+pub struct AnyCertificate {
+    leaf: Option<Mutex<Option<CertificateDer<'static>>>>,
+}
 
-impl Remember {
-    /// The leaf of the last handshake, if there was one.
+impl AnyCertificate {
+    pub fn new() -> AnyCertificate {
+        AnyCertificate::default()
+    }
+
+    /// One that remembers the leaf of each handshake.
+    pub fn remembering() -> AnyCertificate {
+        AnyCertificate {
+            leaf: Some(Mutex::new(None)),
+        }
+    }
+
+    /// The leaf of the last handshake, if there was one and it was asked to remember.
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let leaf = self.leaf.as_ref()?;
+        leaf.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -44,7 +60,7 @@ fn algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
-impl ServerCertVerifier for Remember {
+impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -53,7 +69,9 @@ impl ServerCertVerifier for Remember {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.clone().into_owned());
+        if let Some(leaf) = &self.leaf {
+            *leaf.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.clone().into_owned());
+        }
         Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -77,15 +95,15 @@ impl ServerCertVerifier for Remember {
     }
 }
 
-/// A client configuration for TLS `version` that trusts any server through `remember`.
+/// A client configuration for TLS `version` that trusts any server through `verifier`.
 pub fn client_config(
     version: &'static rustls::SupportedProtocolVersion,
-    remember: Arc<Remember>,
+    verifier: Arc<AnyCertificate>,
 ) -> ClientConfig {
     ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[version])
         .expect("ring supports TLS 1.2 and 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(remember)
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth()
 }

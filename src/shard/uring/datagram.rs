@@ -108,12 +108,11 @@ impl Shard {
                                 let action = state
                                     .server
                                     .handle_peer(now, target, relay_addr, buf, payload);
-                                to_client(&self.io, self.streams.as_mut(), action, buf)
+                                to_client(&self.io, action)
                             }
-                            None => self
-                                .io
-                                .relay_fd(relay)
-                                .map(|fd| (fd, peer, payload.start, payload.len())),
+                            None => self.io.relay_fd(relay).map(|fd| {
+                                (Dest::Udp(fd, peer), payload.start, payload.len())
+                            }),
                         }
                     }
                     ClientAction::None => None,
@@ -123,12 +122,19 @@ impl Shard {
                 let action = state
                     .server
                     .handle_peer(now, RelayId(index), from, buf, payload);
-                to_client(&self.io, self.streams.as_mut(), action, buf)
+                to_client(&self.io, action)
             }
             _ => None,
         };
-        let Some((fd, to, offset, len)) = send else {
-            return Outcome::Done(lent);
+        let (fd, to, offset, len) = match send {
+            Some((Dest::Udp(fd, to), offset, len)) => (fd, to, offset, len),
+            Some((Dest::Stream(tuple), offset, len)) => {
+                return match self.send_to_stream(tuple, lent, offset, len) {
+                    None => Outcome::Sending,
+                    Some(lent) => Outcome::Done(lent),
+                };
+            }
+            None => return Outcome::Done(lent),
         };
         let buf = SendBuf::Lent {
             buf: lent,
@@ -142,33 +148,24 @@ impl Shard {
     }
 }
 
-/// The UDP send a peer datagram turns into, if any: (descriptor and source, client,
-/// offset in the buffer, length). To a stream client it is written or queued by the
-/// connection at once, and the buffer can go back.
-#[allow(clippy::type_complexity)]
-fn to_client(
-    io: &Io,
-    streams: Option<&mut Streams>,
-    action: PeerAction,
-    buf: &[u8],
-) -> Option<(
-    (std::os::fd::RawFd, Option<std::net::IpAddr>),
-    SocketAddr,
-    usize,
-    usize,
-)> {
+/// Where a datagram for a client goes.
+enum Dest {
+    /// A UDP send from this descriptor (and source address) to this client.
+    Udp((std::os::fd::RawFd, Option<std::net::IpAddr>), SocketAddr),
+    /// The stream connection of (local, client).
+    Stream((SocketAddr, SocketAddr)),
+}
+
+/// The send a peer datagram turns into, if any: where to, and the offset and length of
+/// the frame in the buffer.
+fn to_client(io: &Io, action: PeerAction) -> Option<(Dest, usize, usize)> {
     match action {
         PeerAction::ToClient {
             local,
             client,
             range,
             transport,
-        } if transport.is_stream() => {
-            if let Some(s) = streams {
-                s.send_to_client(local, client, &buf[range]);
-            }
-            None
-        }
+        } if transport.is_stream() => Some((Dest::Stream((local, client)), range.start, range.len())),
         PeerAction::ToClient {
             local,
             client,
@@ -176,7 +173,7 @@ fn to_client(
             ..
         } => io
             .listener_for(local)
-            .map(|fd| (fd, client, range.start, range.len())),
+            .map(|fd| (Dest::Udp(fd, client), range.start, range.len())),
         PeerAction::Drop => None,
     }
 }

@@ -4,6 +4,7 @@
 //! Must not free anything the kernel may still use.
 
 use super::op::Op;
+use super::stream_send::Finished;
 use super::Shard;
 use ::io_uring::types::{SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode};
@@ -26,8 +27,12 @@ impl Shard {
         self.io.push(&wake);
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut wake_done = !self.wake_armed;
-        while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
-            && Instant::now() < deadline
+        let busy = |shard: &Shard| {
+            shard.io.armed > 0
+                || shard.io.sends_in_flight() > 0
+                || shard.stream_ring.sends.in_flight() > 0
+        };
+        while (busy(self) || !wake_done) && Instant::now() < deadline
         {
             let buffers = &mut self.buffers;
             self.io
@@ -53,12 +58,27 @@ impl Shard {
                         self.io
                             .finish_send(slot, |buf| super::give_back(buffers, buf));
                     }
+                    Some(Op::StreamSend { index }) => {
+                        let done = self.stream_ring.sends.finish(
+                            &mut self.io,
+                            &self.buffers,
+                            index,
+                            entry.result(),
+                        );
+                        if let Some(Finished::Done {
+                            lent: Some((buf, _, _)),
+                            ..
+                        }) = done
+                        {
+                            self.buffers.give_back(buf);
+                        }
+                    }
                     Some(Op::WakeRead) => wake_done = true,
                     _ => {}
                 }
             }
         }
-        if self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done {
+        if busy(self) || !wake_done {
             // The kernel may still write into the buffers: keep them mapped for the life of
             // the process rather than risk it writing into freed memory.
             tracing::warn!(
@@ -66,6 +86,7 @@ impl Shard {
             );
             self.buffers.leak();
             self.io.leak();
+            self.stream_ring.sends.leak();
             std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
     }

@@ -31,6 +31,7 @@ mod io;
 mod op;
 mod pacer;
 mod recover;
+mod stream_send;
 mod streams;
 #[cfg(test)]
 mod tests;
@@ -108,6 +109,8 @@ pub(crate) struct Shard {
     recheck_due: bool,
     /// TCP and TLS clients, on an epoll set the ring polls.
     streams: Option<Streams>,
+    /// Their sends in flight and accepts to arm again.
+    stream_ring: streams::StreamRing,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -202,14 +205,20 @@ impl Shard {
             listeners.push((*addr, bind_listener(*addr)?));
         }
         let mut streams = Streams::new(listen, stream_options)?;
+        let mut accepts = Vec::new();
         if let Some(s) = streams.as_mut() {
             if knobs.stream_epoll == Some(true) {
                 features.push_str(", TCP/TLS clients through epoll");
-            } else {
+            } else if knobs.stream_ring_sends == Some(false) {
                 s.set_ring_reads();
                 features.push_str(
                     ", TCP and TLS receives on the ring, accepts and writes through epoll",
                 );
+            } else {
+                s.set_ring_reads();
+                s.set_ring_sends();
+                accepts = s.set_ring_accepts();
+                features.push_str(", TCP and TLS accepts, receives and sends on the ring");
             }
         }
         // SAFETY: eventfd takes no pointers; the result is checked before use.
@@ -230,8 +239,12 @@ impl Shard {
             cq_dropped: 0,
             recheck_due: false,
             streams,
+            stream_ring: Default::default(),
         };
         shard.io.gso = udp_gso;
+        for (index, _) in accepts {
+            shard.arm_accept(index);
+        }
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
         }
@@ -293,6 +306,9 @@ impl Shard {
             if let Some(s) = &self.streams {
                 timeout = timeout.min(s.next_deadline().saturating_duration_since(now));
             }
+            if let Some(at) = self.accept_deadline() {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
             self.buffers.publish();
             self.io.flush_group();
             self.io.queue_pending_cancels();
@@ -319,6 +335,7 @@ impl Shard {
                 Ok(()) => {
                     failing_since = None;
                     self.io.submitted();
+                    self.stream_ring.sends.submitted(&mut self.io);
                 }
                 Err(e) => self.wait_failed(state, e, &mut failing_since)?,
             }
@@ -349,10 +366,13 @@ impl Shard {
             // Answers first: the sweep closes the connections their clients ended, and an
             // answer routed after that would find no connection.
             self.flush_transmits(state);
+            self.send_stream_queues();
             self.run_streams(state, now, true);
             self.flush_transmits(state);
+            self.send_stream_queues();
             self.rearm();
             self.arm_stream_recvs();
+            self.rearm_accepts(now);
             if std::mem::take(&mut self.recheck_due) && !state.stopping() {
                 self.recheck_receives();
             }
@@ -415,9 +435,14 @@ impl Shard {
                     self.arm_wake();
                 }
             }
-            Some(op @ (Op::RecheckListen { .. } | Op::RecheckRelay { .. })) => {
-                self.rechecked(state.stopping(), op, entry.result())
-            }
+            Some(
+                op @ (Op::RecheckListen { .. }
+                | Op::RecheckRelay { .. }
+                | Op::RecheckStream { .. }
+                | Op::RecheckAccept { .. }),
+            ) => self.rechecked(state.stopping(), op, entry.result()),
+            Some(Op::StreamSend { index }) => self.stream_sent(state, now, index, entry),
+            Some(Op::StreamAccept { index }) => self.stream_accepted(state.stopping(), now, index, entry),
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
             Some(Op::StreamRecv { index, gen }) => {
                 self.stream_received(state, now, (index, gen), entry)

@@ -27,6 +27,14 @@ pub(super) enum Op {
     RecheckListen { index: u32 },
     /// The same for relay socket `index`, generation `gen`.
     RecheckRelay { index: u32, gen: u32 },
+    /// A send to a stream connection, in entry `index` of the stream send table.
+    StreamSend { index: u32 },
+    /// The multishot accept of stream listener `index`.
+    StreamAccept { index: u32 },
+    /// The recheck of stream connection `index`'s receive, generation `gen`.
+    RecheckStream { index: u32, gen: u32 },
+    /// The recheck of stream listener `index`'s accept.
+    RecheckAccept { index: u32 },
 }
 
 const TAG_SHIFT: u32 = 60;
@@ -44,6 +52,10 @@ const TAG_RECHECK_LISTEN: u64 = 6;
 const TAG_RECHECK_RELAY: u64 = 7;
 const TAG_STREAMS: u64 = 8;
 const TAG_STREAM_RECV: u64 = 9;
+const TAG_STREAM_SEND: u64 = 10;
+const TAG_STREAM_ACCEPT: u64 = 11;
+const TAG_RECHECK_STREAM: u64 = 12;
+const TAG_RECHECK_ACCEPT: u64 = 13;
 
 impl Op {
     pub fn encode(self) -> u64 {
@@ -57,6 +69,10 @@ impl Op {
             Op::StreamRecv { index, gen } => (TAG_STREAM_RECV, gen & GEN_MASK, index),
             Op::RecheckListen { index } => (TAG_RECHECK_LISTEN, 0, index),
             Op::RecheckRelay { index, gen } => (TAG_RECHECK_RELAY, gen & GEN_MASK, index),
+            Op::StreamSend { index } => (TAG_STREAM_SEND, 0, index),
+            Op::StreamAccept { index } => (TAG_STREAM_ACCEPT, 0, index),
+            Op::RecheckStream { index, gen } => (TAG_RECHECK_STREAM, gen & GEN_MASK, index),
+            Op::RecheckAccept { index } => (TAG_RECHECK_ACCEPT, 0, index),
         };
         (tag << TAG_SHIFT) | (u64::from(gen) << GEN_SHIFT) | u64::from(index)
     }
@@ -76,6 +92,10 @@ impl Op {
             TAG_STREAM_RECV => Op::StreamRecv { index, gen },
             TAG_RECHECK_LISTEN => Op::RecheckListen { index },
             TAG_RECHECK_RELAY => Op::RecheckRelay { index, gen },
+            TAG_STREAM_SEND => Op::StreamSend { index },
+            TAG_STREAM_ACCEPT => Op::StreamAccept { index },
+            TAG_RECHECK_STREAM => Op::RecheckStream { index, gen },
+            TAG_RECHECK_ACCEPT => Op::RecheckAccept { index },
             _ => return None,
         };
         (op.encode() == data).then_some(op)
@@ -88,6 +108,10 @@ impl Op {
             Op::RelayRecv { index, gen } => Some(Op::RecheckRelay { index, gen }),
             Op::RecheckListen { index } => Some(Op::ListenRecv { index }),
             Op::RecheckRelay { index, gen } => Some(Op::RelayRecv { index, gen }),
+            Op::StreamRecv { index, gen } => Some(Op::RecheckStream { index, gen }),
+            Op::RecheckStream { index, gen } => Some(Op::StreamRecv { index, gen }),
+            Op::StreamAccept { index } => Some(Op::RecheckAccept { index }),
+            Op::RecheckAccept { index } => Some(Op::StreamAccept { index }),
             _ => None,
         }
     }
@@ -122,6 +146,10 @@ mod tests {
                 index: 9,
                 gen: GEN_MASK,
             },
+            Op::StreamSend { index: 17 },
+            Op::StreamAccept { index: 1 },
+            Op::RecheckStream { index: 4, gen: 3 },
+            Op::RecheckAccept { index: 1 },
         ];
         for op in ops {
             assert_eq!(Op::decode(op.encode()), Some(op), "{op:?}");

@@ -84,7 +84,20 @@ impl Shard {
                 index: i as u32,
                 gen: r.gen,
             });
-        let ops: Vec<Op> = listeners.chain(relays).collect();
+        let mut ops: Vec<Op> = listeners.chain(relays).collect();
+        if let Some(s) = self.streams.as_ref() {
+            ops.extend(
+                s.ring_receives()
+                    .map(|(index, gen)| Op::StreamRecv { index, gen }),
+            );
+            if s.ring_accepts() {
+                let mut index = 0;
+                while s.listener_fd(index).is_some() {
+                    ops.push(Op::StreamAccept { index });
+                    index += 1;
+                }
+            }
+        }
         for op in ops {
             let Some(recheck) = op.recheck() else {
                 continue;
@@ -106,6 +119,25 @@ impl Shard {
         let found = result > 0 || (result < 0 && result != -libc::ENOENT);
         if found || stopping || self.io.rearm.contains(&op) || self.io.starved.contains(&op) {
             return;
+        }
+        match op {
+            Op::StreamRecv { index, gen } => {
+                // Armed again with the turn's other stream receives (once: a receive
+                // already waiting to be armed is not listed twice).
+                if let Some(s) = self.streams.as_mut() {
+                    if s.rearm_ring(index, gen) {
+                        self.io.armed = self.io.armed.saturating_sub(1);
+                    }
+                }
+                return;
+            }
+            Op::StreamAccept { index } => {
+                if !self.accept_waiting(index) {
+                    self.arm_accept(index);
+                }
+                return;
+            }
+            _ => {}
         }
         let live = match op {
             Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
