@@ -15,7 +15,8 @@
 #      ALLOCS (50 uturn-bench connections), RATE (10000 round trips/s), DURATION (5 s),
 #      OUT (the uturn-bench JSON lines, target/stream-bench-DATE.jsonl), SERVERS (for the
 #      uturn-bench runs: uturn-io-uring uturn-portable coturn; uturn-io-uring-epoll is the
-#      io_uring shard reading plain TCP through epoll instead of ring receives)
+#      io_uring shard serving TCP/TLS through epoll, uturn-io-uring-reads the io_uring shard
+#      with ring receives but accepts and writes through epoll, as before ring sends)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,10 +103,12 @@ wait_listening() {
 start_server() { # name
     local log="$WORK/server-$1.log"
     case "$1" in
-        uturn-io-uring|uturn-portable|uturn-io-uring-epoll)
+        uturn-io-uring|uturn-portable|uturn-io-uring-epoll|uturn-io-uring-reads)
             local backend=${1#uturn-}
-            # The io_uring shard with plain TCP read through epoll, as before ring receives.
+            # The io_uring shard with TCP/TLS through epoll, as before ring receives.
             [ "$1" = uturn-io-uring-epoll ] && backend=io-uring && export UTURN_TEST_STREAM_EPOLL=true
+            # Ring receives only: accepts and writes through epoll, as before ring sends.
+            [ "$1" = uturn-io-uring-reads ] && backend=io-uring && export UTURN_TEST_STREAM_RING_SENDS=false
             taskset -c "$SERVER_CORE" "$UTURN" --backend "$backend" --cores "$SERVER_CORE" \
                 --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
                 --tls-listening-port "$TLS_PORT" --cert "$WORK/cert.pem" --pkey "$WORK/key.pem" \
@@ -123,7 +126,7 @@ start_server() { # name
             ;;
     esac
     SERVER_PID=$!
-    unset UTURN_TEST_STREAM_EPOLL
+    unset UTURN_TEST_STREAM_EPOLL UTURN_TEST_STREAM_RING_SENDS
     wait_listening "$PORT"
     wait_listening "$TLS_PORT"
 }

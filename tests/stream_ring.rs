@@ -62,7 +62,9 @@ fn relays_whole_frames(server: &Uturn) {
     // A burst from the peer: large datagrams leave non-zero bytes in the provided buffers,
     // odd-sized ones after them need padding. Every frame comes back whole, in order,
     // padded with zeros.
-    let sizes: Vec<usize> = (0..400).map(|i| if i % 2 == 0 { 1200 } else { 1 + i % 7 }).collect();
+    let sizes: Vec<usize> = (0..400)
+        .map(|i| if i % 2 == 0 { 1200 } else { 1 + i % 7 })
+        .collect();
     for (i, &len) in sizes.iter().enumerate() {
         let payload = vec![0xa0 | (i % 16) as u8; len];
         peer.send_to(&payload, relay).unwrap();
@@ -78,7 +80,11 @@ fn relays_whole_frames(server: &Uturn) {
         let padded = 4 + len.next_multiple_of(4);
         assert_eq!(frame.len(), padded, "frame {i}: ChannelData padded to 4");
         let decoded = ChannelData::parse(&frame).expect("ChannelData");
-        assert_eq!(decoded.payload, &vec![0xa0 | (i % 16) as u8; len][..], "frame {i}");
+        assert_eq!(
+            decoded.payload,
+            &vec![0xa0 | (i % 16) as u8; len][..],
+            "frame {i}"
+        );
         assert!(
             frame[4 + len..].iter().all(|&b| b == 0),
             "frame {i}: padding {:?} is not zero",
@@ -111,7 +117,10 @@ fn tcp_frames_on_the_ring_and_through_epoll() {
     std::env::set_var("UTURN_TEST_STREAM_RING_SENDS", "false");
     let reads = Uturn::start("io-uring", &["--allow-loopback-peers"]);
     std::env::remove_var("UTURN_TEST_STREAM_RING_SENDS");
-    check(reads, "TCP and TLS receives on the ring, accepts and writes through epoll");
+    check(
+        reads,
+        "TCP and TLS receives on the ring, accepts and writes through epoll",
+    );
     std::env::set_var("UTURN_TEST_STREAM_EPOLL", "true");
     let epoll = Uturn::start("io-uring", &["--allow-loopback-peers"]);
     std::env::remove_var("UTURN_TEST_STREAM_EPOLL");

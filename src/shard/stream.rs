@@ -407,9 +407,13 @@ impl Streams {
         // A connection whose answers are still on the ring closes once they are out, or
         // after SEND_GRACE if its client does not take them.
         for slot in std::mem::take(&mut self.ending) {
-            let wait = self.conns.get(slot).and_then(Option::as_ref).is_some_and(|c| {
-                c.sending() && now.saturating_duration_since(c.active_at) < SEND_GRACE
-            });
+            let wait = self
+                .conns
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| {
+                    c.sending() && now.saturating_duration_since(c.active_at) < SEND_GRACE
+                });
             if wait {
                 self.ending.push(slot);
             } else {

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uturn::stun::framing::Reassembler;
-use uturn::testing::tls::AnyCertificate;
 use uturn::stun::{
     self, long_term_key, ChannelData, Class, LongTermKey, Message, MessageBuilder, Method,
 };
+use uturn::testing::tls::AnyCertificate;
 
 /// Bytes a connection may hold that the socket did not take yet; a message that does not
 /// fit is dropped (and so counted as lost), as a full UDP socket buffer drops a datagram.

@@ -209,8 +209,7 @@ impl Streams {
         let Some(conn) = self.conns.get(slot as usize).and_then(Option::as_ref) else {
             return false;
         };
-        if !conn.ring || conn.gen != gen || conn.ended || self.to_arm.iter().any(|a| a.0 == slot)
-        {
+        if !conn.ring || conn.gen != gen || conn.ended || self.to_arm.iter().any(|a| a.0 == slot) {
             return false;
         }
         self.to_arm.push((slot, gen, conn.socket.as_raw_fd()));

@@ -110,9 +110,10 @@ impl Shard {
                                     .handle_peer(now, target, relay_addr, buf, payload);
                                 to_client(&self.io, action)
                             }
-                            None => self.io.relay_fd(relay).map(|fd| {
-                                (Dest::Udp(fd, peer), payload.start, payload.len())
-                            }),
+                            None => self
+                                .io
+                                .relay_fd(relay)
+                                .map(|fd| (Dest::Udp(fd, peer), payload.start, payload.len())),
                         }
                     }
                     ClientAction::None => None,
@@ -165,7 +166,9 @@ fn to_client(io: &Io, action: PeerAction) -> Option<(Dest, usize, usize)> {
             client,
             range,
             transport,
-        } if transport.is_stream() => Some((Dest::Stream((local, client)), range.start, range.len())),
+        } if transport.is_stream() => {
+            Some((Dest::Stream((local, client)), range.start, range.len()))
+        }
         PeerAction::ToClient {
             local,
             client,

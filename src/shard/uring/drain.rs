@@ -32,8 +32,7 @@ impl Shard {
                 || shard.io.sends_in_flight() > 0
                 || shard.stream_ring.sends.in_flight() > 0
         };
-        while (busy(self) || !wake_done) && Instant::now() < deadline
-        {
+        while (busy(self) || !wake_done) && Instant::now() < deadline {
             let buffers = &mut self.buffers;
             self.io
                 .reap_failed_groups(|buf| super::give_back(buffers, buf));

@@ -442,7 +442,9 @@ impl Shard {
                 | Op::RecheckAccept { .. }),
             ) => self.rechecked(state.stopping(), op, entry.result()),
             Some(Op::StreamSend { index }) => self.stream_sent(state, now, index, entry),
-            Some(Op::StreamAccept { index }) => self.stream_accepted(state.stopping(), now, index, entry),
+            Some(Op::StreamAccept { index }) => {
+                self.stream_accepted(state.stopping(), now, index, entry)
+            }
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
             Some(Op::StreamRecv { index, gen }) => {
                 self.stream_received(state, now, (index, gen), entry)

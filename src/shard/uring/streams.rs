@@ -259,12 +259,19 @@ impl Shard {
 
     /// Accept `index` waits to be armed again.
     pub(super) fn accept_waiting(&self, index: u32) -> bool {
-        self.stream_ring.rearm_accepts.iter().any(|(i, _)| *i == index)
+        self.stream_ring
+            .rearm_accepts
+            .iter()
+            .any(|(i, _)| *i == index)
     }
 
     /// When an accept waits to be armed again, if one does.
     pub(super) fn accept_deadline(&self) -> Option<Instant> {
-        self.stream_ring.rearm_accepts.iter().map(|(_, at)| *at).min()
+        self.stream_ring
+            .rearm_accepts
+            .iter()
+            .map(|(_, at)| *at)
+            .min()
     }
 
     /// A multishot accept completed: a new connection for the stream side; an accept that
@@ -290,10 +297,7 @@ impl Shard {
             let at = if result >= 0 || result == -libc::ECANCELED {
                 now
             } else {
-                tracing::debug!(
-                    "accept: {}",
-                    std::io::Error::from_raw_os_error(-result)
-                );
+                tracing::debug!("accept: {}", std::io::Error::from_raw_os_error(-result));
                 now + ACCEPT_RETRY
             };
             self.stream_ring.rearm_accepts.push((index, at));
@@ -312,11 +316,19 @@ impl Shard {
     ) -> Option<Lent> {
         let streams = self.streams.as_mut()?;
         let Some(target) = streams.zero_copy(local, client, len) else {
-            streams.send_to_client(local, client, &self.buffers.data(&lent)[offset..offset + len]);
+            streams.send_to_client(
+                local,
+                client,
+                &self.buffers.data(&lent)[offset..offset + len],
+            );
             return Some(lent);
         };
         let held = Held::Lent { buf: lent, offset };
-        match self.stream_ring.sends.send(&mut self.io, &self.buffers, target, held, len) {
+        match self
+            .stream_ring
+            .sends
+            .send(&mut self.io, &self.buffers, target, held, len)
+        {
             Ok(()) => None,
             Err(Held::Lent { buf, .. }) => {
                 // The ring is full: the connection queues a copy instead.

@@ -359,6 +359,9 @@ fn a_recheck_rearms_an_accept_whose_end_was_lost() {
         Op::decode(e.user_data()) == Some(op) && e.result() >= 0
     });
     assert!(accepted, "a connection is accepted after the recheck");
-    let open = shard.streams.as_ref().map_or(0, |s| s.ring_receives().count());
+    let open = shard
+        .streams
+        .as_ref()
+        .map_or(0, |s| s.ring_receives().count());
     assert_eq!(open, 1);
 }
