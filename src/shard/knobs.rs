@@ -44,12 +44,16 @@ pub struct TestKnobs {
     /// `Some(true)`: the io_uring shard reads stream connections through the epoll set
     /// with `read` calls, not with ring receives (for A/B measurements).
     pub stream_epoll: Option<bool>,
+    /// Slots of each queue between two io_uring shards (0: no relay to relay between
+    /// shards in process).
+    pub handoff_slots: Option<usize>,
 }
 
 impl TestKnobs {
     /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N][,times=N]`, ERRNO a number or
     /// one of EBADR EAGAIN EINTR EBUSY ENOMEM EFAULT), `UTURN_TEST_CQ_ENTRIES`,
-    /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`, `UTURN_TEST_STREAM_EPOLL` (`true`). A set variable that does not parse
+    /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`, `UTURN_TEST_STREAM_EPOLL` (`true`),
+    /// `UTURN_TEST_HANDOFF_SLOTS`. A set variable that does not parse
     /// is an error, so a test never runs without the fault it asked for.
     pub fn from_env() -> io::Result<TestKnobs> {
         fn var<T: std::str::FromStr>(name: &str) -> io::Result<Option<T>> {
@@ -68,6 +72,7 @@ impl TestKnobs {
             buffers: var("UTURN_TEST_BUFFERS")?,
             send_slots: var("UTURN_TEST_SEND_SLOTS")?,
             stream_epoll: var("UTURN_TEST_STREAM_EPOLL")?,
+            handoff_slots: var("UTURN_TEST_HANDOFF_SLOTS")?,
         };
         if knobs != TestKnobs::default() {
             tracing::warn!(?knobs, "test knobs set: this server is under test");

@@ -27,6 +27,7 @@ mod buffers;
 mod datagram;
 mod drain;
 mod gso;
+mod handoff;
 mod io;
 mod op;
 mod pacer;
@@ -45,6 +46,7 @@ use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
+pub(crate) use handoff::{Host as HandoffHost, DEFAULT_SLOTS as HANDOFF_SLOTS};
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -71,6 +73,8 @@ const PERSISTENT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(60);
 /// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
+/// Provided buffers kept out of the kernel's ring for datagrams other shards hand over.
+const SPARE_BUFFERS: usize = 128;
 
 /// What became of a received datagram.
 enum Outcome {
@@ -108,6 +112,8 @@ pub(crate) struct Shard {
     recheck_due: bool,
     /// TCP and TLS clients, on an epoll set the ring polls.
     streams: Option<Streams>,
+    /// Datagrams to and from other shards' relays (with more than one shard).
+    handoff: Option<handoff::Handoff>,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -147,6 +153,7 @@ impl Shard {
         relay_sockets: usize,
         (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
+        handoff: Option<(&Arc<HandoffHost>, usize)>,
     ) -> std::io::Result<Shard> {
         check_kernel()?;
         let cq = knobs
@@ -175,7 +182,8 @@ impl Shard {
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
-        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        let spare = if handoff.is_some() { SPARE_BUFFERS } else { 0 };
+        let mut buffers = Buffers::with_spare(knobs.buffers.unwrap_or(BUF_COUNT), spare)?;
         buffers.publish();
         // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
@@ -230,7 +238,16 @@ impl Shard {
             cq_dropped: 0,
             recheck_due: false,
             streams,
+            handoff: None,
         };
+        if let Some((host, index)) = handoff {
+            let h = host.join(index, shard.waker());
+            shard.io.owners = Some(h.owner_table());
+            shard.handoff = Some(h);
+            shard
+                .features
+                .push_str(", relay to relay between shards in process");
+        }
         shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
@@ -271,6 +288,7 @@ impl Shard {
     pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
         let result = self.serve(state);
         state.shutdown(Instant::now(), &mut self.io);
+        self.close_handoffs(state);
         self.flush_transmits(state);
         self.dispatch_events(state);
         self.stop_streams(state);
@@ -296,6 +314,7 @@ impl Shard {
             self.buffers.publish();
             self.io.flush_group();
             self.io.queue_pending_cancels();
+            self.publish_handoffs();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
@@ -342,6 +361,7 @@ impl Shard {
             for entry in &completions {
                 self.complete(state, now, entry);
             }
+            self.take_handoffs(state, now);
             let buffers = &mut self.buffers;
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;

@@ -19,6 +19,7 @@ fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
         relays,
         (0, true),
         knobs,
+        None,
     )
     .expect("io_uring set-up (these tests need io_uring)")
 }
