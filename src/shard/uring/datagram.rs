@@ -3,7 +3,7 @@
 //!
 //! Must not: make protocol decisions (the core does) or free a buffer the kernel may hold.
 
-use super::handoff::hand_over;
+use super::crossing::hand_over;
 use super::*;
 
 impl Shard {

@@ -12,24 +12,19 @@
 //! relay address, payload) into a preallocated slot and publishes its slots once per loop
 //! turn, waking the target only if no wake is outstanding (one wake per batch). The target
 //! drains its queues every turn and gives each datagram to its core exactly as if it had
-//! arrived on the relay socket from the sender's relay address (`Shard::take_handoffs`).
+//! arrived on the relay socket from the sender's relay address (`crossing.rs`).
 //! A full queue or an oversized datagram makes the sender use the kernel instead; a
 //! datagram for a relay the target no longer has is dropped and counted there.
 //!
 //! Must not: allocate per datagram, block, or decide anything about the protocol.
 
-use super::buffers::Lent;
-use super::datagram::{to_client, UdpSend};
-use super::io::SendBuf;
-use super::{Shard, PAYLOAD_OFFSET};
-use crate::shard::{IoCounters, ShardState, Wake};
-use crate::turn::RelayId;
+use crate::shard::Wake;
 use std::cell::UnsafeCell;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 /// The largest payload a slot holds; larger datagrams go through the kernel.
 pub(crate) const SLOT_PAYLOAD: usize = 2048;
@@ -197,6 +192,8 @@ pub(crate) struct Host {
     /// By `sender * shards + target`, created on the first datagram between them.
     queues: Box<[OnceLock<Arc<Queue>>]>,
     wakers: Box<[OnceLock<Wake>]>,
+    /// Each shard's ring, for wakes through IORING_OP_MSG_RING (-1: none).
+    ring_fds: Box<[AtomicI32]>,
     /// By target: the shard stopped, nothing more may be queued for it.
     closed: Box<[AtomicBool]>,
 }
@@ -230,19 +227,35 @@ impl Host {
             },
             queues: (0..shards * shards).map(|_| OnceLock::new()).collect(),
             wakers: (0..shards).map(|_| OnceLock::new()).collect(),
+            ring_fds: (0..shards).map(|_| AtomicI32::new(-1)).collect(),
             closed: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }))
     }
 
-    /// Shard `index`'s end, with `wake` to wake it.
-    pub fn join(self: &Arc<Host>, index: usize, wake: Wake) -> Handoff {
+    /// Shard `index`'s end, with `wake` to wake it, and its ring's descriptor (`ring_fd`)
+    /// for wakes from other rings.
+    pub fn join(self: &Arc<Host>, index: usize, wake: Wake, ring_fd: RawFd) -> Handoff {
         let _ = self.wakers[index].set(wake);
+        self.ring_fds[index].store(ring_fd, Ordering::Release);
         Handoff {
             host: self.clone(),
             index,
             producers: (0..self.shards).map(|_| None).collect(),
             consumers: (0..self.shards).map(|_| None).collect(),
+            msg_ring: false,
         }
+    }
+
+    fn wake_by_eventfd(&self, target: usize) {
+        if let Some(wake) = self.wakers.get(target).and_then(OnceLock::get) {
+            wake();
+        }
+    }
+
+    /// The ring of shard `target`, while it runs.
+    fn ring_fd(&self, target: usize) -> Option<RawFd> {
+        let fd = self.ring_fds.get(target)?.load(Ordering::Acquire);
+        (fd >= 0 && !self.closed[target].load(Ordering::Relaxed)).then_some(fd)
     }
 
     /// The shard that owns relay address `addr` now, if any.
@@ -284,6 +297,8 @@ pub(crate) struct Handoff {
     producers: Box<[Option<Producer>]>,
     /// By sending shard.
     consumers: Box<[Option<Consumer>]>,
+    /// Wake other shards with IORING_OP_MSG_RING rather than their eventfd.
+    pub msg_ring: bool,
 }
 
 impl Handoff {
@@ -324,22 +339,30 @@ impl Handoff {
         producer.push(from, to, data)
     }
 
-    /// Publishes what was queued this turn and wakes each target that needs it.
-    pub fn publish(&mut self) {
+    /// Publishes what was queued this turn and wakes each target that needs it: with
+    /// `msg_ring`, through `wake_ring(target, its ring)` (a message the caller's next
+    /// submit carries), else through the target's eventfd (a system call).
+    pub fn publish(&mut self, mut wake_ring: impl FnMut(usize, RawFd)) {
         for (target, p) in self.producers.iter_mut().enumerate() {
-            if let Some(p) = p {
-                if p.publish() {
-                    if let Some(wake) = self.host.wakers[target].get() {
-                        wake();
-                    }
-                }
+            let Some(p) = p else { continue };
+            if !p.publish() {
+                continue;
+            }
+            match self.host.ring_fd(target).filter(|_| self.msg_ring) {
+                Some(fd) => wake_ring(target, fd),
+                None => self.host.wake_by_eventfd(target),
             }
         }
     }
 
-    /// Gives every datagram queued for this shard to `take` (sender index, source,
-    /// destination, payload) until it returns false; returns how many it took.
-    fn drain(&mut self, mut take: impl FnMut(SocketAddr, SocketAddr, &[u8]) -> bool) -> usize {
+    /// Wakes shard `target` through its eventfd (after a failed ring message).
+    pub fn wake_by_eventfd(&self, target: usize) {
+        self.host.wake_by_eventfd(target);
+    }
+
+    /// Gives every datagram queued for this shard to `take` (source, destination,
+    /// payload) until it returns false; returns how many it took.
+    pub fn drain(&mut self, mut take: impl FnMut(SocketAddr, SocketAddr, &[u8]) -> bool) -> usize {
         let mut taken = 0;
         for sender in 0..self.consumers.len() {
             if self.consumers[sender].is_none() {
@@ -364,122 +387,10 @@ impl Handoff {
     /// The shard stops: no more datagrams may be queued for it; returns how many were
     /// still queued (dropped). A sender that checked just before may still queue one
     /// more, which nobody takes: it goes with the queue's memory when the server is gone.
-    fn close(&mut self) -> usize {
+    pub fn close(&mut self) -> usize {
         self.host.closed[self.index].store(true, Ordering::SeqCst);
+        self.host.ring_fds[self.index].store(-1, Ordering::Release);
         self.drain(|_, _, _| true)
-    }
-}
-
-impl Shard {
-    /// Before each submit: publishes the datagrams queued for other shards this turn and
-    /// wakes them (once per batch).
-    pub(super) fn publish_handoffs(&mut self) {
-        if let Some(h) = &mut self.handoff {
-            h.publish();
-        }
-    }
-
-    /// Takes the datagrams other shards queued for this one's allocations: each as if it
-    /// had arrived on the target relay socket from the sender's relay address, into a
-    /// spare buffer, and on to the client from there. Stops when no spare buffer is left
-    /// (the sends holding them give them back; the rest waits for the next turn).
-    pub(super) fn take_handoffs(&mut self, state: &mut ShardState, now: Instant) {
-        let Shard {
-            handoff,
-            buffers,
-            io,
-            streams,
-            pacer,
-            ..
-        } = self;
-        let Some(handoff) = handoff.as_mut() else {
-            return;
-        };
-        let taken = handoff.drain(|from, to, data| {
-            let Some(target) = io.relay_at(to) else {
-                // Closed since the sender looked (or the port moved on): what the kernel
-                // would have done with it too.
-                state.io.cross_shard_dropped += 1;
-                return true;
-            };
-            let Some(lent) = buffers.lend_spare() else {
-                return false;
-            };
-            let payload = PAYLOAD_OFFSET..PAYLOAD_OFFSET + data.len();
-            let buf = buffers.bytes(&lent);
-            buf[payload.clone()].copy_from_slice(data);
-            state.io.cross_shard_received += 1;
-            let action = state.server.handle_peer(now, target, from, buf, payload);
-            let send = to_client(io, streams.as_mut(), action, buf);
-            if let Err(back) = send_or_return(io, buffers, lent, send) {
-                state.io.send_errors += 1;
-                super::give_back(buffers, back);
-            }
-            true
-        });
-        if taken > 0 {
-            pacer.count(now, taken);
-        }
-    }
-
-    /// At shutdown, after the allocations are gone: nothing more may be queued for this
-    /// shard, and what was is dropped and counted; this shard's own queued datagrams are
-    /// published for their targets.
-    pub(super) fn close_handoffs(&mut self, state: &mut ShardState) {
-        if let Some(h) = &mut self.handoff {
-            h.publish();
-            state.io.cross_shard_dropped += h.close() as u64;
-        }
-    }
-}
-
-/// A datagram from relay `relay` to `peer`: queued for the shard that owns `peer` if it
-/// is another shard's relay address. True if queued; a full queue is counted as a
-/// fallback (the caller sends it through the kernel).
-pub(super) fn hand_over(
-    handoff: Option<&mut Handoff>,
-    io: &super::io::Io,
-    counters: &mut IoCounters,
-    (relay, peer): (RelayId, SocketAddr),
-    data: &[u8],
-) -> bool {
-    let Some(h) = handoff else {
-        return false;
-    };
-    let (Some(target), Some(from)) = (h.target(peer), io.relay_addr(relay)) else {
-        return false;
-    };
-    if h.push(target, from, peer, data) {
-        counters.relayed_cross_shard += 1;
-        true
-    } else {
-        counters.cross_shard_fallbacks += 1;
-        false
-    }
-}
-
-/// Queues the send `to_client` asked for from `lent`, or gives `lent` back if none.
-fn send_or_return(
-    io: &mut super::io::Io,
-    buffers: &mut super::Buffers,
-    lent: Lent,
-    send: Option<UdpSend>,
-) -> Result<(), SendBuf> {
-    match send {
-        Some((fd, to, offset, len)) => io.send(
-            buffers,
-            fd,
-            to,
-            SendBuf::Lent {
-                buf: lent,
-                offset,
-                len,
-            },
-        ),
-        None => {
-            buffers.give_back(lent);
-            Ok(())
-        }
     }
 }
 
@@ -494,8 +405,8 @@ mod tests {
     #[test]
     fn a_queue_hands_datagrams_over_in_order_and_refuses_when_full() {
         let host = Host::new(2, [Some(addr(0).ip()), None], 1000..=1009, 4).unwrap();
-        let mut a = host.join(0, Arc::new(|| {}));
-        let mut b = host.join(1, Arc::new(|| {}));
+        let mut a = host.join(0, Arc::new(|| {}), -1);
+        let mut b = host.join(1, Arc::new(|| {}), -1);
         a.owner_table().claim(addr(1000));
         b.owner_table().claim(addr(1005));
         assert_eq!(a.target(addr(1005)), Some(1));
@@ -518,7 +429,7 @@ mod tests {
             true
         });
         assert_eq!(none, 0, "nothing is visible before it is published");
-        a.publish();
+        a.publish(|_, _| unreachable!("wakes through the eventfd"));
         // Two now, the rest on the next drain.
         let took = b.drain(|from, to, d| {
             assert_eq!((from, to, d.len()), (addr(1000), addr(1005), 10));
@@ -535,7 +446,7 @@ mod tests {
         );
         assert_eq!(seen, [0, 1, 1, 2, 3]);
         assert!(a.push(1, addr(1000), addr(1005), b"again"), "room again");
-        a.publish();
+        a.publish(|_, _| unreachable!("wakes through the eventfd"));
         // A port that moved on to another shard is not released by the old owner.
         a.owner_table().claim(addr(1007));
         b.owner_table().claim(addr(1007));
@@ -550,22 +461,23 @@ mod tests {
         let wakes = Arc::new(AtomicUsize::new(0));
         let host = Host::new(2, [Some(addr(0).ip()), None], 1000..=1009, 8).unwrap();
         let counted = wakes.clone();
-        let mut a = host.join(0, Arc::new(|| {}));
+        let mut a = host.join(0, Arc::new(|| {}), -1);
         let mut b = host.join(
             1,
             Arc::new(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
             }),
+            -1,
         );
         a.push(1, addr(1000), addr(1005), b"1");
-        a.publish();
+        a.publish(|_, _| unreachable!("wakes through the eventfd"));
         a.push(1, addr(1000), addr(1005), b"2");
-        a.publish();
-        a.publish();
+        a.publish(|_, _| unreachable!("wakes through the eventfd"));
+        a.publish(|_, _| unreachable!("wakes through the eventfd"));
         assert_eq!(wakes.load(Ordering::SeqCst), 1, "one wake until drained");
         assert_eq!(b.drain(|_, _, _| true), 2);
         a.push(1, addr(1000), addr(1005), b"3");
-        a.publish();
+        a.publish(|_, _| unreachable!("wakes through the eventfd"));
         assert_eq!(wakes.load(Ordering::SeqCst), 2);
     }
 

@@ -24,6 +24,7 @@
 
 mod addr;
 mod buffers;
+mod crossing;
 mod datagram;
 mod drain;
 mod gso;
@@ -241,12 +242,15 @@ impl Shard {
             handoff: None,
         };
         if let Some((host, index)) = handoff {
-            let h = host.join(index, shard.waker());
+            let mut h = host.join(index, shard.waker(), shard.io.ring.as_raw_fd());
+            h.msg_ring = knobs.handoff_eventfd != Some(true);
             shard.io.owners = Some(h.owner_table());
+            shard.features.push_str(if h.msg_ring {
+                ", relay to relay between shards in process (ring message wakes)"
+            } else {
+                ", relay to relay between shards in process (eventfd wakes)"
+            });
             shard.handoff = Some(h);
-            shard
-                .features
-                .push_str(", relay to relay between shards in process");
         }
         shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
@@ -439,6 +443,7 @@ impl Shard {
                 self.rechecked(state.stopping(), op, entry.result())
             }
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
+            Some(Op::HandoffWake { shard }) => self.handoff_woken(shard, entry.result()),
             Some(Op::StreamRecv { index, gen }) => {
                 self.stream_received(state, now, (index, gen), entry)
             }
