@@ -47,13 +47,20 @@ pub struct TestKnobs {
     /// `Some(false)`: the io_uring shard receives stream connections on the ring but
     /// accepts and writes through the epoll set (for A/B measurements).
     pub stream_ring_sends: Option<bool>,
+    /// Slots of each queue between two io_uring shards (0: no relay to relay between
+    /// shards in process).
+    pub handoff_slots: Option<usize>,
+    /// `Some(true)`: shards wake each other for relay-to-relay datagrams through their
+    /// eventfd, not with a ring message (for A/B measurements).
+    pub handoff_eventfd: Option<bool>,
 }
 
 impl TestKnobs {
     /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N][,times=N]`, ERRNO a number or
     /// one of EBADR EAGAIN EINTR EBUSY ENOMEM EFAULT), `UTURN_TEST_CQ_ENTRIES`,
     /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`, `UTURN_TEST_STREAM_EPOLL` (`true`),
-    /// `UTURN_TEST_STREAM_RING_SENDS` (`false`). A set variable that does not parse
+    /// `UTURN_TEST_STREAM_RING_SENDS` (`false`), `UTURN_TEST_HANDOFF_SLOTS`,
+    /// `UTURN_TEST_HANDOFF_EVENTFD` (`true`). A set variable that does not parse
     /// is an error, so a test never runs without the fault it asked for.
     pub fn from_env() -> io::Result<TestKnobs> {
         fn var<T: std::str::FromStr>(name: &str) -> io::Result<Option<T>> {
@@ -73,6 +80,8 @@ impl TestKnobs {
             send_slots: var("UTURN_TEST_SEND_SLOTS")?,
             stream_epoll: var("UTURN_TEST_STREAM_EPOLL")?,
             stream_ring_sends: var("UTURN_TEST_STREAM_RING_SENDS")?,
+            handoff_slots: var("UTURN_TEST_HANDOFF_SLOTS")?,
+            handoff_eventfd: var("UTURN_TEST_HANDOFF_EVENTFD")?,
         };
         if knobs != TestKnobs::default() {
             tracing::warn!(?knobs, "test knobs set: this server is under test");

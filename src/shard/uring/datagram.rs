@@ -3,6 +3,7 @@
 //!
 //! Must not: make protocol decisions (the core does) or free a buffer the kernel may hold.
 
+use super::crossing::hand_over;
 use super::*;
 
 impl Shard {
@@ -108,7 +109,19 @@ impl Shard {
                                 let action = state
                                     .server
                                     .handle_peer(now, target, relay_addr, buf, payload);
-                                to_client(&self.io, action)
+                                destination(&self.io, action)
+                            }
+                            // To another shard's allocation: through its queue (the
+                            // kernel when the queue is full).
+                            None if hand_over(
+                                self.handoff.as_mut(),
+                                &self.io,
+                                &mut state.io,
+                                (relay, peer),
+                                &buf[payload.clone()],
+                            ) =>
+                            {
+                                None
                             }
                             None => self
                                 .io
@@ -123,7 +136,7 @@ impl Shard {
                 let action = state
                     .server
                     .handle_peer(now, RelayId(index), from, buf, payload);
-                to_client(&self.io, action)
+                destination(&self.io, action)
             }
             _ => None,
         };
@@ -159,7 +172,7 @@ enum Dest {
 
 /// The send a peer datagram turns into, if any: where to, and the offset and length of
 /// the frame in the buffer.
-fn to_client(io: &Io, action: PeerAction) -> Option<(Dest, usize, usize)> {
+fn destination(io: &Io, action: PeerAction) -> Option<(Dest, usize, usize)> {
     match action {
         PeerAction::ToClient {
             local,
@@ -177,6 +190,47 @@ fn to_client(io: &Io, action: PeerAction) -> Option<(Dest, usize, usize)> {
         } => io
             .listener_for(local)
             .map(|fd| (Dest::Udp(fd, client), range.start, range.len())),
+        PeerAction::Drop => None,
+    }
+}
+
+/// A UDP send from a lent buffer: (descriptor and source, destination, offset in the
+/// buffer, length).
+pub(super) type UdpSend = (
+    (std::os::fd::RawFd, Option<std::net::IpAddr>),
+    SocketAddr,
+    usize,
+    usize,
+);
+
+/// The UDP send a peer datagram turns into, if any. To a stream client it is written or
+/// queued by the connection at once, and the buffer can go back.
+pub(super) fn to_client(
+    io: &Io,
+    streams: Option<&mut Streams>,
+    action: PeerAction,
+    buf: &[u8],
+) -> Option<UdpSend> {
+    match action {
+        PeerAction::ToClient {
+            local,
+            client,
+            range,
+            transport,
+        } if transport.is_stream() => {
+            if let Some(s) = streams {
+                s.send_to_client(local, client, &buf[range]);
+            }
+            None
+        }
+        PeerAction::ToClient {
+            local,
+            client,
+            range,
+            ..
+        } => io
+            .listener_for(local)
+            .map(|fd| (fd, client, range.start, range.len())),
         PeerAction::Drop => None,
     }
 }

@@ -24,9 +24,11 @@
 
 mod addr;
 mod buffers;
+mod crossing;
 mod datagram;
 mod drain;
 mod gso;
+mod handoff;
 mod io;
 mod op;
 mod pacer;
@@ -46,6 +48,7 @@ use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
+pub(crate) use handoff::{Host as HandoffHost, DEFAULT_SLOTS as HANDOFF_SLOTS};
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -72,6 +75,8 @@ const PERSISTENT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(60);
 /// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
+/// Provided buffers kept out of the kernel's ring for datagrams other shards hand over.
+const SPARE_BUFFERS: usize = 128;
 
 /// What became of a received datagram.
 enum Outcome {
@@ -111,6 +116,8 @@ pub(crate) struct Shard {
     streams: Option<Streams>,
     /// Their sends in flight and accepts to arm again.
     stream_ring: streams::StreamRing,
+    /// Datagrams to and from other shards' relays (with more than one shard).
+    handoff: Option<handoff::Handoff>,
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -150,6 +157,7 @@ impl Shard {
         relay_sockets: usize,
         (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
+        handoff: Option<(&Arc<HandoffHost>, usize)>,
     ) -> std::io::Result<Shard> {
         check_kernel()?;
         let cq = knobs
@@ -178,7 +186,8 @@ impl Shard {
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
-        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        let spare = if handoff.is_some() { SPARE_BUFFERS } else { 0 };
+        let mut buffers = Buffers::with_spare(knobs.buffers.unwrap_or(BUF_COUNT), spare)?;
         buffers.publish();
         // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
@@ -240,7 +249,19 @@ impl Shard {
             recheck_due: false,
             streams,
             stream_ring: Default::default(),
+            handoff: None,
         };
+        if let Some((host, index)) = handoff {
+            let mut h = host.join(index, shard.waker(), shard.io.ring.as_raw_fd());
+            h.msg_ring = knobs.handoff_eventfd != Some(true);
+            shard.io.owners = Some(h.owner_table());
+            shard.features.push_str(if h.msg_ring {
+                ", relay to relay between shards in process (ring message wakes)"
+            } else {
+                ", relay to relay between shards in process (eventfd wakes)"
+            });
+            shard.handoff = Some(h);
+        }
         shard.io.gso = udp_gso;
         for (index, _) in accepts {
             shard.arm_accept(index);
@@ -284,6 +305,7 @@ impl Shard {
     pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
         let result = self.serve(state);
         state.shutdown(Instant::now(), &mut self.io);
+        self.close_handoffs(state);
         self.flush_transmits(state);
         self.dispatch_events(state);
         self.stop_streams(state);
@@ -312,6 +334,7 @@ impl Shard {
             self.buffers.publish();
             self.io.flush_group();
             self.io.queue_pending_cancels();
+            self.publish_handoffs();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
@@ -359,6 +382,7 @@ impl Shard {
             for entry in &completions {
                 self.complete(state, now, entry);
             }
+            self.take_handoffs(state, now);
             let buffers = &mut self.buffers;
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
@@ -446,6 +470,7 @@ impl Shard {
                 self.stream_accepted(state.stopping(), now, index, entry)
             }
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
+            Some(Op::HandoffWake { shard }) => self.handoff_woken(shard, entry.result()),
             Some(Op::StreamRecv { index, gen }) => {
                 self.stream_received(state, now, (index, gen), entry)
             }

@@ -35,6 +35,10 @@ pub(super) enum Op {
     RecheckStream { index: u32, gen: u32 },
     /// The recheck of stream listener `index`'s accept.
     RecheckAccept { index: u32 },
+    /// A wake between shards (IORING_OP_MSG_RING): on the target's ring, shard `shard`
+    /// queued datagrams for it; on the sender's ring (only when it failed), the wake of
+    /// shard `shard` did not go out.
+    HandoffWake { shard: u32 },
 }
 
 const TAG_SHIFT: u32 = 60;
@@ -52,10 +56,11 @@ const TAG_RECHECK_LISTEN: u64 = 6;
 const TAG_RECHECK_RELAY: u64 = 7;
 const TAG_STREAMS: u64 = 8;
 const TAG_STREAM_RECV: u64 = 9;
-const TAG_STREAM_SEND: u64 = 10;
-const TAG_STREAM_ACCEPT: u64 = 11;
-const TAG_RECHECK_STREAM: u64 = 12;
-const TAG_RECHECK_ACCEPT: u64 = 13;
+const TAG_HANDOFF_WAKE: u64 = 10;
+const TAG_STREAM_SEND: u64 = 11;
+const TAG_STREAM_ACCEPT: u64 = 12;
+const TAG_RECHECK_STREAM: u64 = 13;
+const TAG_RECHECK_ACCEPT: u64 = 14;
 
 impl Op {
     pub fn encode(self) -> u64 {
@@ -73,6 +78,7 @@ impl Op {
             Op::StreamAccept { index } => (TAG_STREAM_ACCEPT, 0, index),
             Op::RecheckStream { index, gen } => (TAG_RECHECK_STREAM, gen & GEN_MASK, index),
             Op::RecheckAccept { index } => (TAG_RECHECK_ACCEPT, 0, index),
+            Op::HandoffWake { shard } => (TAG_HANDOFF_WAKE, 0, shard),
         };
         (tag << TAG_SHIFT) | (u64::from(gen) << GEN_SHIFT) | u64::from(index)
     }
@@ -96,6 +102,7 @@ impl Op {
             TAG_STREAM_ACCEPT => Op::StreamAccept { index },
             TAG_RECHECK_STREAM => Op::RecheckStream { index, gen },
             TAG_RECHECK_ACCEPT => Op::RecheckAccept { index },
+            TAG_HANDOFF_WAKE => Op::HandoffWake { shard: index },
             _ => return None,
         };
         (op.encode() == data).then_some(op)
@@ -150,6 +157,7 @@ mod tests {
             Op::StreamAccept { index: 1 },
             Op::RecheckStream { index: 4, gen: 3 },
             Op::RecheckAccept { index: 1 },
+            Op::HandoffWake { shard: 1 },
         ];
         for op in ops {
             assert_eq!(Op::decode(op.encode()), Some(op), "{op:?}");
