@@ -34,6 +34,8 @@ mod op;
 mod pacer;
 mod recover;
 mod stream_send;
+#[cfg(test)]
+mod stream_tests;
 mod streams;
 #[cfg(test)]
 mod tests;
