@@ -12,14 +12,18 @@
 //! and a client's ChannelData payload goes to the peer from its receive buffer. A buffer
 //! that carries a send returns to the ring when the send completes; any other at once.
 //!
-//! TCP and TLS clients are served by the stream module on an epoll set of its own, which
-//! the ring polls (`streams`): accepts and all writes are plain calls there;
-//! every connection (TCP and TLS) receives through a multishot receive into the provided
-//! buffers.
+//! TCP and TLS clients are served by the stream module; on this backend their listeners
+//! accept through multishot accepts, every connection receives through a multishot receive
+//! into the provided buffers, and sends to them go on the ring (`streams`, `stream_send`:
+//! a peer datagram for a plain TCP client leaves from the buffer it arrived in, without
+//! ever waiting there; the rest from the connection's own queue). Test knobs keep
+//! accepts and writes, or everything, on the stream module's epoll set, which the ring
+//! polls.
 //!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses),
-//! `datagram` (a received datagram to the core and on to its send); this file is the loop
+//! `datagram` (a received datagram to the core and on to its send), `streams` and
+//! `stream_send` (TCP and TLS clients); this file is the loop
 //! that turns completions into the core's inputs.
 
 mod addr;
