@@ -16,7 +16,9 @@
 #      OUT (the uturn-bench JSON lines, target/stream-bench-DATE.jsonl), SERVERS (for the
 #      uturn-bench runs: uturn-io-uring uturn-portable coturn; uturn-io-uring-epoll is the
 #      io_uring shard serving TCP/TLS through epoll, uturn-io-uring-reads the io_uring shard
-#      with ring receives but accepts and writes through epoll, as before ring sends)
+#      with ring receives but accepts and writes through epoll, as before ring sends),
+#      SYSCALLS (1: also count the server's system calls per relayed packet with perf over
+#      the measured window; less sensitive to a loaded host than CPU time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +56,7 @@ ALLOCS=${ALLOCS:-50}
 RATE=${RATE:-10000}
 DURATION=${DURATION:-5}
 SERVERS=${SERVERS:-uturn-io-uring uturn-portable coturn}
+SYSCALLS=${SYSCALLS:-0}
 OUT=${OUT:-${CARGO_TARGET_DIR:-target}/stream-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 PORT=$(free_port)
@@ -175,18 +178,32 @@ if [ "$LOAD" != uclient ]; then
         [ "$transport" = tls ] && port=$TLS_PORT
         for server in $SERVERS; do
             start_server "$server"
+            PERF_PID=""
+            if [ "$SYSCALLS" = 1 ]; then
+                # Starts after the setup and the 1 s warm-up, ends before the run does.
+                (sleep 2; perf stat -e raw_syscalls:sys_enter -x, -p "$SERVER_PID" \
+                    -o "$WORK/perf" -- sleep "$((DURATION - 1))" >/dev/null 2>&1) &
+                PERF_PID=$!
+            fi
             if ! timeout 120 taskset -c "$LOAD_CORE" "$BENCH" relay --transport "$transport" \
                 --server "127.0.0.1:$port" --allocations "$ALLOCS" --rate "$RATE" \
                 --duration "$DURATION" --warmup 1 --client-ips 127.0.0.1 \
                 --server-pid "$SERVER_PID" --label "$transport/$server" --json --quiet >>"$OUT"; then
                 echo "stream-bench.sh: uturn-bench against $server over $transport failed" >&2
             fi
+            if [ -n "$PERF_PID" ]; then
+                wait "$PERF_PID" || true
+                calls=$(grep sys_enter "$WORK/perf" 2>/dev/null | cut -d, -f1)
+                echo "{\"syscalls_label\":\"$transport/$server\",\"syscalls\":${calls:-0},\"seconds\":$((DURATION - 1))}" >>"$OUT"
+            fi
             stop_server
         done
     done
     python3 - "$OUT" <<'EOF'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+rows = [r for r in lines if "label" in r]
+calls = [r for r in lines if "syscalls_label" in r]
 coturn = {r["label"].split("/")[0]: r["cpu_us_per_packet"] for r in rows if r["label"].endswith("/coturn")}
 print("| transport | server | relayed pkt/s | loss % | p50 µs | p99 µs | CPU µs per relayed packet | vs coturn |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -196,6 +213,14 @@ for r in rows:
     ratio = f"{cpu / base:.2f}x" if cpu is not None and base else "–"
     cpu = f"{cpu:.2f}" if cpu is not None else "–"
     print(f"| {t} | {server} | {r['relayed_pps']:.0f} | {r['loss_pct']:.3f} | {r['p50_us']} | {r['p99_us']} | {cpu} | {ratio} |")
+if calls:
+    print()
+    print("| transport | server | system calls per relayed packet |")
+    print("| --- | --- | --- |")
+    for r, c in zip(rows, calls):
+        per = c["syscalls"] / (r["relayed_pps"] * c["seconds"]) if r["relayed_pps"] else 0
+        t, server = c["syscalls_label"].split("/")
+        print(f"| {t} | {server} | {per:.2f} |")
 EOF
 fi
 
