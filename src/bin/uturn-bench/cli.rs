@@ -185,6 +185,8 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
     uturn::config::parse_cores(s).map(CoreList)
 }
 
+/// The load's [`Spec`] from the options every mode shares, checked (bad values are usage
+/// errors: the caller exits with 2).
 pub fn spec(
     t: &Target,
     mode: Mode,
