@@ -15,7 +15,7 @@ impl Shard {
     ) {
         let live = match op {
             Op::ListenRecv { .. } => true,
-            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
+            Op::RelayRecv { index, gen } => self.io.live_relay(index, gen).is_some(),
             _ => false,
         };
         let result = entry.result();
@@ -142,21 +142,15 @@ impl Shard {
     }
 }
 
-/// The UDP send a peer datagram turns into, if any: (descriptor and source, client,
-/// offset in the buffer, length). To a stream client it is written or queued by the
-/// connection at once, and the buffer can go back.
-#[allow(clippy::type_complexity)]
+/// The UDP send a peer datagram turns into, if any: (socket and source, client, offset in
+/// the buffer, length). To a stream client it is written or queued by the connection at
+/// once, and the buffer can go back.
 fn to_client(
     io: &Io,
     streams: Option<&mut Streams>,
     action: PeerAction,
     buf: &[u8],
-) -> Option<(
-    (std::os::fd::RawFd, Option<std::net::IpAddr>),
-    SocketAddr,
-    usize,
-    usize,
-)> {
+) -> Option<(Via, SocketAddr, usize, usize)> {
     match action {
         PeerAction::ToClient {
             local,

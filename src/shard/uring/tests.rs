@@ -4,6 +4,7 @@
 //! Relay sockets bind on 127.77.x.y with port 0, so the many sockets these tests open take
 //! nothing from the ephemeral ports of 127.0.0.1 that other tests use.
 
+use super::io::Sock;
 use super::*;
 use crate::turn::RelaySockets;
 use std::net::UdpSocket;
@@ -141,10 +142,24 @@ fn a_stale_rearm_entry_does_not_arm_a_reused_slot() {
 }
 
 /// `close` when the submit fails: a send queued for the old socket must still leave from
-/// the old socket's address, never from a new socket that got the same descriptor number.
+/// the old socket's address, never from a new socket that got the same descriptor number
+/// or registered file slot.
 #[test]
 fn a_queued_send_never_leaves_from_another_relay_address() {
-    let mut shard = test_shard(16, &TestKnobs::default());
+    a_queued_send_leaves_from_its_own_relay(&TestKnobs::default());
+}
+
+#[test]
+fn a_queued_send_never_leaves_from_another_relay_address_with_plain_descriptors() {
+    a_queued_send_leaves_from_its_own_relay(&TestKnobs {
+        fixed_files: Some(0),
+        ..TestKnobs::default()
+    });
+}
+
+fn a_queued_send_leaves_from_its_own_relay(knobs: &TestKnobs) {
+    let mut shard = test_shard(16, knobs);
+    assert_eq!(shard.io.fixed_files(), knobs.fixed_files != Some(0));
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     receiver
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -172,8 +187,8 @@ fn a_queued_send_never_leaves_from_another_relay_address() {
         .unwrap();
     let fd_b = shard.io.relay_fd(RelayId(1)).unwrap();
     assert_ne!(
-        fd_a, fd_b,
-        "the descriptor of a relay being closed was reused"
+        fd_a.0, fd_b.0,
+        "the descriptor or file slot of a relay being closed was reused"
     );
     reap(&mut shard, Duration::from_millis(10));
     let mut buf = [0u8; 64];
@@ -235,4 +250,87 @@ fn a_recheck_rearms_a_receive_whose_end_was_lost() {
             .any(|e| Op::decode(e.user_data()) == Some(op) && e.result() > 0);
     }
     assert!(got, "the receive works again");
+}
+
+/// A relay socket's datagram arrives through the ring, and one it sends leaves from its
+/// address; returns how the ring names the socket.
+fn relay_round_trip(shard: &mut Shard, id: u32, addr: SocketAddr) -> Sock {
+    let (sock, _) = shard.io.relay_fd(RelayId(id)).expect("open");
+    let gen = shard.io.relays[id as usize].gen;
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    other.send_to(b"in", addr).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut got = false;
+    while !got && Instant::now() < deadline {
+        got = reap(shard, Duration::from_millis(10)).iter().any(|e| {
+            Op::decode(e.user_data()) == Some(Op::RelayRecv { index: id, gen }) && e.result() > 0
+        });
+    }
+    assert!(got, "relay {id} ({sock:?}) receives");
+    let sent = shard.io.send(
+        &shard.buffers,
+        (sock, None),
+        other.local_addr().unwrap(),
+        SendBuf::Owned(b"out".to_vec()),
+    );
+    assert!(sent.is_ok());
+    shard.io.flush_group();
+    reap(shard, Duration::from_millis(10));
+    let mut buf = [0u8; 16];
+    let (n, from) = other.recv_from(&mut buf).expect("the send arrives");
+    assert_eq!((&buf[..n], from), (&b"out"[..], addr));
+    sock
+}
+
+/// A registered file table smaller than the relay sockets: the listener and the first
+/// relays take its slots, the next one is named by descriptor, and a closed relay's slot
+/// goes to the next relay opened; every one of them receives and sends.
+#[test]
+fn relays_beyond_the_file_table_use_descriptors_and_closed_slots_are_reused() {
+    let mut shard = test_shard(
+        16,
+        &TestKnobs {
+            fixed_files: Some(3),
+            ..TestKnobs::default()
+        },
+    );
+    assert!(shard.describe().contains("3 registered files"));
+    let mut addrs = Vec::new();
+    for i in 0..3u32 {
+        let addr = UdpSocket::bind(format!("127.77.4.{}:0", i + 1))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        shard.io.open(RelayId(i), addr).unwrap();
+        addrs.push(addr);
+    }
+    shard.io.submit().unwrap();
+    let socks: Vec<Sock> = (0..3)
+        .map(|i| relay_round_trip(&mut shard, i, addrs[i as usize]))
+        .collect();
+    assert!(matches!(socks[0], Sock::Fixed(_)), "{socks:?}");
+    assert!(matches!(socks[1], Sock::Fixed(_)), "{socks:?}");
+    assert!(matches!(socks[2], Sock::Raw(_)), "{socks:?}");
+    shard.io.close(RelayId(0));
+    assert_eq!(shard.io.closing(), 0);
+    let addr = UdpSocket::bind("127.77.4.9:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    shard.io.open(RelayId(3), addr).unwrap();
+    shard.io.submit().unwrap();
+    let reused = relay_round_trip(&mut shard, 3, addr);
+    assert_eq!(reused, socks[0], "the closed relay's slot is reused");
+    // The closed relay's port is free again: nothing holds its socket.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        reap(&mut shard, Duration::from_millis(10));
+        match UdpSocket::bind(addrs[0]) {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "port still held: {e}"),
+        }
+    }
 }
