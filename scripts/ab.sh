@@ -9,7 +9,8 @@
 #   each variant is "ENV=V ... -- uturn args" or just "uturn args"; e.g.
 #   scripts/ab.sh -- 'UTURN_TEST_FIXED_FILES=0 --' ''
 # env: ROUNDS (3), LOAD ("--allocations 50 --size 170 --rate 20000"), DURATION (5),
-#      SERVER_CORE (0), LOAD_CORE (1), PERF (1: count system calls with perf stat)
+#      SERVER_CORE (0), LOAD_CORE (1), PERF (1: count system calls with perf stat),
+#      RECORD (0; 1: also `perf record -g` the server, target/ab-record-ROUND-VARIANT.data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,7 @@ DURATION=${DURATION:-5}
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 PERF=${PERF:-1}
+RECORD=${RECORD:-0}
 if [ "$PERF" = 1 ] && ! command -v perf >/dev/null; then
     echo "ab.sh: perf not found (apt-get install linux-perf), or PERF=0" >&2; exit 1
 fi
@@ -38,21 +40,22 @@ mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 PORT=$(python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 
-SERVER_PID="" PERF_PID=""
+SERVER_PID="" PERF_PID="" RECORD_PID=""
 cleanup() {
     [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null || true
+    [ -n "$RECORD_PID" ] && kill -INT "$RECORD_PID" 2>/dev/null || true
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$SERVER_PID" 2>/dev/null || true
     fi
     wait 2>/dev/null || true
-    SERVER_PID="" PERF_PID=""
+    SERVER_PID="" PERF_PID="" RECORD_PID=""
 }
 trap cleanup EXIT INT TERM
 
-run() { # index variant
-    local index=$1 variant=$2 envs=() args=()
+run() { # round index variant
+    local round=$1 index=$2 variant=$3 envs=() args=()
     if [[ "$variant" == *--* ]]; then
         read -r -a envs <<<"${variant%%--*}"
         read -r -a args <<<"${variant#*--}"
@@ -74,6 +77,11 @@ run() { # index variant
             -x, -o "$perf_out" -- sleep "$((DURATION - 1))" ) &
         PERF_PID=$!
     fi
+    if [ "$RECORD" = 1 ]; then
+        ( sleep 2.5; exec perf record -g -p "$SERVER_PID" -o "target/ab-record-$round-$index.data" \
+            -- sleep "$((DURATION - 1))" ) >/dev/null 2>&1 &
+        RECORD_PID=$!
+    fi
     # shellcheck disable=SC2086
     local line
     line=$(target/release/uturn-bench relay --server "127.0.0.1:$PORT" --user alice:secret \
@@ -86,6 +94,7 @@ run() { # index variant
         sys=$(awk -F, '/raw_syscalls:sys_enter/{print $1}' "$perf_out")
         cs=$(awk -F, '/context-switches/{print $1}' "$perf_out")
     fi
+    if [ -n "$RECORD_PID" ]; then wait "$RECORD_PID" 2>/dev/null || true; RECORD_PID=""; fi
     echo "${line%\}},\"variant\":\"$variant\",\"perf_s\":$((DURATION - 1)),\"syscalls\":${sys:-null},\"ctx_switches\":${cs:-null},\"load\":\"$(cut -d' ' -f1 /proc/loadavg)\"}" >>"$OUT"
     cleanup
 }
@@ -94,7 +103,7 @@ for round in $(seq "$ROUNDS"); do
     i=0
     for variant in "$@"; do
         echo "== round $round, variant $i: '$variant'" >&2
-        run "$i" "$variant"
+        run "$round" "$i" "$variant"
         i=$((i + 1))
     done
 done

@@ -380,9 +380,8 @@ impl Shard {
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
             state.end_turn(now, &mut self.io);
-            // Answers first: the sweep closes the connections their clients ended, and an
-            // answer routed after that would find no connection.
-            self.flush_transmits(state);
+            // Answers to stream requests are already written (`stream_received`,
+            // `streams_ready`) when the sweep closes the connections their clients ended.
             self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();
