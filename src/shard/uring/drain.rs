@@ -9,10 +9,28 @@ use ::io_uring::types::{SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode};
 use std::time::{Duration, Instant};
 
+/// How long the kernel is given to finish what is in flight.
+pub(super) const BOUND: Duration = Duration::from_secs(2);
+
+/// What a drain that reached its bound kept for the life of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Leaked {
+    /// Send slots whose send had not completed: each keeps the msghdr, address and bytes
+    /// the kernel may still read.
+    pub send_slots: usize,
+    /// Receives still armed.
+    pub receives: usize,
+    /// Provided buffers (the whole buffer ring stays mapped).
+    pub buffers: usize,
+    /// Of those, the buffers the shard held (sends in flight carry them).
+    pub lent: usize,
+}
+
 impl Shard {
     /// Cancels every receive and waits (bounded) until the kernel has let go of the
-    /// buffers, so the mappings can be freed.
-    pub(super) fn drain(&mut self) {
+    /// buffers, so the mappings can be freed. `Some` when the bound was reached: what
+    /// was leaked instead.
+    pub(super) fn drain(&mut self) -> Option<Leaked> {
         self.io.flush_group();
         for index in 0..self.io.listeners.len() as u32 {
             let sqe = opcode::AsyncCancel::new(Op::ListenRecv { index }.encode())
@@ -24,7 +42,7 @@ impl Shard {
             .build()
             .user_data(Op::Cancel.encode());
         self.io.push(&wake);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + BOUND;
         let mut wake_done = !self.wake_armed;
         while (self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done)
             && Instant::now() < deadline
@@ -58,15 +76,31 @@ impl Shard {
                 }
             }
         }
-        if self.io.armed > 0 || self.io.sends_in_flight() > 0 || !wake_done {
-            // The kernel may still write into the buffers: keep them mapped for the life of
-            // the process rather than risk it writing into freed memory.
-            tracing::warn!(
-                "io_uring operations still in flight at shutdown; leaking their buffers and send slots"
-            );
-            self.buffers.leak();
-            self.io.leak();
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        if self.io.armed == 0 && self.io.sends_in_flight() == 0 && wake_done {
+            return None;
         }
+        // The kernel may still read the send slots and write into the buffers: keep them
+        // for the life of the process rather than risk it using freed memory.
+        let leaked = Leaked {
+            send_slots: self.io.sends_in_flight(),
+            receives: self.io.armed,
+            buffers: usize::from(self.buffers.count()),
+            lent: self.buffers.lent(),
+        };
+        tracing::warn!(
+            send_slots = leaked.send_slots,
+            receives = leaked.receives,
+            buffers = leaked.buffers,
+            lent = leaked.lent,
+            "io_uring operations still in flight {BOUND:?} into the shutdown: leaking {} send \
+             slots and {} provided buffers ({} held by sends)",
+            leaked.send_slots,
+            leaked.buffers,
+            leaked.lent
+        );
+        self.buffers.leak();
+        self.io.leak();
+        std::mem::forget(std::mem::take(&mut self.wake_buf));
+        Some(leaked)
     }
 }

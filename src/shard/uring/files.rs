@@ -113,3 +113,97 @@ impl Io {
         self.files.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{reap, test_shard};
+    use super::super::{Op, SendBuf, Shard, TestKnobs};
+    use super::Sock;
+    use crate::turn::{RelayId, RelaySockets};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    /// A relay socket's datagram arrives through the ring, and one it sends leaves from its
+    /// address; returns how the ring names the socket.
+    fn relay_round_trip(shard: &mut Shard, id: u32, addr: SocketAddr) -> Sock {
+        let (sock, _) = shard.io.relay_fd(RelayId(id)).expect("open");
+        let gen = shard.io.relays[id as usize].gen;
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        other.send_to(b"in", addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut got = false;
+        while !got && Instant::now() < deadline {
+            got = reap(shard, Duration::from_millis(10)).iter().any(|e| {
+                Op::decode(e.user_data()) == Some(Op::RelayRecv { index: id, gen })
+                    && e.result() > 0
+            });
+        }
+        assert!(got, "relay {id} ({sock:?}) receives");
+        let sent = shard.io.send(
+            &shard.buffers,
+            (sock, None),
+            other.local_addr().unwrap(),
+            SendBuf::Owned(b"out".to_vec()),
+        );
+        assert!(sent.is_ok());
+        shard.io.flush_group();
+        reap(shard, Duration::from_millis(10));
+        let mut buf = [0u8; 16];
+        let (n, from) = other.recv_from(&mut buf).expect("the send arrives");
+        assert_eq!((&buf[..n], from), (&b"out"[..], addr));
+        sock
+    }
+
+    /// A registered file table smaller than the relay sockets: the listener and the first
+    /// relays take its slots, the next one is named by descriptor, and a closed relay's slot
+    /// goes to the next relay opened; every one of them receives and sends.
+    #[test]
+    fn relays_beyond_the_file_table_use_descriptors_and_closed_slots_are_reused() {
+        let mut shard = test_shard(
+            16,
+            &TestKnobs {
+                fixed_files: Some(3),
+                ..TestKnobs::default()
+            },
+        );
+        assert!(shard.describe().contains("3 registered files"));
+        let mut addrs = Vec::new();
+        for i in 0..3u32 {
+            let addr = UdpSocket::bind(format!("127.77.5.{}:0", i + 1))
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            shard.io.open(RelayId(i), addr).unwrap();
+            addrs.push(addr);
+        }
+        shard.io.submit().unwrap();
+        let socks: Vec<Sock> = (0..3)
+            .map(|i| relay_round_trip(&mut shard, i, addrs[i as usize]))
+            .collect();
+        assert!(matches!(socks[0], Sock::Fixed(_)), "{socks:?}");
+        assert!(matches!(socks[1], Sock::Fixed(_)), "{socks:?}");
+        assert!(matches!(socks[2], Sock::Raw(_)), "{socks:?}");
+        shard.io.close(RelayId(0));
+        assert_eq!(shard.io.closing(), 0);
+        let addr = UdpSocket::bind("127.77.5.9:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        shard.io.open(RelayId(3), addr).unwrap();
+        shard.io.submit().unwrap();
+        let reused = relay_round_trip(&mut shard, 3, addr);
+        assert_eq!(reused, socks[0], "the closed relay's slot is reused");
+        // The closed relay's port is free again: nothing holds its socket.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            reap(&mut shard, Duration::from_millis(10));
+            match UdpSocket::bind(addrs[0]) {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "port still held: {e}"),
+            }
+        }
+    }
+}

@@ -4,12 +4,12 @@
 //! Relay sockets bind on 127.77.x.y with port 0, so the many sockets these tests open take
 //! nothing from the ephemeral ports of 127.0.0.1 that other tests use.
 
-use super::io::Sock;
 use super::*;
 use crate::turn::RelaySockets;
 use std::net::UdpSocket;
+use std::os::fd::BorrowedFd;
 
-fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
+pub(super) fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
     Shard::new(
         &["127.0.0.1:0".parse().unwrap()],
         true,
@@ -25,7 +25,7 @@ fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
 }
 
 /// Waits up to `wait` for completions and returns them all (buffers given back).
-fn reap(shard: &mut Shard, wait: Duration) -> Vec<cqueue::Entry> {
+pub(super) fn reap(shard: &mut Shard, wait: Duration) -> Vec<cqueue::Entry> {
     shard.buffers.publish();
     let ts = Timespec::new()
         .sec(wait.as_secs())
@@ -252,85 +252,290 @@ fn a_recheck_rearms_a_receive_whose_end_was_lost() {
     assert!(got, "the receive works again");
 }
 
-/// A relay socket's datagram arrives through the ring, and one it sends leaves from its
-/// address; returns how the ring names the socket.
-fn relay_round_trip(shard: &mut Shard, id: u32, addr: SocketAddr) -> Sock {
-    let (sock, _) = shard.io.relay_fd(RelayId(id)).expect("open");
-    let gen = shard.io.relays[id as usize].gen;
-    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
-    other
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    other.send_to(b"in", addr).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut got = false;
-    while !got && Instant::now() < deadline {
-        got = reap(shard, Duration::from_millis(10)).iter().any(|e| {
-            Op::decode(e.user_data()) == Some(Op::RelayRecv { index: id, gen }) && e.result() > 0
-        });
-    }
-    assert!(got, "relay {id} ({sock:?}) receives");
-    let sent = shard.io.send(
-        &shard.buffers,
-        (sock, None),
-        other.local_addr().unwrap(),
-        SendBuf::Owned(b"out".to_vec()),
+/// Runs `cmd ARGS` (in the calling thread's network namespace) and waits for success.
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (this test needs iproute2)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(sent.is_ok());
-    shard.io.flush_group();
-    reap(shard, Duration::from_millis(10));
-    let mut buf = [0u8; 16];
-    let (n, from) = other.recv_from(&mut buf).expect("the send arrives");
-    assert_eq!((&buf[..n], from), (&b"out"[..], addr));
-    sock
 }
 
-/// A registered file table smaller than the relay sockets: the listener and the first
-/// relays take its slots, the next one is named by descriptor, and a closed relay's slot
-/// goes to the next relay opened; every one of them receives and sends.
-#[test]
-fn relays_beyond_the_file_table_use_descriptors_and_closed_slots_are_reused() {
-    let mut shard = test_shard(
-        16,
-        &TestKnobs {
-            fixed_files: Some(3),
-            ..TestKnobs::default()
-        },
+/// Runs `test` on a thread of its own in a fresh, unnamed network namespace (only that
+/// thread and the commands it starts are in it; the kernel deletes it when the thread and
+/// its sockets are gone, also when the test fails). Fails loudly without root.
+fn in_own_netns(test: impl FnOnce() + Send + 'static) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(
+        euid,
+        Some("0"),
+        "NOT RUN: this test needs root (a network namespace and a qdisc on its loopback)"
     );
-    assert!(shard.describe().contains("3 registered files"));
-    let mut addrs = Vec::new();
-    for i in 0..3u32 {
-        let addr = UdpSocket::bind(format!("127.77.4.{}:0", i + 1))
-            .unwrap()
-            .local_addr()
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) (this test needs root)");
+        run("ip", &["link", "set", "lo", "up"]);
+        test()
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// The payload of test send `i`: recognisable in every byte.
+fn payload(i: u8) -> Vec<u8> {
+    let mut p = vec![i; 64];
+    p[..4].copy_from_slice(b"send");
+    p
+}
+
+/// A drain that reaches its bound with sends in flight keeps their send slots (msghdr,
+/// address, and the bytes of a response the core built) for the life of the process: the
+/// kernel reads those bytes when it gets round to the send, which it may do after the
+/// shard has given up on it.
+///
+/// Sends are held in flight by a token bucket of 1 byte/s on the loopback of a namespace
+/// of the test's own and a listening socket with the smallest send buffer: the first
+/// datagrams pass or wait in the qdisc, charged to the socket, and every further send
+/// waits in the kernel for room (poll-armed). The drain then cannot finish and must
+/// report what it leaked.
+///
+/// The observable: the kernel reading those slots after the shard is gone. When the ring
+/// itself lets go of a send is the kernel's affair (its teardown runs on a kernel worker,
+/// after `close`); the test makes "later" deterministic by keeping a second descriptor of
+/// the ring open past the shard's drop, then removing the qdisc (room in the send buffer
+/// again) and entering the ring, so the held sends leave. Each must carry the bytes it was
+/// given. With the slots freed instead of leaked (`Io::leak` not called) the allocator
+/// reuses their memory and the datagrams leave with other bytes, or not at all.
+#[test]
+fn a_drain_past_its_bound_leaks_the_slots_of_sends_in_flight() {
+    in_own_netns(|| {
+        run(
+            "tc",
+            &["qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8bit"]
+                .into_iter()
+                .chain(["burst", "4kb", "limit", "1mb"])
+                .collect::<Vec<_>>(),
+        );
+        let mut shard = test_shard(16, &TestKnobs::default());
+        let listener = &shard.io.listeners[0].1;
+        socket2::SockRef::from(listener)
+            .set_send_buffer_size(1)
             .unwrap();
-        shard.io.open(RelayId(i), addr).unwrap();
-        addrs.push(addr);
-    }
-    shard.io.submit().unwrap();
-    let socks: Vec<Sock> = (0..3)
-        .map(|i| relay_round_trip(&mut shard, i, addrs[i as usize]))
-        .collect();
-    assert!(matches!(socks[0], Sock::Fixed(_)), "{socks:?}");
-    assert!(matches!(socks[1], Sock::Fixed(_)), "{socks:?}");
-    assert!(matches!(socks[2], Sock::Raw(_)), "{socks:?}");
-    shard.io.close(RelayId(0));
-    assert_eq!(shard.io.closing(), 0);
-    let addr = UdpSocket::bind("127.77.4.9:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    shard.io.open(RelayId(3), addr).unwrap();
-    shard.io.submit().unwrap();
-    let reused = relay_round_trip(&mut shard, 3, addr);
-    assert_eq!(reused, socks[0], "the closed relay's slot is reused");
-    // The closed relay's port is free again: nothing holds its socket.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        reap(&mut shard, Duration::from_millis(10));
-        match UdpSocket::bind(addrs[0]) {
-            Ok(_) => break,
-            Err(e) => assert!(Instant::now() < deadline, "port still held: {e}"),
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let fd = shard
+            .io
+            .listener_for(shard.io.listeners[0].0)
+            .expect("listener");
+        const SENDS: u8 = 100;
+        for i in 0..SENDS {
+            let queued = shard
+                .io
+                .send(&shard.buffers, fd, to, SendBuf::Owned(payload(i)));
+            assert!(queued.is_ok(), "send {i} not queued");
         }
+        shard.io.submit().unwrap();
+        // The sends that can go out complete at once; the others wait for room. Settled
+        // once the count of sends in flight holds still over several waits.
+        let mut completed = 0;
+        let (mut held, mut still) = (usize::MAX, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while still < 5 {
+            assert!(Instant::now() < deadline, "sends in flight never settled");
+            let ts = Timespec::new().nsec(20_000_000);
+            let _ = shard
+                .io
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            let done: Vec<cqueue::Entry> = shard.io.ring.completion().collect();
+            for e in &done {
+                if let Some(Op::Send { slot }) = Op::decode(e.user_data()) {
+                    assert!(e.result() > 0, "send failed: {}", e.result());
+                    let buffers = &mut shard.buffers;
+                    completed += shard.io.finish_send(slot, |b| give_back(buffers, b));
+                }
+            }
+            let now = shard.io.sends_in_flight();
+            still = if now == held { still + 1 } else { 0 };
+            held = now;
+        }
+        assert!(
+            held > 0 && completed > 0,
+            "no send held in flight ({completed} completed): the qdisc did not hold them"
+        );
+        assert_eq!(completed + held, usize::from(SENDS));
+        // What left before the drain arrived intact (or waits in the qdisc).
+        let mut buf = [0u8; 256];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Ok(n) = receiver.recv(&mut buf) {
+            assert_eq!(&buf[..n], &payload(buf[n - 1])[..], "a datagram changed");
+            seen.insert(buf[n - 1]);
+        }
+        // SAFETY: the ring's descriptor is open while `shard` lives; it is only duplicated.
+        let ring = unsafe { BorrowedFd::borrow_raw(shard.io.ring.as_raw_fd()) }
+            .try_clone_to_owned()
+            .unwrap();
+        let started = Instant::now();
+        let leaked = shard.drain().expect("the drain reached its bound");
+        assert!(started.elapsed() >= super::drain::BOUND);
+        assert_eq!(leaked.send_slots, held, "{leaked:?}");
+        drop(shard);
+        // Whatever the allocator does with memory handed back to it, in this thread.
+        let reuse: Vec<Vec<u8>> = (0..1024).map(|_| vec![0xee; 64]).collect();
+        run("tc", &["qdisc", "del", "dev", "lo", "root"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = 0;
+        while after < held && Instant::now() < deadline {
+            enter(&ring);
+            std::thread::sleep(Duration::from_millis(5));
+            while let Ok(n) = receiver.recv(&mut buf) {
+                let i = buf[n - 1];
+                assert_eq!(
+                    &buf[..n],
+                    &payload(i)[..],
+                    "a send in flight at the drain left with bytes that were not its own"
+                );
+                assert!(seen.insert(i), "datagram {i} twice");
+                after += 1;
+            }
+        }
+        eprintln!("{completed} sends completed, {held} held in flight at the drain ({leaked:?}), {after} arrived intact after it");
+        assert_eq!(
+            after, held,
+            "sends held at the drain that arrived afterwards"
+        );
+        drop(reuse);
+    });
+}
+
+/// Runs a ring's pending work through descriptor `ring` (io_uring_enter with GETEVENTS,
+/// nothing to submit, no completion to wait for).
+fn enter(ring: &std::os::fd::OwnedFd) {
+    const IORING_ENTER_GETEVENTS: libc::c_long = 1;
+    // SAFETY: with nothing to submit and no argument pointer the call reads and writes no
+    // memory of this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_enter,
+            ring.as_raw_fd(),
+            0,
+            0,
+            IORING_ENTER_GETEVENTS,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    assert!(
+        r >= 0,
+        "io_uring_enter: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// ENOBUFS: a receive that ran out of buffers is armed again only once an eighth of the
+/// buffers is back, not as soon as one is. A flood waits in a relay socket's queue while a
+/// slow consumer holds every buffer it was given (sends still in flight) and lets one go
+/// per turn, the loop's bookkeeping driven by hand: each turn takes the completions (every
+/// received buffer is held), gives one held buffer back, and calls the loop's `rearm`.
+///
+/// With the threshold the receive is armed again every eighth turn (`BUFFERS / 8` buffers
+/// back) and each time takes them all before it fails; re-armed as soon as one buffer is
+/// back, it would fail with ENOBUFS every turn, a wasted arm and completion per turn for
+/// as long as the consumer is slow. Counts, not time: deterministic.
+#[test]
+fn a_starved_receive_waits_for_an_eighth_of_the_buffers() {
+    const BUFFERS: u16 = 64;
+    const TURNS: usize = 256;
+    let knobs = TestKnobs {
+        buffers: Some(BUFFERS),
+        ..TestKnobs::default()
+    };
+    let mut shard = test_shard(16, &knobs);
+    // Port 0: the kernel picks a free one for the relay socket itself.
+    shard
+        .io
+        .open(RelayId(0), "127.77.4.1:0".parse().unwrap())
+        .unwrap();
+    let relay = shard.io.relays[0].socket.as_ref().expect("open");
+    let addr = relay.local_addr().unwrap();
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // More than every buffer, and one more datagram per turn than the consumer frees, so
+    // the socket's queue never runs dry.
+    for _ in 0..2 * BUFFERS {
+        flood.send_to(&[7; 32], addr).unwrap();
+    }
+    let mut held: std::collections::VecDeque<Lent> = Default::default();
+    let (mut armed, mut arms, mut starved) = (true, 1, 0);
+    for _ in 0..TURNS {
+        flood.send_to(&[7; 32], addr).unwrap();
+        // A receive armed with data waiting takes the free buffers and fails: wait for
+        // its end.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ts = Timespec::new().nsec(1_000_000);
+            let _ = shard
+                .io
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            shard.io.submitted();
+            let done: Vec<cqueue::Entry> = shard.io.ring.completion().collect();
+            for e in &done {
+                let Some(op @ Op::RelayRecv { .. }) = Op::decode(e.user_data()) else {
+                    continue;
+                };
+                if let Some(lent) = shard.buffers.take(e) {
+                    held.push_back(lent);
+                }
+                if !cqueue::more(e.flags()) {
+                    // As the loop does (`received`).
+                    shard.io.armed -= 1;
+                    armed = false;
+                    assert_eq!(e.result(), -libc::ENOBUFS, "the receive ended otherwise");
+                    starved += 1;
+                    shard.io.starved.push(op);
+                }
+            }
+            if !armed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the armed receive never ran dry");
+        }
+        // One send of the slow consumer completes.
+        if let Some(lent) = held.pop_front() {
+            shard.buffers.give_back(lent);
+        }
+        let before = shard.io.armed;
+        shard.rearm();
+        if shard.io.armed > before {
+            arms += 1;
+            armed = true;
+        }
+        shard.buffers.publish();
+    }
+    eprintln!("{TURNS} turns: {arms} arms, {starved} ENOBUFS ends");
+    let eighth = TURNS / usize::from(BUFFERS / 8);
+    assert!(
+        starved <= eighth + 1,
+        "ENOBUFS {starved} times in {TURNS} turns, one buffer back per turn (re-armed \
+         before an eighth of the buffers was back)"
+    );
+    assert!(
+        starved >= eighth - 1,
+        "ENOBUFS only {starved} times in {TURNS} turns: the flood did not starve the receive"
+    );
+    for lent in held {
+        shard.buffers.give_back(lent);
     }
 }
