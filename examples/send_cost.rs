@@ -14,9 +14,10 @@
 //! whether loopback gives a socket a NAPI id (what io_uring's NAPI busy polling needs).
 //!
 //! Run: `cargo run --release --example send_cost -- [--sends N] [--size BYTES]
-//! [--rounds R] [--segments S]`. Figures are the thread's own CPU clock per send or
-//! datagram (less sensitive to other processes than wall time), variants interleaved,
-//! R rounds. A thread on another socket drains what is sent, so no send meets a full queue.
+//! [--big BYTES] [--rounds R] [--segments S]`. Figures are the thread's own CPU clock per
+//! send or datagram (less sensitive to other processes than wall time): R rounds of N
+//! sends per variant, interleaved, then the median, least and most per variant. A thread
+//! on another socket drains what is sent, so no send meets a full queue.
 
 use io_uring::types::{Fd, Fixed};
 use io_uring::{cqueue, opcode, IoUring};
@@ -257,35 +258,50 @@ fn gro_receive(datagrams: usize, size: usize, segments: usize, gro: bool) -> (f6
 }
 
 fn main() {
-    let count = arg("--sends", 200_000);
+    let count = arg("--sends", 20_000);
     let size = arg("--size", 170);
-    let rounds = arg("--rounds", 5);
+    let rounds = arg("--rounds", 25);
     let segments = arg("--segments", 12);
     let big = arg("--big", 1200);
     let stop = Arc::new(AtomicBool::new(false));
     let (to, drain) = drained(&stop);
     println!(
-        "io_uring SendMsg on loopback, batches of {BATCH}, ns of the sending thread's CPU per datagram"
+        "io_uring SendMsg on loopback, batches of {BATCH}, ns of the sending thread's CPU per datagram, {rounds} interleaved rounds of {count}"
     );
-    println!(
-        "round  {size}B unconnected  {size}B connected  {size}B fixed  {big}B unconnected  {big}B zerocopy  {big}B gso x{segments}"
-    );
+    let variants = [
+        (format!("{size} B unconnected"), Variant::Unconnected, size),
+        (format!("{size} B connected"), Variant::Connected, size),
+        (format!("{size} B fixed file"), Variant::Fixed, size),
+        (format!("{big} B unconnected"), Variant::Unconnected, big),
+        (format!("{big} B zero-copy"), Variant::ZeroCopy, big),
+        (format!("{big} B GSO x{segments}"), Variant::Gso, big),
+    ];
+    let mut samples = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
-        let a = sends(Variant::Unconnected, to, count, size, 1);
-        let b = sends(Variant::Connected, to, count, size, 1);
-        let c = sends(Variant::Fixed, to, count, size, 1);
-        let d = sends(Variant::Unconnected, to, count, big, 1);
-        let e = sends(Variant::ZeroCopy, to, count, big, 1);
-        let f = sends(Variant::Gso, to, count, big, segments);
-        println!("{r:>5}  {a:>15.0}  {b:>13.0}  {c:>9.0}  {d:>16.0}  {e:>13.0}  {f:>11.0}");
+        // A different variant first each round, so none always follows the same one.
+        for k in 0..variants.len() {
+            let i = (k + r) % variants.len();
+            let (_, variant, bytes) = &variants[i];
+            samples[i].push(sends(*variant, to, count, *bytes, segments));
+        }
+    }
+    println!("variant               median     min     max");
+    for ((name, _, _), s) in variants.iter().zip(samples.iter_mut()) {
+        s.sort_by(f64::total_cmp);
+        println!(
+            "{name:<20} {:>7.0} {:>7.0} {:>7.0}",
+            s[s.len() / 2],
+            s[0],
+            s[s.len() - 1]
+        );
     }
     stop.store(true, Ordering::Relaxed);
     drain.join().unwrap();
     println!("receive of GSO bursts of {segments} x {big} B, ns of the receiving thread's CPU per datagram");
     println!("round  one read per datagram  UDP_GRO (one read per burst)  NAPI id");
-    for r in 0..rounds {
-        let (a, id) = gro_receive(count, big, segments, false);
-        let (b, _) = gro_receive(count, big, segments, true);
+    for r in 0..rounds.min(5) {
+        let (a, id) = gro_receive(count * 5, big, segments, false);
+        let (b, _) = gro_receive(count * 5, big, segments, true);
         println!("{r:>5}  {a:>21.0}  {b:>28.0}  {id:>7}");
     }
 }
