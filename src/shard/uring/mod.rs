@@ -18,15 +18,18 @@
 //! buffers.
 //!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
-//! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses),
+//! receives, send slots), `files` (the registered file table), `pacer` (batched wakeups), `addr` (kernel socket addresses),
 //! `datagram` (a received datagram to the core and on to its send); this file is the loop
 //! that turns completions into the core's inputs.
 
 mod addr;
 mod buffers;
+mod crossing;
 mod datagram;
 mod drain;
+mod files;
 mod gso;
+mod handoff;
 mod io;
 mod op;
 mod pacer;
@@ -37,7 +40,7 @@ mod tests;
 
 use self::addr::sockaddr;
 use self::buffers::{Buffers, Lent, BUF_SIZE};
-use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
+use self::io::{Io, SendBuf, Via, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
 use super::stream::{StreamOptions, Streams};
@@ -45,6 +48,7 @@ use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
+pub(crate) use handoff::{Host as HandoffHost, DEFAULT_SLOTS as HANDOFF_SLOTS};
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -71,6 +75,10 @@ const PERSISTENT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(60);
 /// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
+/// Provided buffers kept out of the kernel's ring for datagrams other shards hand over.
+const SPARE_BUFFERS: usize = 128;
+/// The kernel's limit on a registered file table.
+const MAX_FIXED_FILES: u64 = 1 << 20;
 
 /// What became of a received datagram.
 enum Outcome {
@@ -108,6 +116,28 @@ pub(crate) struct Shard {
     recheck_due: bool,
     /// TCP and TLS clients, on an epoll set the ring polls.
     streams: Option<Streams>,
+    /// Datagrams to and from other shards' relays (with more than one shard).
+    handoff: Option<handoff::Handoff>,
+}
+
+/// Registers a file table for the listeners and up to `relay_sockets` relay sockets (as
+/// many as the descriptor limit allows, or `size` slots); relay sockets beyond it, or
+/// every socket if the kernel refuses, are named by descriptor.
+fn register_files(io: &mut Io, relay_sockets: usize, size: Option<u32>, features: &mut String) {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let want = (io.listeners.len() + relay_sockets) as u64;
+    let size = size.map_or(want.min(limit).min(MAX_FIXED_FILES), u64::from) as u32;
+    if size == 0 {
+        features.push_str(", plain descriptors");
+        return;
+    }
+    match io.register_files(size) {
+        Ok(()) => features.push_str(&format!(", {size} registered files")),
+        Err(e) => {
+            tracing::debug!(size, "registered files: {e}");
+            features.push_str(", plain descriptors");
+        }
+    }
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -147,6 +177,7 @@ impl Shard {
         relay_sockets: usize,
         (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
+        handoff: Option<(&Arc<HandoffHost>, usize)>,
     ) -> std::io::Result<Shard> {
         check_kernel()?;
         let cq = knobs
@@ -154,13 +185,22 @@ impl Shard {
             .unwrap_or_else(|| cq_entries(relay_sockets, listen.len()));
         // The kernel wants at least as many completion entries as submission entries.
         let sq = SQ_ENTRIES.min(cq);
-        let (ring, mut features) = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(cq)
-            .build(sq)
-        {
-            Ok(ring) => (ring, "single issuer, deferred task run".to_owned()),
+        let built = match knobs.sqpoll {
+            Some(idle) => IoUring::builder()
+                .setup_sqpoll(idle)
+                .setup_single_issuer()
+                .setup_cqsize(cq)
+                .build(sq)
+                .map(|r| (r, format!("submission queue polling (idle {idle} ms)"))),
+            None => IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_cqsize(cq)
+                .build(sq)
+                .map(|r| (r, "single issuer, deferred task run".to_owned())),
+        };
+        let (ring, mut features) = match built {
+            Ok(built) => built,
             Err(_) => (
                 IoUring::builder().setup_cqsize(cq).build(sq)?,
                 "plain setup".to_owned(),
@@ -175,7 +215,8 @@ impl Shard {
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
-        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        let spare = if handoff.is_some() { SPARE_BUFFERS } else { 0 };
+        let mut buffers = Buffers::with_spare(knobs.buffers.unwrap_or(BUF_COUNT), spare)?;
         buffers.publish();
         // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
@@ -219,8 +260,10 @@ impl Shard {
         }
         // SAFETY: `efd` is a fresh descriptor owned by nothing else.
         let wake_fd = Arc::new(unsafe { File::from_raw_fd(efd) });
+        let mut io = Io::new(ring, listeners, knobs.send_slots.unwrap_or(SEND_SLOTS));
+        register_files(&mut io, relay_sockets, knobs.fixed_files, &mut features);
         let mut shard = Shard {
-            io: Io::new(ring, listeners, knobs.send_slots.unwrap_or(SEND_SLOTS)),
+            io,
             buffers,
             wake_fd,
             wake_buf: Box::new(0),
@@ -230,7 +273,19 @@ impl Shard {
             cq_dropped: 0,
             recheck_due: false,
             streams,
+            handoff: None,
         };
+        if let Some((host, index)) = handoff {
+            let mut h = host.join(index, shard.waker(), shard.io.ring.as_raw_fd());
+            h.msg_ring = knobs.handoff_eventfd != Some(true);
+            shard.io.owners = Some(h.owner_table());
+            shard.features.push_str(if h.msg_ring {
+                ", relay to relay between shards in process (ring message wakes)"
+            } else {
+                ", relay to relay between shards in process (eventfd wakes)"
+            });
+            shard.handoff = Some(h);
+        }
         shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
@@ -271,6 +326,7 @@ impl Shard {
     pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
         let result = self.serve(state);
         state.shutdown(Instant::now(), &mut self.io);
+        self.close_handoffs(state);
         self.flush_transmits(state);
         self.dispatch_events(state);
         self.stop_streams(state);
@@ -296,6 +352,7 @@ impl Shard {
             self.buffers.publish();
             self.io.flush_group();
             self.io.queue_pending_cancels();
+            self.publish_handoffs();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
@@ -342,13 +399,13 @@ impl Shard {
             for entry in &completions {
                 self.complete(state, now, entry);
             }
+            self.take_handoffs(state, now);
             let buffers = &mut self.buffers;
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
             state.end_turn(now, &mut self.io);
-            // Answers first: the sweep closes the connections their clients ended, and an
-            // answer routed after that would find no connection.
-            self.flush_transmits(state);
+            // Answers to stream requests are already written (`stream_received`,
+            // `streams_ready`) when the sweep closes the connections their clients ended.
             self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();
@@ -419,6 +476,7 @@ impl Shard {
                 self.rechecked(state.stopping(), op, entry.result())
             }
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
+            Some(Op::HandoffWake { shard }) => self.handoff_woken(shard, entry.result()),
             Some(Op::StreamRecv { index, gen }) => {
                 self.stream_received(state, now, (index, gen), entry)
             }
