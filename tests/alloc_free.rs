@@ -2,8 +2,9 @@
 //! ChannelData packets (50,000 each way) and 20,000 Send/Data indications (10,000 each way)
 //! relayed through a real server on loopback, after a warm-up, for each backend. Packets go
 //! in bursts of 16 to one destination, so the io_uring backend's UDP GSO path is the one
-//! measured. This binary holds a single test so that no other test's
-//! allocations are counted.
+//! measured. Then 40,000 datagrams between the relay addresses of two allocations on two
+//! io_uring shards, handed over through the shards' queues. This binary holds a single
+//! test so that no other test's allocations are counted.
 
 mod common;
 
@@ -44,6 +45,7 @@ const PACKETS_EACH_WAY: usize = 50_000;
 const WARM_UP: usize = 2_000;
 const INDICATIONS_EACH_WAY: usize = 10_000;
 const WINDOW: usize = 16;
+const CROSS_SHARD_EACH_WAY: usize = 20_000;
 
 fn relay(backend: Backend) -> u64 {
     let config = common::loopback_config(1, |c| c.backend = backend);
@@ -134,15 +136,99 @@ fn relay(backend: Backend) -> u64 {
     after - before
 }
 
+/// Relay to relay between two io_uring shards: A's client sends ChannelData to B's relay
+/// address (B's client gets Data indications), B's client answers with Send indications
+/// to A's relay address (A's client gets ChannelData); every datagram crosses through a
+/// shard's queue.
+fn cross_shard() -> u64 {
+    let config = common::loopback_config(2, |c| c.backend = Backend::IoUring);
+    let running = common::start_in_process(&config, None, None, 80);
+    let server = running.local_addrs()[0];
+    let shard_of = |relay: std::net::SocketAddr| {
+        running
+            .port_slices()
+            .iter()
+            .position(|&(lo, hi)| (lo..=hi).contains(&relay.port()))
+            .unwrap()
+    };
+    let mut a = Client::connect(server, "alice", "secret").unwrap();
+    let ra = a.allocate(None).unwrap();
+    let (mut b, rb) = (0..30)
+        .find_map(|_| {
+            let mut b = Client::connect(server, "alice", "secret").unwrap();
+            let rb = b.allocate(None).unwrap();
+            (shard_of(rb) != shard_of(ra)).then_some((b, rb))
+        })
+        .expect("a client on the other shard");
+    a.channel_bind(0x4000, rb).unwrap();
+    b.create_permission(&[ra]).unwrap();
+    let (sa, sb) = (
+        a.socket().try_clone().unwrap(),
+        b.socket().try_clone().unwrap(),
+    );
+    for s in [&sa, &sb] {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
+    let mut channel_data = [0x5au8; 4 + 160];
+    channel_data[..4].copy_from_slice(&[0x40, 0x00, 0, 160]);
+    let payload = [0x5au8; 160];
+    let mut send_indication = Vec::new();
+    MessageBuilder::new(
+        &mut send_indication,
+        Class::Indication,
+        Method::SEND,
+        &[7; 12],
+    )
+    .add_xor_address(stun::XOR_PEER_ADDRESS, ra)
+    .add(stun::DATA, &payload);
+    let mut buf = [0u8; 2048];
+    let mut round_trip = |count: usize| {
+        for _ in 0..count / WINDOW {
+            for _ in 0..WINDOW {
+                sa.send_to(&channel_data, server).unwrap();
+            }
+            for _ in 0..WINDOW {
+                let (n, _) = sb.recv_from(&mut buf).expect("B's client receives");
+                assert!(
+                    buf[..n].windows(160).any(|w| w == payload),
+                    "a Data indication carrying the payload"
+                );
+            }
+            for _ in 0..WINDOW {
+                sb.send_to(&send_indication, server).unwrap();
+            }
+            for _ in 0..WINDOW {
+                let (n, _) = sa.recv_from(&mut buf).expect("A's client receives");
+                assert_eq!(&buf[..n], &channel_data[..]);
+            }
+        }
+    };
+    round_trip(WARM_UP);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    round_trip(CROSS_SHARD_EACH_WAY);
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let reports = running.stop();
+    let crossed: u64 = reports.iter().map(|r| r.io.cross_shard_received).sum();
+    assert_eq!(
+        crossed,
+        2 * (WARM_UP + CROSS_SHARD_EACH_WAY) as u64,
+        "every datagram crossed through a queue: {reports:?}"
+    );
+    after - before
+}
+
 #[test]
 fn forwarding_allocates_nothing_on_either_backend() {
     let uring = relay(Backend::IoUring);
     let portable = relay(Backend::Portable);
+    let cross = cross_shard();
     assert_eq!(
-        (uring, portable),
-        (0, 0),
-        "heap allocations while relaying {} ChannelData packets and {} indications (io_uring, portable)",
+        (uring, portable, cross),
+        (0, 0, 0),
+        "heap allocations while relaying {} ChannelData packets and {} indications (io_uring, portable), \
+         and {} datagrams between two shards' relays",
         2 * PACKETS_EACH_WAY,
-        2 * INDICATIONS_EACH_WAY
+        2 * INDICATIONS_EACH_WAY,
+        2 * CROSS_SHARD_EACH_WAY
     );
 }

@@ -14,7 +14,7 @@ mod taps;
 
 pub use http::Endpoint;
 pub use render::render;
-pub use shard::{ShardMetrics, ShardSnapshot, OFFLOAD_METRICS, STREAM_METRICS};
+pub use shard::{ShardMetrics, ShardSnapshot, HANDOFF_METRICS, OFFLOAD_METRICS, STREAM_METRICS};
 pub use taps::{AllocationsByTransport, AuthCounters, CountingObserver, TrafficTap, TrafficTotals};
 
 use crate::auth::userdb::UserDbCounters;

@@ -167,6 +167,12 @@ pub fn render(s: &Sources) -> String {
             o.value(name, &format!("shard=\"{}\"", sh.index), sh.streams[i]);
         }
     }
+    for (i, (name, help)) in super::HANDOFF_METRICS.iter().enumerate() {
+        o.head(name, "counter", help);
+        for sh in &shards {
+            o.value(name, &format!("shard=\"{}\"", sh.index), sh.handoff[i]);
+        }
+    }
     for (i, (name, help)) in super::OFFLOAD_METRICS.iter().enumerate() {
         o.head(name, if i == 0 { "gauge" } else { "counter" }, help);
         for sh in &shards {

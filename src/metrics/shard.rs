@@ -58,6 +58,41 @@ fn stream_values(s: &StreamCounters) -> [u64; 8] {
     ]
 }
 
+/// Relay to relay in process, per shard: (metric, help), in the order of
+/// [`handoff_values`]; all counters.
+pub const HANDOFF_METRICS: [(&str, &str); 5] = [
+    (
+        "uturn_relayed_in_process_total",
+        "Datagrams from one allocation to another's relay address on the same shard, handed over without the kernel, by shard.",
+    ),
+    (
+        "uturn_relayed_cross_shard_total",
+        "Datagrams to another shard's relay address, queued for that shard without the kernel, by sending shard.",
+    ),
+    (
+        "uturn_cross_shard_received_total",
+        "Datagrams other shards queued for this one, given to its allocations, by receiving shard.",
+    ),
+    (
+        "uturn_cross_shard_fallbacks_total",
+        "Datagrams to another shard's relay address sent through the kernel (queue full, or larger than a slot), by sending shard.",
+    ),
+    (
+        "uturn_cross_shard_dropped_total",
+        "Datagrams other shards queued for this one and dropped (relay closed meanwhile, or stopping), by receiving shard.",
+    ),
+];
+
+fn handoff_values(io: &IoCounters) -> [u64; 5] {
+    [
+        io.relayed_in_process,
+        io.relayed_cross_shard,
+        io.cross_shard_received,
+        io.cross_shard_fallbacks,
+        io.cross_shard_dropped,
+    ]
+}
+
 /// The XDP offload's counters per shard: (metric, help), in the order of
 /// [`ShardMetrics::publish_offload`]. The first is a gauge, the rest counters.
 pub const OFFLOAD_METRICS: [(&str, &str); 6] = [
@@ -107,6 +142,7 @@ pub struct ShardMetrics {
     cq_lost: AtomicU64,
     streams: [AtomicU64; 8],
     offload: [AtomicU64; 6],
+    handoff: [AtomicU64; 5],
 }
 
 /// A plain copy of [`ShardMetrics`] for rendering.
@@ -131,6 +167,8 @@ pub struct ShardSnapshot {
     pub streams: [u64; 8],
     /// In the order of [`OFFLOAD_METRICS`].
     pub offload: [u64; 6],
+    /// In the order of [`HANDOFF_METRICS`].
+    pub handoff: [u64; 5],
 }
 
 impl ShardMetrics {
@@ -151,6 +189,7 @@ impl ShardMetrics {
             cq_lost: AtomicU64::new(0),
             streams: Default::default(),
             offload: Default::default(),
+            handoff: Default::default(),
         }
     }
 
@@ -180,6 +219,9 @@ impl ShardMetrics {
         self.cq_overflowed.store(io.cq_overflowed, r);
         self.cq_lost.store(io.cq_lost, r);
         for (slot, v) in self.streams.iter().zip(stream_values(streams)) {
+            slot.store(v, r);
+        }
+        for (slot, v) in self.handoff.iter().zip(handoff_values(io)) {
             slot.store(v, r);
         }
     }
@@ -217,6 +259,7 @@ impl ShardMetrics {
             cq_lost: self.cq_lost.load(r),
             streams: std::array::from_fn(|i| self.streams[i].load(r)),
             offload: std::array::from_fn(|i| self.offload[i].load(r)),
+            handoff: std::array::from_fn(|i| self.handoff[i].load(r)),
         }
     }
 }
@@ -250,6 +293,10 @@ mod tests {
             cq_overflowed: 23,
             cq_lost: 24,
             relayed_in_process: 25,
+            relayed_cross_shard: 26,
+            cross_shard_received: 27,
+            cross_shard_fallbacks: 28,
+            cross_shard_dropped: 29,
         };
         let streams = StreamCounters {
             open: 30,
@@ -271,5 +318,6 @@ mod tests {
         assert_eq!((s.truncated, s.no_buffers, s.allocations), (20, 21, 22));
         assert_eq!((s.cq_overflowed, s.cq_lost), (23, 24));
         assert_eq!(s.streams, [30, 31, 0, 0, 0, 0, 0, 37]);
+        assert_eq!(s.handoff, [25, 26, 27, 28, 29]);
     }
 }

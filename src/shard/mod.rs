@@ -78,6 +78,8 @@ pub(crate) struct ShardSpec {
     pub listeners: prebind::Listeners,
     /// This shard's handle on the XDP maps (`--xdp` attached).
     pub offload: Option<crate::xdp::Maps>,
+    /// Relay to relay between shards (with more than one shard).
+    pub handoff: Option<Arc<uring::HandoffHost>>,
 }
 
 /// What a shard reports when it ends.
@@ -309,6 +311,16 @@ fn launch(
     let policy = peer_policy(config);
     streams.check_free(&listen)?;
     let mut listeners = prebind::bind_all(cores.len(), &listen, !config.no_udp, &streams)?;
+    let handoff = uring::HandoffHost::new(
+        if config.backend == Backend::Portable {
+            1
+        } else {
+            cores.len()
+        },
+        [Some(relay_v4), relay_v6],
+        config.min_port..=config.max_port,
+        knobs.handoff_slots.unwrap_or(uring::HANDOFF_SLOTS),
+    );
     tracing::info!(
         shards = cores.len(),
         relay = %relay_v4,
@@ -390,6 +402,7 @@ fn launch(
             streams: streams.clone(),
             listeners: std::mem::take(&mut listeners[index]),
             offload: maps,
+            handoff: handoff.clone(),
         };
         running.metrics.push(spec.metrics.clone());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -467,6 +480,7 @@ fn run_shard(mut spec: ShardSpec, ready: Ready) -> ShardReport {
             relay_sockets,
             (spec.batch_wait_us, spec.udp_gso),
             &spec.knobs,
+            spec.handoff.as_ref().map(|h| (h, spec.index)),
         ) {
             Ok(shard) => {
                 let wake = shard.waker();

@@ -59,6 +59,18 @@ pub struct IoCounters {
     /// Datagrams from one of the shard's allocations to another's relay address, handed
     /// over in process instead of through the kernel (not in `sent` or `received`).
     pub relayed_in_process: u64,
+    /// Datagrams from one of the shard's allocations to another shard's relay address,
+    /// queued for that shard instead of sent through the kernel (not in `sent`).
+    pub relayed_cross_shard: u64,
+    /// Datagrams other shards queued for this one, given to its allocations (not in
+    /// `received`).
+    pub cross_shard_received: u64,
+    /// Datagrams to another shard's relay address sent through the kernel after all: its
+    /// queue was full or closed, or the datagram larger than a slot.
+    pub cross_shard_fallbacks: u64,
+    /// Datagrams other shards queued for this one and dropped: the target relay had closed
+    /// meanwhile, or this shard was stopping.
+    pub cross_shard_dropped: u64,
 }
 
 impl ShardState {

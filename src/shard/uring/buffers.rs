@@ -85,11 +85,22 @@ pub(super) struct Buffers {
     /// One bit per buffer: lent to the shard.
     lent: Box<[u64]>,
     lent_count: usize,
+    /// Buffers kept out of the kernel's ring for datagrams other shards hand over
+    /// (`lend_spare`); a buffer given back refills this first, up to `spare_want`.
+    spare: Vec<u16>,
+    spare_want: usize,
 }
 
 impl Buffers {
     /// `count` buffers of [`BUF_SIZE`] bytes; `count` must be a power of two.
+    #[cfg(test)]
     pub fn new(count: u16) -> io::Result<Buffers> {
+        Buffers::with_spare(count, 0)
+    }
+
+    /// The same, with `spare` of them (at most half) kept out of the kernel's ring for
+    /// [`Buffers::lend_spare`].
+    pub fn with_spare(count: u16, spare: usize) -> io::Result<Buffers> {
         if !count.is_power_of_two() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -106,9 +117,16 @@ impl Buffers {
             published: 0,
             lent: vec![0; usize::from(count).div_ceil(64)].into_boxed_slice(),
             lent_count: 0,
+            spare: Vec::new(),
+            spare_want: spare.min(usize::from(count) / 2),
         };
+        buffers.spare = Vec::with_capacity(buffers.spare_want);
         for bid in 0..count {
-            buffers.push(bid);
+            if buffers.spare.len() < buffers.spare_want {
+                buffers.spare.push(bid);
+            } else {
+                buffers.push(bid);
+            }
         }
         Ok(buffers)
     }
@@ -147,12 +165,27 @@ impl Buffers {
         Some(Lent { bid })
     }
 
-    /// Puts a lent buffer back at the tail (visible to the kernel after `publish`).
+    /// Puts a lent buffer back at the tail (visible to the kernel after `publish`), or
+    /// among the spares while they are short.
     pub fn give_back(&mut self, lent: Lent) {
         let (word, mask) = Self::bit(lent.bid);
         self.lent[word] &= !mask;
         self.lent_count -= 1;
-        self.push(lent.bid);
+        if self.spare.len() < self.spare_want {
+            self.spare.push(lent.bid);
+        } else {
+            self.push(lent.bid);
+        }
+    }
+
+    /// A spare buffer (one the kernel's ring does not hold) to fill by hand, if any is
+    /// left; it goes back through [`Buffers::give_back`] like a received one.
+    pub fn lend_spare(&mut self) -> Option<Lent> {
+        let bid = self.spare.pop()?;
+        let (word, mask) = Self::bit(bid);
+        self.lent[word] |= mask;
+        self.lent_count += 1;
+        Some(Lent { bid })
     }
 
     fn push(&mut self, bid: u16) {

@@ -3,6 +3,7 @@
 //!
 //! Must not: make protocol decisions (the core does) or free a buffer the kernel may hold.
 
+use super::crossing::hand_over;
 use super::*;
 
 impl Shard {
@@ -110,6 +111,18 @@ impl Shard {
                                     .handle_peer(now, target, relay_addr, buf, payload);
                                 to_client(&self.io, self.streams.as_mut(), action, buf)
                             }
+                            // To another shard's allocation: through its queue (the
+                            // kernel when the queue is full).
+                            None if hand_over(
+                                self.handoff.as_mut(),
+                                &self.io,
+                                &mut state.io,
+                                (relay, peer),
+                                &buf[payload.clone()],
+                            ) =>
+                            {
+                                None
+                            }
                             None => self
                                 .io
                                 .relay_fd(relay)
@@ -142,15 +155,18 @@ impl Shard {
     }
 }
 
-/// The UDP send a peer datagram turns into, if any: (socket and source, client, offset in
-/// the buffer, length). To a stream client it is written or queued by the connection at
-/// once, and the buffer can go back.
-fn to_client(
+/// A UDP send from a lent buffer: (socket and source, destination, offset in the buffer,
+/// length).
+pub(super) type UdpSend = (Via, SocketAddr, usize, usize);
+
+/// The UDP send a peer datagram turns into, if any. To a stream client it is written or
+/// queued by the connection at once, and the buffer can go back.
+pub(super) fn to_client(
     io: &Io,
     streams: Option<&mut Streams>,
     action: PeerAction,
     buf: &[u8],
-) -> Option<(Via, SocketAddr, usize, usize)> {
+) -> Option<UdpSend> {
     match action {
         PeerAction::ToClient {
             local,

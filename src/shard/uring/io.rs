@@ -98,6 +98,8 @@ pub(super) struct Io {
     /// This shard's open relay sockets by address, so a datagram from one of its
     /// allocations to another can be handed over without the kernel.
     relay_by_addr: HashMap<SocketAddr, u32>,
+    /// The host-wide record of which shard owns each relay address (with several shards).
+    pub owners: Option<super::handoff::OwnerTable>,
     /// Datagrams gathered into UDP GSO sends.
     groups: Groups,
     /// GSO in use (until the kernel refuses a GSO send).
@@ -145,6 +147,7 @@ impl Io {
             armed: 0,
             closing: Vec::new(),
             relay_by_addr: HashMap::new(),
+            owners: None,
             groups: Groups::new(),
             gso: true,
             #[cfg(test)]
@@ -434,6 +437,17 @@ impl Io {
         Some((RelayId(target), from.addr))
     }
 
+    /// The open relay of this shard bound at `addr`.
+    pub fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
+        self.relay_by_addr.get(&addr).map(|&i| RelayId(i))
+    }
+
+    /// The address relay `relay` is bound to, if it is open.
+    pub fn relay_addr(&self, relay: RelayId) -> Option<SocketAddr> {
+        let r = self.relays.get(relay.0 as usize)?;
+        r.socket.as_ref().map(|_| r.addr)
+    }
+
     pub fn relay_fd(&self, relay: RelayId) -> Option<Via> {
         self.relays
             .get(relay.0 as usize)
@@ -464,6 +478,9 @@ impl RelaySockets for Io {
         slot.sock = sock;
         slot.addr = addr;
         self.relay_by_addr.insert(addr, id.0);
+        if let Some(owners) = &self.owners {
+            owners.claim(addr);
+        }
         let gen = slot.gen;
         self.arm(Op::RelayRecv { index: id.0, gen });
         Ok(())
@@ -484,6 +501,9 @@ impl RelaySockets for Io {
         // Datagrams gathered for this socket reach the kernel before it can close.
         self.flush_group();
         self.relay_by_addr.remove(&slot_addr);
+        if let Some(owners) = &self.owners {
+            owners.release(slot_addr);
+        }
         let Some(slot) = self.relays.get_mut(id.0 as usize) else {
             return;
         };

@@ -24,10 +24,12 @@
 
 mod addr;
 mod buffers;
+mod crossing;
 mod datagram;
 mod drain;
 mod files;
 mod gso;
+mod handoff;
 mod io;
 mod op;
 mod pacer;
@@ -46,6 +48,7 @@ use super::{bind_listener, pktinfo, ShardState, TestKnobs, Wake};
 use crate::turn::{ClientAction, PeerAction, RelayId, PEER_HEADROOM, PEER_TAILROOM};
 use ::io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
 use ::io_uring::{cqueue, opcode, IoUring};
+pub(crate) use handoff::{Host as HandoffHost, DEFAULT_SLOTS as HANDOFF_SLOTS};
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -74,6 +77,8 @@ const IDLE: Duration = Duration::from_secs(60);
 const BATCH: usize = 64;
 /// The kernel's limit on a registered file table.
 const MAX_FIXED_FILES: u64 = 1 << 20;
+/// Provided buffers kept out of the kernel's ring for datagrams other shards hand over.
+const SPARE_BUFFERS: usize = 128;
 
 /// What became of a received datagram.
 enum Outcome {
@@ -111,6 +116,8 @@ pub(crate) struct Shard {
     recheck_due: bool,
     /// TCP and TLS clients, on an epoll set the ring polls.
     streams: Option<Streams>,
+    /// Datagrams to and from other shards' relays (with more than one shard).
+    handoff: Option<handoff::Handoff>,
 }
 
 /// Registers a file table for the listeners and up to `relay_sockets` relay sockets (as
@@ -170,6 +177,7 @@ impl Shard {
         relay_sockets: usize,
         (batch_wait_us, udp_gso): (u32, bool),
         knobs: &TestKnobs,
+        handoff: Option<(&Arc<HandoffHost>, usize)>,
     ) -> std::io::Result<Shard> {
         check_kernel()?;
         let cq = knobs
@@ -207,7 +215,8 @@ impl Shard {
         if batch_wait_us > 0 {
             features.push_str(&format!(", batched wakeups (up to {batch_wait_us} µs)"));
         }
-        let mut buffers = Buffers::new(knobs.buffers.unwrap_or(BUF_COUNT))?;
+        let spare = if handoff.is_some() { SPARE_BUFFERS } else { 0 };
+        let mut buffers = Buffers::with_spare(knobs.buffers.unwrap_or(BUF_COUNT), spare)?;
         buffers.publish();
         // SAFETY: the ring mapping is page aligned, `count` entries long, and stays mapped
         // until after the ring is dropped (field order in `Shard`: `io` drops first).
@@ -264,7 +273,19 @@ impl Shard {
             cq_dropped: 0,
             recheck_due: false,
             streams,
+            handoff: None,
         };
+        if let Some((host, index)) = handoff {
+            let mut h = host.join(index, shard.waker(), shard.io.ring.as_raw_fd());
+            h.msg_ring = knobs.handoff_eventfd != Some(true);
+            shard.io.owners = Some(h.owner_table());
+            shard.features.push_str(if h.msg_ring {
+                ", relay to relay between shards in process (ring message wakes)"
+            } else {
+                ", relay to relay between shards in process (eventfd wakes)"
+            });
+            shard.handoff = Some(h);
+        }
         shard.io.gso = udp_gso;
         for index in 0..shard.io.listeners.len() as u32 {
             shard.io.arm(Op::ListenRecv { index });
@@ -305,6 +326,7 @@ impl Shard {
     pub fn run(&mut self, state: &mut ShardState) -> std::io::Result<()> {
         let result = self.serve(state);
         state.shutdown(Instant::now(), &mut self.io);
+        self.close_handoffs(state);
         self.flush_transmits(state);
         self.dispatch_events(state);
         self.stop_streams(state);
@@ -330,6 +352,7 @@ impl Shard {
             self.buffers.publish();
             self.io.flush_group();
             self.io.queue_pending_cancels();
+            self.publish_handoffs();
             let ts = Timespec::new()
                 .sec(timeout.as_secs())
                 .nsec(timeout.subsec_nanos());
@@ -376,6 +399,7 @@ impl Shard {
             for entry in &completions {
                 self.complete(state, now, entry);
             }
+            self.take_handoffs(state, now);
             let buffers = &mut self.buffers;
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
@@ -452,6 +476,7 @@ impl Shard {
                 self.rechecked(state.stopping(), op, entry.result())
             }
             Some(Op::StreamsPoll) => self.streams_ready(state, now, cqueue::more(entry.flags())),
+            Some(Op::HandoffWake { shard }) => self.handoff_woken(shard, entry.result()),
             Some(Op::StreamRecv { index, gen }) => {
                 self.stream_received(state, now, (index, gen), entry)
             }

@@ -27,6 +27,10 @@ pub(super) enum Op {
     RecheckListen { index: u32 },
     /// The same for relay socket `index`, generation `gen`.
     RecheckRelay { index: u32, gen: u32 },
+    /// A wake between shards (IORING_OP_MSG_RING): on the target's ring, shard `shard`
+    /// queued datagrams for it; on the sender's ring (only when it failed), the wake of
+    /// shard `shard` did not go out.
+    HandoffWake { shard: u32 },
 }
 
 const TAG_SHIFT: u32 = 60;
@@ -44,6 +48,7 @@ const TAG_RECHECK_LISTEN: u64 = 6;
 const TAG_RECHECK_RELAY: u64 = 7;
 const TAG_STREAMS: u64 = 8;
 const TAG_STREAM_RECV: u64 = 9;
+const TAG_HANDOFF_WAKE: u64 = 10;
 
 impl Op {
     pub fn encode(self) -> u64 {
@@ -57,6 +62,7 @@ impl Op {
             Op::StreamRecv { index, gen } => (TAG_STREAM_RECV, gen & GEN_MASK, index),
             Op::RecheckListen { index } => (TAG_RECHECK_LISTEN, 0, index),
             Op::RecheckRelay { index, gen } => (TAG_RECHECK_RELAY, gen & GEN_MASK, index),
+            Op::HandoffWake { shard } => (TAG_HANDOFF_WAKE, 0, shard),
         };
         (tag << TAG_SHIFT) | (u64::from(gen) << GEN_SHIFT) | u64::from(index)
     }
@@ -76,6 +82,7 @@ impl Op {
             TAG_STREAM_RECV => Op::StreamRecv { index, gen },
             TAG_RECHECK_LISTEN => Op::RecheckListen { index },
             TAG_RECHECK_RELAY => Op::RecheckRelay { index, gen },
+            TAG_HANDOFF_WAKE => Op::HandoffWake { shard: index },
             _ => return None,
         };
         (op.encode() == data).then_some(op)
@@ -122,6 +129,7 @@ mod tests {
                 index: 9,
                 gen: GEN_MASK,
             },
+            Op::HandoffWake { shard: 1 },
         ];
         for op in ops {
             assert_eq!(Op::decode(op.encode()), Some(op), "{op:?}");

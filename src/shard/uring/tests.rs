@@ -20,6 +20,7 @@ pub(super) fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
         relays,
         (0, true),
         knobs,
+        None,
     )
     .expect("io_uring set-up (these tests need io_uring)")
 }
