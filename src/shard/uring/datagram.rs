@@ -155,8 +155,8 @@ impl Shard {
     }
 }
 
-/// A UDP send from a lent buffer: (socket and source, destination, offset in the buffer,
-/// length).
+/// A UDP send from a lent buffer: (socket and source, destination, offset in the
+/// buffer, length).
 pub(super) type UdpSend = (Via, SocketAddr, usize, usize);
 
 /// The UDP send a peer datagram turns into, if any. To a stream client it is written or

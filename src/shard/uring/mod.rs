@@ -75,10 +75,10 @@ const PERSISTENT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(60);
 /// Most receives a batched wakeup waits for before its minimum wait is over.
 const BATCH: usize = 64;
-/// The kernel's limit on a registered file table.
-const MAX_FIXED_FILES: u64 = 1 << 20;
 /// Provided buffers kept out of the kernel's ring for datagrams other shards hand over.
 const SPARE_BUFFERS: usize = 128;
+/// The kernel's limit on a registered file table.
+const MAX_FIXED_FILES: u64 = 1 << 20;
 
 /// What became of a received datagram.
 enum Outcome {
