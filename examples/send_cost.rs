@@ -5,6 +5,8 @@
 //! - `connected`: the same socket type connected to the destination, no address (the
 //!   kernel keeps the route);
 //! - `fixed`: unconnected, the socket named through a registered file table;
+//! - `send`: `IORING_OP_SEND` with the destination address in the entry (no msghdr for the
+//!   kernel to copy in);
 //! - `zerocopy`: `SendMsgZc` of the same bytes (a second completion per send tells when
 //!   the kernel let go of them);
 //! - `gso`: one `UDP_SEGMENT` send of `--segments` datagrams, per datagram.
@@ -84,6 +86,7 @@ enum Variant {
     Unconnected,
     Connected,
     Fixed,
+    SendTo,
     ZeroCopy,
     Gso,
 }
@@ -146,6 +149,12 @@ fn sends(variant: Variant, to: SocketAddr, sends: usize, size: usize, segments: 
         for _ in 0..n {
             let sqe = match variant {
                 Variant::Fixed => opcode::SendMsg::new(Fixed(0), &msg).build(),
+                Variant::SendTo => {
+                    opcode::Send::new(Fd(fd), payload.as_ptr(), payload.len() as u32)
+                        .dest_addr(addr.as_ptr().cast())
+                        .dest_addr_len(addr.len())
+                        .build()
+                }
                 Variant::ZeroCopy => {
                     expect += 1;
                     opcode::SendMsgZc::new(Fd(fd), &msg).build()
@@ -272,6 +281,7 @@ fn main() {
         (format!("{size} B unconnected"), Variant::Unconnected, size),
         (format!("{size} B connected"), Variant::Connected, size),
         (format!("{size} B fixed file"), Variant::Fixed, size),
+        (format!("{size} B send+address"), Variant::SendTo, size),
         (format!("{big} B unconnected"), Variant::Unconnected, big),
         (format!("{big} B zero-copy"), Variant::ZeroCopy, big),
         (format!("{big} B GSO x{segments}"), Variant::Gso, big),
