@@ -140,7 +140,7 @@ impl Shard {
             _ => {}
         }
         let live = match op {
-            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
+            Op::RelayRecv { index, gen } => self.io.live_relay(index, gen).is_some(),
             _ => true,
         };
         if live {
