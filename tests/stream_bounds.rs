@@ -14,10 +14,11 @@ mod stream_support;
 use common::*;
 use stream_support::*;
 
-/// Raises this process's descriptor limit: the flood holds thousands of sockets.
+/// Raises this process's descriptor limit: the flood holds thousands of sockets. Never
+/// lowers it (tests run in parallel; another may hold more).
 fn raise_nofile(want: u64) {
-    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
-    let soft = want.min(hard);
+    let (current, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    let soft = want.min(hard).max(current);
     rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).unwrap();
     assert!(
         soft >= want,
