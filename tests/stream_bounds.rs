@@ -144,7 +144,8 @@ fn clients_that_stop_reading_then_close_leave_the_shard_working() {
     let peer_addr = peer.local_addr().unwrap();
     let mut slow = Vec::new();
     for _ in 0..80 {
-        let mut client = TcpTurn::connect(server.addr(), "alice", "secret");
+        // A small window: the server's socket for it fills after a few kilobytes.
+        let mut client = TcpTurn::connect_small(server.addr(), "alice", "secret", 2048);
         let relay = client.allocate();
         client.bind(0x4001, peer_addr);
         slow.push((client, relay));

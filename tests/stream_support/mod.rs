@@ -25,6 +25,27 @@ impl TcpTurn {
     pub fn connect(server: SocketAddr, username: &str, password: &str) -> TcpTurn {
         let stream = TcpStream::connect(server)
             .unwrap_or_else(|e| panic!("connect to uturn over TCP at {server}: {e}"));
+        TcpTurn::over(stream, username, password)
+    }
+
+    /// The same with a receive buffer of about `bytes` (set before connecting, so the
+    /// window the server sees stays that small).
+    pub fn connect_small(
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+        bytes: usize,
+    ) -> TcpTurn {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        socket
+            .connect(&server.into())
+            .unwrap_or_else(|e| panic!("connect to {server}: {e}"));
+        TcpTurn::over(socket.into(), username, password)
+    }
+
+    fn over(stream: TcpStream, username: &str, password: &str) -> TcpTurn {
         stream.set_nodelay(true).unwrap();
         TcpTurn {
             stream,
