@@ -19,8 +19,9 @@
 //!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses),
-//! `datagram` (a received datagram to the core and on to its send); this file is the loop
-//! that turns completions into the core's inputs.
+//! `datagram` (a received datagram to the core and on to its send), `handoff` (the queues
+//! between shards for relay to relay) and `crossing` (this shard's side of them); this
+//! file is the loop that turns completions into the core's inputs.
 
 mod addr;
 mod buffers;
