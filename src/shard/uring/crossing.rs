@@ -54,7 +54,6 @@ impl Shard {
         let Some(handoff) = handoff.as_mut() else {
             return;
         };
-        let mut starved = false;
         let taken = handoff.drain(|from, to, data| {
             let Some(target) = io.relay_at(to) else {
                 // Closed since the sender looked (or the port moved on): what the kernel
@@ -63,7 +62,6 @@ impl Shard {
                 return true;
             };
             let Some(lent) = buffers.lend_spare() else {
-                starved = true;
                 return false;
             };
             let payload = PAYLOAD_OFFSET..PAYLOAD_OFFSET + data.len();
@@ -78,7 +76,6 @@ impl Shard {
             }
             true
         });
-        handoff.starved = starved;
         if taken > 0 {
             pacer.count(now, taken);
         }

@@ -122,19 +122,17 @@ impl Producer {
         true
     }
 
-    /// Makes the filled slots visible; true if the consumer needs a wake for them: it is
-    /// going to sleep or asleep (`sleeping`), and no wake is outstanding.
-    fn publish(&mut self, sleeping: &AtomicBool) -> bool {
+    /// Makes the filled slots visible; true if the consumer needs a wake for them.
+    fn publish(&mut self) -> bool {
         if self.tail == self.published {
             return false;
         }
         let q = &*self.queue;
-        // Sequentially consistent with the consumer's setting of `sleeping` and clearing of
-        // `signalled`, each followed by its read of `tail`: either it sees these slots, or
-        // these reads see its writes and wake it.
+        // Sequentially consistent with the consumer's clearing of `signalled` and its read
+        // of `tail`: either it sees these slots, or this swap sees its clear and wakes it.
         q.tail.0.store(self.tail, Ordering::SeqCst);
         self.published = self.tail;
-        sleeping.load(Ordering::SeqCst) && !q.signalled.0.swap(true, Ordering::SeqCst)
+        !q.signalled.0.swap(true, Ordering::SeqCst)
     }
 }
 
@@ -196,9 +194,6 @@ pub(crate) struct Host {
     wakers: Box<[OnceLock<Wake>]>,
     /// Each shard's ring, for wakes through IORING_OP_MSG_RING (-1: none).
     ring_fds: Box<[AtomicI32]>,
-    /// By shard: about to wait or waiting for completions (a running shard takes what was
-    /// queued before it waits, so it needs no wake).
-    sleeping: Box<[Padded<AtomicBool>]>,
     /// By target: the shard stopped, nothing more may be queued for it.
     closed: Box<[AtomicBool]>,
 }
@@ -233,7 +228,6 @@ impl Host {
             queues: (0..shards * shards).map(|_| OnceLock::new()).collect(),
             wakers: (0..shards).map(|_| OnceLock::new()).collect(),
             ring_fds: (0..shards).map(|_| AtomicI32::new(-1)).collect(),
-            sleeping: (0..shards).map(|_| Padded(AtomicBool::new(true))).collect(),
             closed: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }))
     }
@@ -249,7 +243,6 @@ impl Host {
             producers: (0..self.shards).map(|_| None).collect(),
             consumers: (0..self.shards).map(|_| None).collect(),
             msg_ring: false,
-            starved: false,
         }
     }
 
@@ -306,8 +299,6 @@ pub(crate) struct Handoff {
     consumers: Box<[Option<Consumer>]>,
     /// Wake other shards with IORING_OP_MSG_RING rather than their eventfd.
     pub msg_ring: bool,
-    /// The last drain stopped for want of a spare buffer.
-    pub starved: bool,
 }
 
 impl Handoff {
@@ -354,7 +345,7 @@ impl Handoff {
     pub fn publish(&mut self, mut wake_ring: impl FnMut(usize, RawFd)) {
         for (target, p) in self.producers.iter_mut().enumerate() {
             let Some(p) = p else { continue };
-            if !p.publish(&self.host.sleeping[target].0) {
+            if !p.publish() {
                 continue;
             }
             match self.host.ring_fd(target).filter(|_| self.msg_ring) {
@@ -391,38 +382,6 @@ impl Handoff {
             }
         }
         taken
-    }
-
-    /// Before the shard waits for completions: from now on senders wake it. True if
-    /// datagrams were queued for it meanwhile (then it must not block), unless the last
-    /// drain stopped for want of buffers (`starved`: the sends holding them wake it).
-    pub fn before_wait(&mut self) -> bool {
-        let host = &self.host;
-        host.sleeping[self.index].0.store(true, Ordering::SeqCst);
-        if self.starved {
-            return false;
-        }
-        for sender in 0..host.shards {
-            let queue = match &self.consumers[sender] {
-                Some(c) => Some((&c.queue, c.head)),
-                None => host.queues[sender * host.shards + self.index]
-                    .get()
-                    .map(|q| (q, 0)),
-            };
-            if let Some((q, head)) = queue {
-                if q.tail.0.load(Ordering::SeqCst) != head {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// The shard woke up: it takes what is queued before it waits again.
-    pub fn after_wait(&self) {
-        self.host.sleeping[self.index]
-            .0
-            .store(false, Ordering::Relaxed);
     }
 
     /// The shard stops: no more datagrams may be queued for it; returns how many were
@@ -520,22 +479,6 @@ mod tests {
         a.push(1, addr(1000), addr(1005), b"3");
         a.publish(|_, _| unreachable!("wakes through the eventfd"));
         assert_eq!(wakes.load(Ordering::SeqCst), 2);
-        // A running target is not woken: it looks before it waits.
-        assert_eq!(b.drain(|_, _, _| true), 1);
-        b.after_wait();
-        a.push(1, addr(1000), addr(1005), b"4");
-        a.publish(|_, _| unreachable!("wakes through the eventfd"));
-        assert_eq!(
-            wakes.load(Ordering::SeqCst),
-            2,
-            "no wake for a running shard"
-        );
-        assert!(b.before_wait(), "it finds the datagram before waiting");
-        assert_eq!(b.drain(|_, _, _| true), 1);
-        assert!(!b.before_wait(), "nothing left");
-        a.push(1, addr(1000), addr(1005), b"5");
-        a.publish(|_, _| unreachable!("wakes through the eventfd"));
-        assert_eq!(wakes.load(Ordering::SeqCst), 3, "a waiting shard is woken");
     }
 
     #[test]

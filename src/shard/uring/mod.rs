@@ -328,12 +328,7 @@ impl Shard {
             // completions of the sends in flight land in the same queue, so they are added
             // to the count rather than ending the wait early or counting as traffic. An
             // idle shard still sleeps until its timer.
-            // Datagrams other shards queued while this one ran: no wake comes for them.
-            let zero = Timespec::new();
-            let handoff_pending = self.handoff.as_mut().is_some_and(|h| h.before_wait());
-            let (want, args) = if handoff_pending {
-                (1, SubmitArgs::new().timespec(&zero))
-            } else if self.pacer.waiting() {
+            let (want, args) = if self.pacer.waiting() {
                 (
                     self.io.sends_in_flight() + self.pacer.receives_wanted(),
                     SubmitArgs::new()
@@ -344,9 +339,6 @@ impl Shard {
                 (1, SubmitArgs::new().timespec(&ts))
             };
             let waited = self.io.ring.submitter().submit_with_args(want, &args);
-            if let Some(h) = &self.handoff {
-                h.after_wait();
-            }
             match state.fault.wait_result(state.io.received, waited.map(drop)) {
                 Ok(()) => {
                     failing_since = None;
