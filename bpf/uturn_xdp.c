@@ -31,9 +31,10 @@
 
 #define AF_INET 2
 #define AF_INET6 10
-/* RFC 8656 §12: channel numbers 0x4000 through 0x4FFF. */
+/* The channel numbers the TURN core accepts (src/stun/channel_data.rs): RFC 8656 §12's
+ * 0x4000 through 0x4FFF and RFC 5766's up to 0x7FFF, which coturn and its clients use. */
 #define CHANNEL_MIN 0x4000
-#define CHANNEL_MAX 0x4FFF
+#define CHANNEL_MAX 0x7FFF
 /* A relayed datagram is a new datagram sent by the relay, as a socket would send it. */
 #define RELAY_TTL 64
 /* Default capacity; the loader may change it before loading. */

@@ -1,31 +1,55 @@
 #!/usr/bin/env bash
-# The XDP offload benchmark (scripts/bench.sh --xdp): two network namespaces this script
-# creates and always removes, joined by two veth pairs, so every relayed datagram crosses a
-# real (virtual) wire twice, as on a host with a NIC:
+# The XDP offload benchmark (scripts/bench.sh --xdp): three network namespaces this script
+# creates and always removes, joined by veth pairs, so that every datagram, relayed or not,
+# crosses a real (virtual) wire between namespaces, as between hosts with NICs:
 #
-#   load ns: lc0 192.0.2.10      <-> relay ns: xc0 192.0.2.1 (listening)
-#   load ns: lp0 198.51.100.20   <-> relay ns: xp0 198.51.100.1 (relay address)
+#   client ns: lc0 192.0.2.10    <-> relay ns: xc0 192.0.2.1    (server listens here)
+#   relay ns:  xp0 198.51.100.1  <-> peer ns:  lp0 198.51.100.20 (relay address -> peers)
+#   client ns: dc0 203.0.113.10  <-> peer ns:  dp0 203.0.113.20 (the direct link)
 #
-# uturn-bench (clients on 192.0.2.10, echo peers on 198.51.100.20) runs in the load ns
-# pinned to LOAD_CORE; the server in the relay ns pinned to SERVER_CORE. Same load, same
-# run, against:
-#   uturn-xdp       uturn with --xdp xc0 --xdp xp0 (native): bound channels relayed by the
-#                   kernel after the ChannelBind (the TURN core installs them)
+# uturn-bench runs in the client ns pinned to LOAD_CORE; its echo peers are opened in the
+# peer ns (--peer-netns), same process and core. The server runs in the relay ns pinned to
+# SERVER_CORE. Same load, same run, against:
+#   uturn-xdp       uturn --xdp xc0 --xdp xp0 (native): bound channels relayed by the kernel
+#                   after the ChannelBind (the TURN core installs them)
+#   uturn-xdp-generic  the same with --xdp-mode generic: on veth, native XDP copies each
+#                   frame from a local sender (its skb lacks XDP's headroom) and the receiving
+#                   veth rebuilds an skb from the redirected frame; generic mode runs on the
+#                   skb itself (a head reallocation instead) and transmits it as an skb
 #   uturn-io-uring  the same uturn without --xdp
 #   coturn          Debian's turnserver, one relay thread
-#   direct          the same load from the clients straight to the peers, no relay (in the
-#                   load ns both ends are local, so this baseline skips the veths: the
-#                   relay overhead below is an upper bound)
-# XDP work is charged to softirq, often in the sender's context, not to the server process:
-# compare the relay overhead, machine CPU (all cores, /proc/stat) per relayed packet minus
-# the direct run's, and loss / latency at the same offered rate. Then a search for the
-# highest rate with < 0.1% loss per server (the load generator's own ceiling is the direct
-# run's). Prints the table, keeps the JSON lines. Needs root.
+#   direct          the baseline: the same datagrams (ChannelData-sized) from the clients
+#                   straight to the peers over the direct link: per packet one send, one
+#                   veth crossing, one receive, no relay. A relayed packet costs that plus
+#                   the relay: a second veth crossing and the relay's receive, work and send.
+#   routed          (informative) the same datagrams from the clients to the peers through
+#                   the relay ns by the kernel's IP forwarding (no relay process, no XDP):
+#                   the same two veth crossings as a relayed packet; its overhead over direct
+#                   is what the second hop and plain routing cost: the floor for any relay
+#
+# Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
+# (each round trip counts as two packets in both). Two CPU figures, both over exactly the
+# measured window:
+#   machine    all cores from /proc/stat: everything, wherever the kernel did it (XDP runs
+#              in softirq, usually in the sending process's context, not in the server),
+#              but also every other process on the machine: exact only on a quiet machine
+#   accounted  uturn-bench's process (clients and peers), the server's process and the
+#              ksoftirqd threads: with tick-based CPU accounting softirq work is charged to
+#              the task it interrupted, so this is the run's own share of "machine", which
+#              other tenants do not change (check /proc/config.gz or /boot/config-*: without
+#              CONFIG_IRQ_TIME_ACCOUNTING; with it, use "machine" on a quiet machine)
+# The fixed-rate runs repeat ROUNDS times, servers interleaved; the table shows medians.
+# Then a search for the highest rate with < 0.1% loss per server; the direct run's is the
+# load generator's own ceiling (with XDP, the relaying also runs on the load core, in
+# softirq after each send). Prints the tables, keeps the JSON lines. Needs root.
 #
 # usage: scripts/bench-xdp.sh [--out FILE]
-# env: SERVER_CORE (0), LOAD_CORE (1), RATE (20000 round trips/s), ALLOCATIONS (50),
-#      SIZE (170), DURATION (5 s), SERVERS (subset of: uturn-xdp uturn-io-uring coturn
-#      direct), FIND_MAX (1: also search the highest rate with < 0.1% loss)
+# env: SERVER_CORE (0), LOAD_CORE (1), RATE (10000 round trips/s: 20,000 relayed packets/s,
+#      well below coturn's ceiling, so that every relay runs without loss), ALLOCATIONS (50),
+#      SIZE (170), DURATION (5 s), ROUNDS (3), SERVERS (subset of: uturn-xdp
+#      uturn-xdp-generic uturn-io-uring coturn direct routed), FIND_MAX (1: also search the
+#      highest rate with < 0.1% loss),
+#      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,32 +58,36 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --xdp) ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n 2,30p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,50p "$0"; exit 0 ;;
         *) echo "bench-xdp.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench-xdp.sh: needs root (network namespaces, XDP)" >&2; exit 1; }
 command -v turnserver >/dev/null || { echo "bench-xdp.sh: turnserver not found: apt-get install coturn" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "bench-xdp.sh: python3 is needed for the table" >&2; exit 1; }
 
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-RATE=${RATE:-20000}
+RATE=${RATE:-10000}
 ALLOCATIONS=${ALLOCATIONS:-50}
 SIZE=${SIZE:-170}
 DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
 FIND_MAX=${FIND_MAX:-1}
+SEARCH_BUDGET=${SEARCH_BUDGET:-40}
 OUT=${OUT:-target/bench-xdp-$(date +%Y%m%d-%H%M%S).jsonl}
-read -r -a SERVERS <<<"${SERVERS:-uturn-xdp uturn-io-uring coturn direct}"
+read -r -a SERVERS <<<"${SERVERS:-uturn-xdp uturn-xdp-generic uturn-io-uring coturn direct routed}"
 
-cargo build --release --bins --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins --quiet
 UTURN=$PWD/target/release/uturn
 BENCH=$PWD/target/release/uturn-bench
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 
-LOAD=uturn-bench-load-$$
+CLIENT=uturn-bench-client-$$
 RELAY=uturn-bench-relay-$$
+PEER=uturn-bench-peer-$$
 SERVER_PID=""
 stop_server() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -72,24 +100,36 @@ stop_server() {
 }
 cleanup() {
     stop_server
-    ip netns del "$LOAD" 2>/dev/null || true
-    ip netns del "$RELAY" 2>/dev/null || true
+    for ns in "$CLIENT" "$RELAY" "$PEER"; do ip netns del "$ns" 2>/dev/null || true; done
 }
 trap cleanup EXIT INT TERM
 
-ip netns add "$LOAD"
-ip netns add "$RELAY"
-for ns in "$LOAD" "$RELAY"; do ip -n "$ns" link set lo up; done
-for pair in "xc0 lc0 192.0.2.1 192.0.2.10" "xp0 lp0 198.51.100.1 198.51.100.20"; do
-    read -r rdev ldev rip lip <<<"$pair"
-    ip -n "$RELAY" link add "$rdev" type veth peer name "$ldev" netns "$LOAD"
-    ip -n "$RELAY" addr add "$rip/24" dev "$rdev"
-    ip -n "$LOAD" addr add "$lip/24" dev "$ldev"
-    ip -n "$RELAY" link set "$rdev" up
-    ip -n "$LOAD" link set "$ldev" up
-    ip netns exec "$RELAY" sysctl -qw "net.ipv4.conf.$rdev.forwarding=1"
-    # Full checksums on the wire, as from a NIC; GRO on so the veth takes XDP_REDIRECTed frames.
-    ip netns exec "$LOAD" ethtool -K "$ldev" tx off gro on >/dev/null
+for ns in "$CLIENT" "$RELAY" "$PEER"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+done
+link() { # ns_a dev_a ip_a ns_b dev_b ip_b
+    ip -n "$1" link add "$2" type veth peer name "$5" netns "$4"
+    ip -n "$1" addr add "$3/24" dev "$2"
+    ip -n "$4" addr add "$6/24" dev "$5"
+    ip -n "$1" link set "$2" up
+    ip -n "$4" link set "$5" up
+}
+link "$RELAY" xc0 192.0.2.1 "$CLIENT" lc0 192.0.2.10
+link "$RELAY" xp0 198.51.100.1 "$PEER" lp0 198.51.100.20
+link "$CLIENT" dc0 203.0.113.10 "$PEER" dp0 203.0.113.20
+# The relay ns forwards on both links: XDP's route lookup needs it, and so does the routed
+# baseline (the client and peer ns route the other side's prefix through it).
+for dev in xc0 xp0; do
+    for family in ipv4 ipv6; do ip netns exec "$RELAY" sysctl -qw "net.$family.conf.$dev.forwarding=1"; done
+done
+ip -n "$CLIENT" route add 198.51.100.0/24 via 192.0.2.1
+ip -n "$PEER" route add 192.0.2.0/24 via 198.51.100.1
+# Every endpoint device alike: full checksums on the wire, as from a NIC, and GRO on so
+# the veth takes XDP_REDIRECTed frames.
+for end in "$CLIENT lc0" "$CLIENT dc0" "$PEER lp0" "$PEER dp0"; do
+    read -r ns dev <<<"$end"
+    ip netns exec "$ns" ethtool -K "$dev" tx off gro on >/dev/null
 done
 # One socket per allocation on each side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -109,9 +149,10 @@ start_server() { # name
         --min-port 20000 --max-port 59999 --realm example.org --user alice:secret
         --lt-cred-mech --allowed-peer-ip 198.51.100.20)
     case "$1" in
-        uturn-xdp|uturn-io-uring)
+        uturn-xdp|uturn-xdp-generic|uturn-io-uring)
             local xdp=()
             [ "$1" = uturn-xdp ] && xdp=(--xdp xc0 --xdp xp0 --xdp-mode native)
+            [ "$1" = uturn-xdp-generic ] && xdp=(--xdp xc0 --xdp xp0 --xdp-mode generic)
             ip netns exec "$RELAY" taskset -c "$SERVER_CORE" "$UTURN" --cores "$SERVER_CORE" \
                 --no-tcp --no-tls "${common[@]}" "${xdp[@]}" --log-level info >"$log" 2>&1 &
             ;;
@@ -120,11 +161,12 @@ start_server() { # name
                 --no-tcp --no-tls --no-dtls --no-tcp-relay --no-cli --log-file "$log" \
                 --pidfile "target/bench-xdp-coturn.pid" >/dev/null 2>&1 &
             ;;
-        direct) return 0 ;;
+        direct|routed) return 0 ;;
+        *) echo "bench-xdp.sh: unknown server $1" >&2; exit 2 ;;
     esac
     SERVER_PID=$!
     wait_listening
-    if [ "$1" = uturn-xdp ] && ! grep -q "XDP offload attached" "$log"; then
+    if [ "${xdp[*]-}" ] && ! grep -q "XDP offload attached" "$log"; then
         echo "bench-xdp.sh: uturn did not attach XDP; see $log" >&2
         exit 1
     fi
@@ -133,50 +175,106 @@ start_server() { # name
 run() { # server extra...
     local server=$1
     shift
-    local mode=()
-    [ "$server" = direct ] && mode=(--direct)
+    # Clients and peers per row: through the relay, over the direct link, or routed.
+    local ends=(--server 192.0.2.1:3478 --client-ips 192.0.2.10 --peer-ip 198.51.100.20)
+    case "$server" in
+        direct) ends=(--direct --client-ips 203.0.113.10 --peer-ip 203.0.113.20) ;;
+        routed) ends=(--direct --client-ips 192.0.2.10 --peer-ip 198.51.100.20) ;;
+    esac
     start_server "$server"
     local pid=()
     [ -n "$SERVER_PID" ] && pid=(--server-pid "$SERVER_PID")
     echo "== $server: $ALLOCATIONS allocations, $SIZE bytes $*" >&2
-    if ! timeout 300 ip netns exec "$LOAD" "$BENCH" relay "${mode[@]}" --server 192.0.2.1:3478 \
-        --client-ips 192.0.2.10 --peer-ip 198.51.100.20 --user alice:secret \
-        --allocations "$ALLOCATIONS" --size "$SIZE" --duration "$DURATION" --warmup 1 \
-        --cores "$LOAD_CORE" "${pid[@]}" --label "$server" --json --quiet "$@" >>"$OUT"; then
+    if ! timeout 300 ip netns exec "$CLIENT" "$BENCH" relay "${ends[@]}" --peer-netns "$PEER" \
+        --user alice:secret --allocations "$ALLOCATIONS" --size "$SIZE" \
+        --duration "$DURATION" --warmup 1 --cores "$LOAD_CORE" "${pid[@]}" --label "$server" \
+        --json --quiet "$@" >>"$OUT"; then
         echo "bench-xdp.sh: $server failed" >&2
     fi
     stop_server
 }
 
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-for s in "${SERVERS[@]}"; do run "$s" --rate "$RATE"; done
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+START=$(date '+%Y-%m-%d %H:%M')
+echo "load average: $LOAD_START" >&2
+for _ in $(seq "$ROUNDS"); do
+    for s in "${SERVERS[@]}"; do run "$s" --rate "$RATE"; done
+done
 if [ "$FIND_MAX" = 1 ]; then
-    for s in "${SERVERS[@]}"; do run "$s" --rate "$RATE" --find-max --search-budget 40; done
+    for s in "${SERVERS[@]}"; do
+        run "$s" --rate "$RATE" --find-max --search-budget "$SEARCH_BUDGET"
+    done
 fi
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "load average: $LOAD_END" >&2
 
-python3 - "$OUT" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def table(kind_filter, title):
-    sel = [r for r in rows if kind_filter(r)]
-    if not sel:
-        return
-    direct = next((r["machine_us_per_packet"] for r in sel if r["label"] == "direct"), None)
-    coturn = None
-    for r in sel:
-        if r["label"] == "coturn" and direct is not None and r["machine_us_per_packet"] is not None:
-            coturn = r["machine_us_per_packet"] - direct
-    print(f"\n{title}")
-    print("| server | relayed pps | loss % | p50 µs | p99 µs | server CPU µs/pkt | machine µs/pkt | relay overhead µs/pkt | x coturn |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in sel:
-        m = r["machine_us_per_packet"]
-        o = m - direct if m is not None and direct is not None and r["label"] != "direct" else None
-        x = f"{o / coturn:.2f}" if o is not None and coturn else "-"
-        f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
-        print(f"| {r['label']} | {r['relayed_pps']:.0f} | {r['loss_pct']:.3f} | {r['p50_us']} | {r['p99_us']} | {f(r['cpu_us_per_packet'])} | {f(m)} | {f(o)} | {x} |")
-table(lambda r: r["kind"] == "fixed", "fixed rate")
-table(lambda r: r["kind"] == "best", "highest rate with < 0.1% loss (direct: the generator's own ceiling)")
+python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" <<'EOF'
+import json, statistics, sys
+out, start, load_start, load_end, rate, allocs, size = sys.argv[1:8]
+rows = [json.loads(l) for l in open(out) if l.strip()]
+order = ["uturn-xdp", "uturn-xdp-generic", "uturn-io-uring", "coturn", "direct", "routed"]
+labels = sorted({r["label"] for r in rows}, key=lambda l: order.index(l) if l in order else 99)
+# Rows with an overhead over the direct run: the relays, and the kernel's own forwarding.
+RELAYS = ("uturn-xdp", "uturn-xdp-generic", "uturn-io-uring", "coturn", "routed")
+f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"
+
+def med(sel, key):
+    v = [r[key] for r in sel if r.get(key) is not None]
+    return statistics.median(v) if v else None
+
+print(f"\n{start}, load average {load_start} at the start, {load_end} at the end; "
+      f"{allocs} allocations x {size} bytes, {int(rate) * 2} packets/s offered")
+fixed = {l: [r for r in rows if r["kind"] == "fixed" and r["label"] == l] for l in labels}
+fixed = {l: s for l, s in fixed.items() if s}
+if fixed:
+    m = {l: {k: med(s, k) for k in ("relayed_pps", "loss_pct", "p50_us", "p99_us",
+                                     "cpu_us_per_packet", "machine_us_per_packet",
+                                     "accounted_us_per_packet")} for l, s in fixed.items()}
+    def overhead(l, key):
+        if l not in RELAYS or l not in m or "direct" not in m or m[l][key] is None \
+                or m["direct"][key] is None:
+            return None
+        return m[l][key] - m["direct"][key]
+    def ratio(l, key):
+        o, c = overhead(l, key), overhead("coturn", key)
+        return None if o is None or not c or c <= 0 else o / c
+    n = max(len(s) for s in fixed.values())
+    print(f"\nfixed rate, median of {n} interleaved runs (µs per relayed packet; overhead = "
+          "relayed run minus direct; x coturn = overhead / coturn's overhead, target <= 0.20)")
+    print("| server | relayed pps | loss % | p50 µs | p99 µs | server process µs | machine µs | "
+          "machine overhead µs | x coturn | accounted µs | accounted overhead µs | x coturn |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lossy = [l for l, v in m.items() if (v["loss_pct"] or 0) >= 0.1]
+    for l, v in m.items():
+        mark = " ⚠" if l in lossy else ""
+        print(f"| {l}{mark} | {f(v['relayed_pps'], 0)} | {f(v['loss_pct'], 3)} | {f(v['p50_us'], 0)} | "
+              f"{f(v['p99_us'], 0)} | {f(v['cpu_us_per_packet'])} | {f(v['machine_us_per_packet'])} | "
+              f"{f(overhead(l, 'machine_us_per_packet'))} | {f(ratio(l, 'machine_us_per_packet'))} | "
+              f"{f(v['accounted_us_per_packet'])} | {f(overhead(l, 'accounted_us_per_packet'))} | "
+              f"{f(ratio(l, 'accounted_us_per_packet'))} |")
+    if lossy:
+        print(f"\n⚠ {', '.join(lossy)}: median loss >= 0.1%, at or past its ceiling at this rate: "
+              "its figures per packet (and every ratio to it) are not comparable; lower RATE")
+    spread = {l: (min(r["accounted_us_per_packet"] or 0 for r in s),
+                  max(r["accounted_us_per_packet"] or 0 for r in s)) for l, s in fixed.items()}
+    print("\naccounted µs/packet, min-max over the runs: " +
+          ", ".join(f"{l} {a:.2f}-{b:.2f}" for l, (a, b) in spread.items()))
+best = {r["label"]: r for r in rows if r["kind"] == "best"}
+if best:
+    ceiling = best.get("direct", {}).get("relayed_pps")
+    print("\nhighest rate with < 0.1% loss (one search per server; direct = the load "
+          "generator's own ceiling; latency is the best step's, near saturation)")
+    print("| server | packets/s | loss % | p50 µs | p99 µs | of the generator's ceiling |")
+    print("|---|---|---|---|---|---|")
+    for l in labels:
+        r = best.get(l)
+        if r is None:
+            print(f"| {l} | no rate without loss found | | | | |")
+            continue
+        share = r["relayed_pps"] / ceiling if ceiling else None
+        note = "-" if share is None or l == "direct" else f"{share:.2f}" + (
+            " (generator-bound)" if share >= 0.9 else "")
+        print(f"| {l} | {r['relayed_pps']:.0f} | {r['loss_pct']:.3f} | {r['p50_us']} | "
+              f"{r['p99_us']} | {note} |")
 EOF
 echo "raw: $OUT" >&2

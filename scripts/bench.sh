@@ -14,8 +14,8 @@
 # Prints the tables with ratios and keeps the raw JSON lines.
 #
 # usage: scripts/bench.sh [--quick] [--out FILE] [--no-uclient] | --xdp [--out FILE]
-#   --xdp        uturn with XDP, uturn on io_uring and coturn across veth pairs between two
-#                network namespaces (scripts/bench-xdp.sh; needs root)
+#   --xdp        uturn with XDP, uturn on io_uring and coturn across veth pairs between three
+#                network namespaces, against a direct link (scripts/bench-xdp.sh; needs root)
 #   --quick      50 and 1,000 allocations, 170 bytes, fixed rate; bursty 50 x 1,200;
 #                uclient (about 4 minutes)
 #   default      50 / 1,000 / 10,000 allocations x 170 / 1,200 bytes at a fixed rate, bursty

@@ -187,3 +187,94 @@ fn null_forwarder_relays_too() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Network namespaces of one test, deleted on drop (also when the test fails).
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `--peer-netns`: the echo peers live in another namespace than the clients, so the direct
+/// baseline crosses a veth as relayed traffic does. Needs root (namespaces): without it the
+/// test fails saying so, it is never skipped.
+#[test]
+fn echo_peers_in_another_network_namespace() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
+        "NOT RUN: this test needs root (it creates network namespaces)"
+    );
+    let pid = std::process::id();
+    let (client, peer) = (format!("uturn-bt-c-{pid}"), format!("uturn-bt-p-{pid}"));
+    let _namespaces = Namespaces(vec![client.clone(), peer.clone()]);
+    for ns in [&client, &peer] {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    // RFC 2544's benchmarking addresses, on a veth pair between the two.
+    let veth = [
+        "link", "add", "bt0", "type", "veth", "peer", "name", "bt1", "netns",
+    ];
+    ip(&[&["-n", client.as_str()][..], &veth, &[peer.as_str()]].concat());
+    for (ns, dev, addr) in [
+        (&client, "bt0", "198.18.0.1/24"),
+        (&peer, "bt1", "198.18.0.2/24"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+    wait_for("the veth's carrier", Duration::from_secs(10), || {
+        ip(&["-n", &client, "link", "show", "bt0"]).contains("LOWER_UP")
+    });
+    let run = |peer_netns: &[&str]| {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &client,
+            env!("CARGO_BIN_EXE_uturn-bench"),
+            "relay",
+        ]);
+        cmd.args([
+            "--direct",
+            "--client-ips",
+            "198.18.0.1",
+            "--peer-ip",
+            "198.18.0.2",
+        ]);
+        cmd.args(["--allocations", "10", "--rate", "500", "--duration", "1"]);
+        cmd.args(["--warmup", "0.2", "--json", "--quiet"])
+            .args(peer_netns);
+        run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+    let (code, out) = run(&["--peer-netns", &peer]);
+    assert_eq!(code, Some(0), "{out}");
+    let r = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    assert!(field(r, "sent") >= 400.0, "{r}");
+    assert_eq!(field(r, "received"), field(r, "sent"), "{r}");
+    assert!(field(r, "accounted_us_per_packet") >= 0.0, "{r}");
+    // The peers' address exists only in the peer namespace: without the option they
+    // cannot even bind it.
+    let (code, out) = run(&[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("echo peers"), "{out}");
+}

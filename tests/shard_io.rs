@@ -1,5 +1,5 @@
 //! The shards' datagram path over loopback, in process: both backends take the same
-//! largest datagram and count larger ones; a dropped send is counted once; a wildcard
+//! largest datagram and count larger ones (io_uring with and without registered files); a dropped send is counted once; a wildcard
 //! listener answers from the address used; default listening covers IPv4 and IPv6; buffer
 //! exhaustion neither blocks other clients nor spins.
 
@@ -16,11 +16,11 @@ use uturn::shard::TestKnobs;
 
 /// Both backends relay a datagram of `MAX_DATAGRAM` bytes either way and drop, counting
 /// it, one byte more.
-fn largest_datagram(backend: Backend) {
+fn largest_datagram(backend: Backend, knobs: TestKnobs) {
     use uturn::shard::MAX_DATAGRAM;
     let events = Arc::new(Events::default());
     let config = common::loopback_config(1, |c| c.backend = backend);
-    let running = start(config, &events, TestKnobs::default());
+    let running = start(config, &events, knobs);
     let mut relay = Relay::new(running.local_addrs()[0]);
     relay
         .peer
@@ -68,12 +68,22 @@ fn largest_datagram(backend: Backend) {
 
 #[test]
 fn io_uring_takes_the_largest_datagram_and_counts_larger() {
-    largest_datagram(Backend::IoUring);
+    largest_datagram(Backend::IoUring, TestKnobs::default());
+}
+
+/// The same with sockets named by descriptor instead of through the registered file table.
+#[test]
+fn io_uring_with_plain_descriptors_takes_the_largest_datagram_and_counts_larger() {
+    let knobs = TestKnobs {
+        fixed_files: Some(0),
+        ..TestKnobs::default()
+    };
+    largest_datagram(Backend::IoUring, knobs);
 }
 
 #[test]
 fn portable_takes_the_largest_datagram_and_counts_larger() {
-    largest_datagram(Backend::Portable);
+    largest_datagram(Backend::Portable, TestKnobs::default());
 }
 
 /// With one send slot a flood from the peer drops most sends; each drop is counted once:

@@ -9,99 +9,15 @@
 mod xdp {
     pub mod frames;
     pub mod lab;
+    pub mod program;
 }
 
 use std::net::SocketAddr;
 
-use uturn::xdp::{Action, ChannelOffload, Error, Offload, OffloadTraffic, DEFAULT_MAX_ENTRIES};
+use uturn::xdp::{Action, ChannelOffload, Error, Offload, OffloadTraffic};
 use xdp::frames::{channel_data, parse, pattern, Udp};
 use xdp::lab::{self, ifindex, Lab, CLIENT_MAC, NEAR_MAC, PEER_MAC, XC0_MAC, XP0_MAC};
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// One family's addresses in the lab.
-struct Family {
-    client: SocketAddr,
-    server: SocketAddr,
-    relay: SocketAddr,
-    peer: SocketAddr,
-    /// A peer reached through the clients' interface (XDP_TX).
-    near_peer: SocketAddr,
-    unresolved_peer: SocketAddr,
-    unroutable_peer: SocketAddr,
-}
-
-fn v4() -> Family {
-    Family {
-        client: sa("192.0.2.10:40000"),
-        server: sa("192.0.2.1:3478"),
-        relay: sa("198.51.100.1:50000"),
-        peer: sa("198.51.100.20:7000"),
-        near_peer: sa("192.0.2.30:7001"),
-        unresolved_peer: sa("198.51.100.99:7002"),
-        unroutable_peer: sa("203.0.113.5:7003"),
-    }
-}
-
-fn v6() -> Family {
-    Family {
-        client: sa("[2001:db8:c::10]:40000"),
-        server: sa("[2001:db8:c::1]:3478"),
-        relay: sa("[2001:db8:a::1]:50000"),
-        peer: sa("[2001:db8:a::20]:7000"),
-        near_peer: sa("[2001:db8:c::30]:7001"),
-        unresolved_peer: sa("[2001:db8:a::99]:7002"),
-        unroutable_peer: sa("[2001:db8:f::5]:7003"),
-    }
-}
-
-fn binding(f: &Family, channel: u16, relay_port: u16, peer: SocketAddr) -> ChannelOffload {
-    let mut relay = f.relay;
-    relay.set_port(relay_port);
-    ChannelOffload {
-        client: f.client,
-        server: f.server,
-        channel,
-        relay,
-        peer,
-        allocation: 1,
-    }
-}
-
-fn load() -> Offload {
-    lab::require_root();
-    Offload::load(DEFAULT_MAX_ENTRIES).expect("load the XDP program (root, kernel with BPF)")
-}
-
-/// Runs `frame` received on `ingress` and checks the program passed it on untouched.
-fn assert_pass(o: &Offload, frame: &[u8], ingress: u32, what: &str) {
-    let out = o.test_run().unwrap().run(frame, ingress, 1).unwrap();
-    assert_eq!(out.action, Action::Pass, "{what}: verdict");
-    assert_eq!(out.frame, frame, "{what}: a passed frame is unchanged");
-}
-
-/// The frame the program must produce for `payload` sent from `src` to `dst` out of an
-/// interface with MAC `smac` to next hop `dmac`, given the received datagram `rx`.
-fn expected(
-    rx: &Udp,
-    src: SocketAddr,
-    dst: SocketAddr,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut u = rx.clone();
-    u.src = src;
-    u.dst = dst;
-    u.src_mac = smac;
-    u.dst_mac = dmac;
-    u.payload = payload.to_vec();
-    u.ttl = 64;
-    u.flow = 0;
-    u.frame()
-}
+use xdp::program::{assert_pass, binding, expected, load, run, sa, v4, v6, Family};
 
 fn client_to_peer(f: &Family) {
     let mut o = load();
@@ -230,6 +146,44 @@ fn ipv6_peer_to_client() {
     lab.run(|| peer_to_client(&v6()));
 }
 
+/// The channel numbers the core accepts, at the edges of RFC 8656's 0x4000–0x4FFF and RFC
+/// 5766's 0x5000–0x7FFF, are relayed both ways; the numbers just outside are not ChannelData:
+/// the map API refuses them and such datagrams go to the stack.
+fn channel_range_edges(f: &Family) {
+    let mut o = load();
+    let (xc0, xp0) = (ifindex("xc0"), ifindex("xp0"));
+    for (i, channel) in [0x4000u16, 0x4fff, 0x5000, 0x7fff].into_iter().enumerate() {
+        let b = binding(f, channel, 50000 + i as u16, f.peer);
+        o.maps_mut().install(&b).unwrap();
+        let data = pattern(60 + i, i as u8);
+        let rx = Udp::new(f.client, f.server, &channel_data(channel, &data, &[]));
+        let out = o.test_run().unwrap().run(&rx.frame(), xc0, 1).unwrap();
+        assert_eq!(out.action, Action::Redirect, "{channel:#x} to the peer");
+        let want = expected(&rx, b.relay, b.peer, XP0_MAC, PEER_MAC, &data);
+        assert_eq!(out.frame, want, "{channel:#x} to the peer");
+        let rx = Udp::new(f.peer, b.relay, &data);
+        let out = o.test_run().unwrap().run(&rx.frame(), xp0, 1).unwrap();
+        assert_eq!(out.action, Action::Redirect, "{channel:#x} to the client");
+        let chd = channel_data(channel, &data, &[]);
+        let want = expected(&rx, f.server, f.client, XC0_MAC, CLIENT_MAC, &chd);
+        assert_eq!(out.frame, want, "{channel:#x} to the client");
+        let t = o.maps().read_counters(&b).unwrap();
+        assert_eq!((t.to_peer.packets, t.to_client.packets), (1, 1));
+    }
+    for channel in [0x3fffu16, 0x8000] {
+        let refused = o.maps_mut().install(&binding(f, channel, 50010, f.peer));
+        assert!(matches!(refused.unwrap_err(), Error::Unsupported(_)));
+        let frame = Udp::new(f.client, f.server, &channel_data(channel, &[1; 40], &[])).frame();
+        assert_pass(&o, &frame, xc0, "channel number out of range");
+    }
+}
+
+#[test]
+fn channel_range_edges_ipv4_and_ipv6() {
+    let lab = Lab::new();
+    lab.run(|| [v4(), v6()].iter().for_each(channel_range_edges));
+}
+
 /// IPv4 may carry no UDP checksum; the relayed datagram then carries none either.
 #[test]
 fn ipv4_without_udp_checksum_stays_without() {
@@ -242,11 +196,7 @@ fn ipv4_without_udp_checksum_stays_without() {
         let data = pattern(50, 5);
         let mut rx = Udp::new(f.client, f.server, &channel_data(0x4001, &data, &[0, 0]));
         rx.no_checksum = true;
-        let out = o
-            .test_run()
-            .unwrap()
-            .run(&rx.frame(), ifindex("xc0"), 1)
-            .unwrap();
+        let out = run(&o, &rx.frame(), ifindex("xc0"));
         assert_eq!(out.action, Action::Redirect);
         assert_eq!(
             out.frame,
@@ -256,11 +206,7 @@ fn ipv4_without_udp_checksum_stays_without() {
 
         let mut rx = Udp::new(f.peer, b.relay, &data);
         rx.no_checksum = true;
-        let out = o
-            .test_run()
-            .unwrap()
-            .run(&rx.frame(), ifindex("xp0"), 1)
-            .unwrap();
+        let out = run(&o, &rx.frame(), ifindex("xp0"));
         assert_eq!(out.action, Action::Redirect);
         let chd = channel_data(0x4001, &data, &[]);
         assert_eq!(
@@ -291,7 +237,13 @@ fn passes(f: &Family) {
     stun.extend_from_slice(&[7; 12]);
     assert_pass(&o, &from_client(&stun), xc0, "STUN");
     assert_pass(&o, &from_client(&cd(0x4002)), xc0, "unbound channel");
-    assert_pass(&o, &from_client(&cd(0x5001)), xc0, "channel above 0x4FFF");
+    assert_pass(
+        &o,
+        &from_client(&cd(0x5001)),
+        xc0,
+        "unbound RFC 5766 channel",
+    );
+    assert_pass(&o, &from_client(&cd(0x8001)), xc0, "channel above 0x7FFF");
     assert_pass(&o, &from_client(&cd(0x3001)), xc0, "channel below 0x4000");
     let mut short = cd(0x4001);
     short.truncate(30);
@@ -513,7 +465,7 @@ fn map_api_install_remove_counters() {
         assert_eq!(o.maps().len(), (1, 1));
         // Not offloadable.
         let high = ChannelOffload {
-            channel: 0x7000,
+            channel: 0x8000,
             ..b
         };
         assert!(matches!(
@@ -633,11 +585,7 @@ fn full_maps_refuse_installs_whole() {
         assert!(matches!(o.maps_mut().install(&other), Err(Error::Map(_))));
         assert_eq!(o.maps().len(), (1, 1));
         let frame = Udp::new(f.client, f.server, &channel_data(0x4001, &[5; 8], &[])).frame();
-        let out = o
-            .test_run()
-            .unwrap()
-            .run(&frame, ifindex("xc0"), 1)
-            .unwrap();
+        let out = run(&o, &frame, ifindex("xc0"));
         assert_eq!(out.action, Action::Redirect);
     });
 }

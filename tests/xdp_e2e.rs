@@ -2,7 +2,8 @@
 //! (client, server, peer) joined by veth pairs, the real `uturn` binary in the server
 //! namespace, uturn's own TURN client making the allocation, native XDP on both of the
 //! server's veths, and the channel's offload entries installed by hand through
-//! `uturn::xdp::Maps` (the TURN core does not emit offload commands yet).
+//! `uturn::xdp::Maps` (uturn runs without `--xdp`; tests/xdp_offload.rs has the core install
+//! them). The channel is 0x7FFF, the top of the range the core accepts.
 //!
 //! Proof that the kernel relays: uturn is stopped (SIGSTOP) while the traffic flows, so user
 //! space relays nothing, and the offload counters account for every datagram. Namespaces,
@@ -18,114 +19,14 @@ mod uturn_process;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use lab::Netns;
+use lab::{addr, Netns, Plan, Topology, V4, V6};
 use uturn::client::{Client, ClientError, Incoming};
 use uturn::stun;
 use uturn::xdp::{ChannelOffload, Mode, Offload, DEFAULT_MAX_ENTRIES};
 use uturn_process::Server;
 
-const CHANNEL: u16 = 0x4001;
-
-/// One address family's plan: (server address, client IP, relay IP, peer address, and the
-/// prefixes of the two links).
-struct Plan {
-    server: &'static str,
-    server_ip: &'static str,
-    client_ip: &'static str,
-    relay_ip: &'static str,
-    peer: &'static str,
-    peer_ip: &'static str,
-    prefix: &'static str,
-    family: &'static str,
-}
-
-const V4: Plan = Plan {
-    server: "192.0.2.1:3478",
-    server_ip: "192.0.2.1",
-    client_ip: "192.0.2.10",
-    relay_ip: "198.51.100.1",
-    peer: "198.51.100.20:7000",
-    peer_ip: "198.51.100.20",
-    prefix: "24",
-    family: "ipv4",
-};
-
-const V6: Plan = Plan {
-    server: "[2001:db8:c::1]:3478",
-    server_ip: "2001:db8:c::1",
-    client_ip: "2001:db8:c::10",
-    relay_ip: "2001:db8:a::1",
-    peer: "[2001:db8:a::20]:7000",
-    peer_ip: "2001:db8:a::20",
-    prefix: "64",
-    family: "ipv6",
-};
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// client ns `eth0` (client IP) <-> server ns `xc0` (server IP);
-/// server ns `xp0` (relay IP) <-> peer ns `eth0` (peer IP).
-struct Topology {
-    client: Netns,
-    server: Netns,
-    peer: Netns,
-}
-
-impl Topology {
-    fn new(plan: &Plan) -> Topology {
-        let t = Topology {
-            client: Netns::new(),
-            server: Netns::new(),
-            peer: Netns::new(),
-        };
-        for (dev, other, ip) in [
-            ("xc0", &t.client, plan.server_ip),
-            ("xp0", &t.peer, plan.relay_ip),
-        ] {
-            t.server.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &other.name,
-            ]);
-            let addr = format!("{ip}/{}", plan.prefix);
-            t.server.ip(&["addr", "add", &addr, "dev", dev, "nodad"]);
-            t.server.ip(&["link", "set", dev, "up"]);
-            // bpf_fib_lookup answers only for interfaces that forward.
-            t.server
-                .sysctl(&format!("net.{}.conf.{dev}.forwarding=1", plan.family));
-        }
-        for (ns, ip) in [(&t.client, plan.client_ip), (&t.peer, plan.peer_ip)] {
-            let addr = format!("{ip}/{}", plan.prefix);
-            ns.ip(&["addr", "add", &addr, "dev", "eth0", "nodad"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            // Full checksums on the wire, as from a real NIC (a veth otherwise leaves them
-            // for the receiver to finish, which XDP cannot see); GRO on lets the veth take
-            // frames redirected by XDP.
-            ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"]);
-        }
-        // Usable addresses on both ends of each link (IPv6 ones wait for the carrier).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (ns, ip) in [
-            (&t.server, plan.server_ip),
-            (&t.server, plan.relay_ip),
-            (&t.client, plan.client_ip),
-            (&t.peer, plan.peer_ip),
-        ] {
-            let addr = SocketAddr::new(ip.parse().unwrap(), 0);
-            ns.run(|| wait_until(deadline, || UdpSocket::bind(addr).ok()));
-        }
-        t
-    }
-}
+/// The top of the channel range the core accepts (RFC 5766), relayed by the kernel too.
+const CHANNEL: u16 = 0x7FFF;
 
 fn wait_until<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
     loop {
@@ -140,7 +41,6 @@ fn wait_until<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// One datagram at the peer, from the relay address, within 2 s.
 /// One datagram at the peer, from the relay address, within 2 s. A receive with a timeout
 /// is not restarted after a signal (EINTR, seen under load while children start and stop),
 /// so an interrupted wait is resumed until the deadline.
@@ -207,20 +107,20 @@ fn relay(plan: &Plan, mode: Mode) {
             peer_ns: &t.peer,
             args: vec![
                 "-L",
-                plan.server_ip,
+                plan.server,
                 "-E",
-                plan.relay_ip,
+                plan.relay,
                 "-p",
                 "3478",
                 "--allowed-peer-ip",
-                plan.peer_ip,
+                plan.peer,
             ],
             devices: &["xc0", "xp0"],
-            client_ip: plan.client_ip,
-            server: sa(plan.server),
-            peer: sa(plan.peer),
-            relay_ip: plan.relay_ip,
-            v6: plan.family == "ipv6",
+            client_ip: plan.client,
+            server: addr(plan.server, 3478),
+            peer: addr(plan.peer, 7000),
+            relay_ip: plan.relay,
+            v6: plan.is_v6(),
         },
         mode,
     );
@@ -250,8 +150,8 @@ fn loopback_generic_kernel_relays_an_offloaded_channel_both_ways() {
             ],
             devices: &["lo"],
             client_ip: "127.0.0.1",
-            server: sa("127.0.0.1:3478"),
-            peer: sa("127.0.0.1:7000"),
+            server: addr("127.0.0.1", 3478),
+            peer: addr("127.0.0.1", 7000),
             relay_ip: "127.0.0.1",
             v6: false,
         },

@@ -50,13 +50,20 @@ pub struct TestKnobs {
     /// `Some(true)`: shards wake each other for relay-to-relay datagrams through their
     /// eventfd, not with a ring message (for A/B measurements).
     pub handoff_eventfd: Option<bool>,
+    /// Slots of the io_uring shard's registered file table; `Some(0)`: none, every
+    /// socket is named by its descriptor (for A/B measurements).
+    pub fixed_files: Option<u32>,
+    /// io_uring: a kernel thread polls the submission queue, idle after this many ms
+    /// (SQPOLL; no deferred task run then). For A/B measurements.
+    pub sqpoll: Option<u32>,
 }
 
 impl TestKnobs {
     /// From `UTURN_TEST_FAULT` (`panic|wait:ERRNO[,shard=N][,after=N][,times=N]`, ERRNO a number or
     /// one of EBADR EAGAIN EINTR EBUSY ENOMEM EFAULT), `UTURN_TEST_CQ_ENTRIES`,
     /// `UTURN_TEST_BUFFERS`, `UTURN_TEST_SEND_SLOTS`, `UTURN_TEST_STREAM_EPOLL` (`true`),
-    /// `UTURN_TEST_HANDOFF_SLOTS`, `UTURN_TEST_HANDOFF_EVENTFD` (`true`). A set variable that does not parse
+    /// `UTURN_TEST_HANDOFF_SLOTS`, `UTURN_TEST_HANDOFF_EVENTFD` (`true`), `UTURN_TEST_FIXED_FILES`
+    /// (table size, 0: none), `UTURN_TEST_SQPOLL` (idle ms). A set variable that does not parse
     /// is an error, so a test never runs without the fault it asked for.
     pub fn from_env() -> io::Result<TestKnobs> {
         fn var<T: std::str::FromStr>(name: &str) -> io::Result<Option<T>> {
@@ -77,6 +84,8 @@ impl TestKnobs {
             stream_epoll: var("UTURN_TEST_STREAM_EPOLL")?,
             handoff_slots: var("UTURN_TEST_HANDOFF_SLOTS")?,
             handoff_eventfd: var("UTURN_TEST_HANDOFF_EVENTFD")?,
+            fixed_files: var("UTURN_TEST_FIXED_FILES")?,
+            sqpoll: var("UTURN_TEST_SQPOLL")?,
         };
         if knobs != TestKnobs::default() {
             tracing::warn!(?knobs, "test knobs set: this server is under test");

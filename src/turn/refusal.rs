@@ -165,7 +165,7 @@ causes! {
         PeerForbidden = 403, "Forbidden", peer_refused;
         /// More permissions than `--max-permissions-per-allocation`.
         PermissionLimit = 508, "Insufficient Capacity", permissions_capped;
-        /// A channel number outside 0x4000..=0x4FFF.
+        /// A channel number outside 0x4000..=0x7FFF.
         BadChannelNumber = 400, "Bad Request", bad_channel_number;
         /// The number is bound to another peer, or the peer to another number.
         ChannelConflict = 400, "Bad Request", channel_conflict;

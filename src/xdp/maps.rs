@@ -4,7 +4,7 @@
 //! handle that installs, removes and reads them.
 //!
 //! Owns the byte layout of keys and values and the rules an entry must satisfy (one address
-//! family throughout, a channel in 0x4000–0x4FFF). Must not decide *when* a channel is
+//! family throughout, a channel in 0x4000–0x7FFF). Must not decide *when* a channel is
 //! offloaded: that is the TURN core's call (RFC 8656 §12: bindings, expiry, permissions).
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,9 +15,10 @@ use aya::Pod;
 
 use super::Error;
 
-/// Channel numbers the program forwards (RFC 8656 §12). Bindings above 0x4FFF, which uturn
-/// accepts for RFC 5766 clients, stay in user space.
-pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Channel numbers the program forwards: exactly those the TURN core accepts, RFC 8656 §12's
+/// 0x4000–0x4FFF and RFC 5766's up to 0x7FFF (`CHANNEL_MIN`/`CHANNEL_MAX` in the program).
+pub const CHANNELS: std::ops::RangeInclusive<u16> =
+    crate::stun::MIN_CHANNEL..=crate::stun::MAX_CHANNEL;
 
 /// `struct forward_key`: a ChannelData datagram's client 5-tuple and channel.
 #[repr(C)]
@@ -140,7 +141,7 @@ pub struct ChannelOffload {
 
 impl ChannelOffload {
     /// Refuses what the program cannot forward: it rewrites headers in place, so all four
-    /// addresses share one family; and it only matches RFC 8656 channel numbers.
+    /// addresses share one family; and it only matches the channel numbers the core accepts.
     pub fn validate(&self) -> Result<(), Error> {
         // An IPv4 client seen through a dual-stack socket (::ffff:a.b.c.d) is IPv4.
         let v4 = |a: &SocketAddr| a.ip().to_canonical().is_ipv4();
@@ -151,7 +152,7 @@ impl ChannelOffload {
             return Err(Error::Unsupported("addresses of more than one family"));
         }
         if !CHANNELS.contains(&self.channel) {
-            return Err(Error::Unsupported("channel number outside 0x4000-0x4FFF"));
+            return Err(Error::Unsupported("channel number outside 0x4000-0x7FFF"));
         }
         Ok(())
     }
@@ -486,10 +487,15 @@ mod tests {
         b.peer = "[2001:db8::1]:7000".parse().unwrap();
         assert!(b.validate().is_err());
         let mut b = binding();
-        b.channel = 0x5000;
-        assert!(b.validate().is_err());
-        b.channel = 0x3fff;
-        assert!(b.validate().is_err());
+        // The core's whole range, RFC 5766's numbers included, and nothing beyond.
+        for channel in [0x4000, 0x4fff, 0x5000, 0x7fff] {
+            b.channel = channel;
+            assert!(b.validate().is_ok(), "{channel:#x}");
+        }
+        for channel in [0x3fff, 0x8000, 0xffff] {
+            b.channel = channel;
+            assert!(b.validate().is_err(), "{channel:#x}");
+        }
         // IPv4-mapped addresses are IPv4, with the same key bytes.
         let mut b = binding();
         b.client = "[::ffff:192.0.2.10]:40000".parse().unwrap();

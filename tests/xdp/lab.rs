@@ -1,12 +1,16 @@
-//! A network namespace the XDP tests create for themselves, with the routes and neighbours
-//! `bpf_fib_lookup` needs, entered by the thread that runs the program (BPF_PROG_TEST_RUN
-//! runs in its caller's namespace). Deleted on drop, also when the test fails.
+//! Network namespaces the XDP tests create for themselves: one ([`Lab`]) with the routes and
+//! neighbours `bpf_fib_lookup` needs, entered by the thread that runs the program
+//! (BPF_PROG_TEST_RUN runs in its caller's namespace), and three joined by veth pairs
+//! ([`Topology`]: client, server, peer) for the end-to-end tests. Deleted on drop, also when
+//! the test fails.
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use super::frames::Mac;
 
@@ -187,4 +191,138 @@ impl Lab {
 /// The index of `name` in the calling thread's namespace.
 pub fn ifindex(name: &str) -> u32 {
     nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// One address family's addresses in a [`Topology`]: the server's (client side), the
+/// client's, the relay's (peer side) and the peer's, on two links of prefix `prefix`.
+pub struct Plan {
+    pub server: &'static str,
+    pub client: &'static str,
+    pub relay: &'static str,
+    pub peer: &'static str,
+    pub prefix: &'static str,
+    /// The sysctl family: `ipv4` or `ipv6`.
+    pub family: &'static str,
+}
+
+pub const V4: Plan = Plan {
+    server: "192.0.2.1",
+    client: "192.0.2.10",
+    relay: "198.51.100.1",
+    peer: "198.51.100.20",
+    prefix: "24",
+    family: "ipv4",
+};
+
+pub const V6: Plan = Plan {
+    server: "2001:db8:c::1",
+    client: "2001:db8:c::10",
+    relay: "2001:db8:a::1",
+    peer: "2001:db8:a::20",
+    prefix: "64",
+    family: "ipv6",
+};
+
+impl Plan {
+    pub fn is_v6(&self) -> bool {
+        self.family == "ipv6"
+    }
+}
+
+/// `ip:port` of one of a plan's addresses.
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("IP literal"), port)
+}
+
+/// Three namespaces as on real hosts with NICs:
+/// client ns `eth0` (client) <-> server ns `xc0` (server);
+/// server ns `xp0` (relay) <-> peer ns `eth0` (peer).
+/// Forwarding is on for `xc0` and `xp0` (the program's route lookup needs it); each end
+/// sends full checksums and takes XDP-redirected frames (GRO on), as from a real NIC.
+pub struct Topology {
+    pub client: Netns,
+    pub server: Netns,
+    pub peer: Netns,
+}
+
+impl Topology {
+    pub fn new(plan: &Plan) -> Topology {
+        let t = Topology {
+            client: Netns::new(),
+            server: Netns::new(),
+            peer: Netns::new(),
+        };
+        let prefix = plan.prefix;
+        for (dev, other, ip) in [
+            ("xc0", &t.client, plan.server),
+            ("xp0", &t.peer, plan.relay),
+        ] {
+            let link = ["link", "add", dev, "type", "veth", "peer", "name", "eth0"];
+            t.server.ip(&[&link[..], &["netns", &other.name]].concat());
+            let cidr = format!("{ip}/{prefix}");
+            t.server.ip(&["addr", "add", &cidr, "dev", dev, "nodad"]);
+            t.server.ip(&["link", "set", dev, "up"]);
+            // bpf_fib_lookup answers only for interfaces that forward.
+            t.server
+                .sysctl(&format!("net.{}.conf.{dev}.forwarding=1", plan.family));
+        }
+        for (ns, ip) in [(&t.client, plan.client), (&t.peer, plan.peer)] {
+            let cidr = format!("{ip}/{prefix}");
+            ns.ip(&["addr", "add", &cidr, "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            // Full checksums on the wire (a veth otherwise leaves them for the receiver to
+            // finish, which XDP cannot see); GRO on lets the veth take redirected frames.
+            ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"]);
+        }
+        // Usable addresses on both ends of each link (IPv6 ones wait for the carrier).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (ns, ip) in [
+            (&t.server, plan.server),
+            (&t.server, plan.relay),
+            (&t.client, plan.client),
+            (&t.peer, plan.peer),
+        ] {
+            let usable = ns.run(|| until(deadline, || UdpSocket::bind(addr(ip, 0)).is_ok()));
+            assert!(usable, "{ip} never became usable");
+        }
+        t
+    }
+
+    /// The server namespace knows the peer's MAC before traffic starts: the first datagram
+    /// to an unresolved neighbour is passed up by the program (its route lookup fails),
+    /// which a test counting what user space relays must not see.
+    pub fn resolve_peer(&self, plan: &Plan) {
+        self.server.run(|| {
+            let s = UdpSocket::bind(addr(plan.relay, 0)).expect("socket on the relay address");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let known = until(deadline, || {
+                let _ = s.send_to(b"arp", addr(plan.peer, 9));
+                neighbour_known(plan.peer)
+            });
+            assert!(known, "the server namespace never resolved the peer");
+        });
+    }
+}
+
+/// Whether the calling thread's namespace has a usable neighbour entry for `ip`.
+pub fn neighbour_known(ip: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["neigh", "show", ip])
+        .output()
+        .expect("ip neigh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains("lladdr") && !text.contains("FAILED") && !text.contains("INCOMPLETE")
+}
+
+/// Polls `f` every 20 ms until it holds (true) or `deadline` passes (false).
+fn until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

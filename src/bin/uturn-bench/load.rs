@@ -1,11 +1,11 @@
 //! The relay load: N allocations (real TURN, the null forwarder's handshake, or straight to
-//! the peers), round-trip measurement, server and machine CPU from /proc. The paced
+//! the peers), round-trip measurement, server, machine and accounted CPU from /proc. The paced
 //! sending itself is `worker`, the echo peers `peers`.
 
 use crate::forward;
 use crate::hist::Histogram;
 use crate::peers::bind;
-use crate::procfs::{machine_cpu, process_cpu, process_rss_kib};
+use crate::procfs::{machine_cpu, process_cpu, process_rss_kib, processes_cpu, softirq_threads};
 use crate::worker::{worker, Frames, Shared};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +78,10 @@ pub struct Step {
     pub server_cpu_s: Option<f64>,
     /// Busy time of all cores together over the measured window.
     pub machine_cpu_s: Option<f64>,
+    /// CPU over the measured window of this process (load and echo peers), the server
+    /// process and the kernel's softirq threads: the run's own share of `machine_cpu_s`
+    /// (see `procfs::processes_cpu`), which other processes on the machine do not change.
+    pub accounted_cpu_s: Option<f64>,
     pub server_rss_kib: Option<u64>,
     pub corrupt: u64,
 }
@@ -105,6 +109,12 @@ impl Step {
     /// microseconds per relayed packet.
     pub fn machine_us_per_packet(&self) -> Option<f64> {
         let cpu = self.machine_cpu_s?;
+        (self.received > 0).then(|| cpu * 1e6 / (2.0 * self.received as f64))
+    }
+
+    /// Accounted CPU (load, peers, server, softirq threads) microseconds per relayed packet.
+    pub fn accounted_us_per_packet(&self) -> Option<f64> {
+        let cpu = self.accounted_cpu_s?;
         (self.received > 0).then(|| cpu * 1e6 / (2.0 * self.received as f64))
     }
 }
@@ -262,6 +272,10 @@ pub fn run_step(
     let mut totals = (0u64, 0u64, 0u64);
     let mut cpu = (None, None);
     let mut machine = None;
+    let mut accounted = None;
+    let mut own: Vec<u32> = vec![std::process::id()];
+    own.extend(spec.server_pid);
+    own.extend(softirq_threads());
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|w| {
@@ -296,6 +310,7 @@ pub fn run_step(
         wait_until(measure_from);
         cpu.0 = spec.server_pid.and_then(process_cpu);
         let machine_from = machine_cpu();
+        let accounted_from = processes_cpu(&own);
         let mut last_print = Instant::now();
         while epoch.elapsed() < measure_to {
             std::thread::sleep(
@@ -316,6 +331,10 @@ pub fn run_step(
         }
         cpu.1 = spec.server_pid.and_then(process_cpu);
         machine = match (machine_from, machine_cpu()) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        accounted = match (accounted_from, processes_cpu(&own)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
@@ -345,6 +364,7 @@ pub fn run_step(
             _ => None,
         },
         machine_cpu_s: machine,
+        accounted_cpu_s: accounted,
         server_rss_kib: spec.server_pid.and_then(process_rss_kib),
     }
 }

@@ -1,17 +1,22 @@
 //! Echo peers: sockets that send every datagram back where it came from, in batches
-//! (`recvmmsg`/`sendmmsg`), so they stay far from being the load's bottleneck.
+//! (`recvmmsg`/`sendmmsg`), so they stay far from being the load's bottleneck; optionally in
+//! another network namespace than the clients (`--peer-netns`), so that even the direct
+//! baseline crosses a link.
 
 use crate::load::pin;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
+use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// Echo peers: sockets that send every datagram back where it came from.
@@ -22,45 +27,82 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn start(ip: IpAddr, count: usize, core: Option<usize>) -> io::Result<Peers> {
-        let sockets: Vec<UdpSocket> = (0..count.max(1))
-            .map(|_| {
-                let s = bind(SocketAddr::new(ip, 0))?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            })
-            .collect::<io::Result<_>>()?;
-        let addrs = sockets
-            .iter()
-            .map(|s| s.local_addr())
-            .collect::<io::Result<_>>()?;
+    /// `count` echo sockets on `ip` served by one thread pinned to `core`; with `netns`, that
+    /// thread enters the network namespace /var/run/netns/NETNS first (it alone: the
+    /// process's other threads stay where they are), so the peers' sockets live there.
+    pub fn start(
+        ip: IpAddr,
+        count: usize,
+        core: Option<usize>,
+        netns: Option<&str>,
+    ) -> io::Result<Peers> {
+        let netns = netns.map(|n| Path::new("/var/run/netns").join(n));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let (ready, up) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("bench-peers".into())
             .spawn(move || {
                 pin(core);
-                let mut poll = Poll::new().expect("epoll");
-                for (i, s) in sockets.iter().enumerate() {
-                    poll.registry()
-                        .register(&mut SourceFd(&s.as_raw_fd()), Token(i), Interest::READABLE)
-                        .expect("register");
-                }
-                let mut events = Events::with_capacity(256);
-                let mut echo = Echo::new();
-                while !flag.load(Ordering::Relaxed) {
-                    let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
-                    for e in events.iter() {
-                        let fd = sockets[e.token().0].as_raw_fd();
-                        while echo.batch(fd) > 0 {}
+                let sockets = match open(ip, count, netns.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
                     }
+                };
+                let addrs = sockets.iter().map(|s| s.local_addr()).collect();
+                if ready.send(addrs).is_err() {
+                    return;
                 }
+                echo(&sockets, &flag);
             })?;
-        Ok(Peers {
-            addrs,
+        let mut peers = Peers {
+            addrs: Vec::new(),
             stop,
             thread: Some(thread),
+        };
+        // On failure, dropping `peers` stops and joins the thread.
+        peers.addrs = up
+            .recv()
+            .map_err(|_| io::Error::other("the echo thread ended before its sockets were up"))??;
+        Ok(peers)
+    }
+}
+
+/// Binds `count` non-blocking sockets on `ip`, in `netns` when given.
+fn open(ip: IpAddr, count: usize, netns: Option<&Path>) -> io::Result<Vec<UdpSocket>> {
+    if let Some(path) = netns {
+        let ns = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        setns(ns.as_raw_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::other(format!("setns {}: {e}", path.display())))?;
+    }
+    (0..count.max(1))
+        .map(|_| {
+            let s = bind(SocketAddr::new(ip, 0))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
         })
+        .collect()
+}
+
+/// Echoes on `sockets` until `stop` is set.
+fn echo(sockets: &[UdpSocket], stop: &AtomicBool) {
+    let mut poll = Poll::new().expect("epoll");
+    for (i, s) in sockets.iter().enumerate() {
+        poll.registry()
+            .register(&mut SourceFd(&s.as_raw_fd()), Token(i), Interest::READABLE)
+            .expect("register");
+    }
+    let mut events = Events::with_capacity(256);
+    let mut echo = Echo::new();
+    while !stop.load(Ordering::Relaxed) {
+        let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
+        for e in events.iter() {
+            let fd = sockets[e.token().0].as_raw_fd();
+            while echo.batch(fd) > 0 {}
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! CPU and memory readings from /proc: a process's utime+stime and RSS, and the whole
-//! machine's busy time (all cores, from /proc/stat), which counts the kernel's delivery
-//! work wherever it ran.
+//! CPU and memory readings from /proc: a process's utime+stime and RSS, the whole machine's
+//! busy time (all cores, from /proc/stat), which counts the kernel's delivery work wherever
+//! it ran, and the CPU a run can account to its own processes.
 
 /// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
 pub fn process_cpu(pid: u32) -> Option<f64> {
@@ -34,4 +34,30 @@ pub fn machine_cpu() -> Option<f64> {
         .filter_map(|&i| fields.get(i))
         .sum();
     Some(busy as f64 / 100.0)
+}
+
+/// The kernel's softirq threads (`ksoftirqd/N`): network receive work the kernel defers
+/// from the context that raised it runs there.
+pub fn softirq_threads() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
+/// CPU seconds of `pids` together (utime+stime; a process's covers all its threads); `None`
+/// if one of them cannot be read.
+///
+/// With tick-based accounting (no IRQ time accounting), softirq work, such as a veth's
+/// receive path and an XDP program run from it, is charged to the task it interrupted:
+/// the sender on a veth, or a softirq thread. So the load generator's process, the server's
+/// and the softirq threads together hold a run's whole cost, and none of the unrelated
+/// processes that /proc/stat's machine total also counts.
+pub fn processes_cpu(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| process_cpu(p)).sum()
 }

@@ -129,6 +129,7 @@ pub fn run_step(
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },
+        accounted_cpu_s: None,
         server_rss_kib: spec.server_pid.and_then(process_rss_kib),
     }
 }

@@ -16,7 +16,7 @@ impl Shard {
     ) {
         let live = match op {
             Op::ListenRecv { .. } => true,
-            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
+            Op::RelayRecv { index, gen } => self.io.live_relay(index, gen).is_some(),
             _ => false,
         };
         let result = entry.result();
@@ -155,14 +155,9 @@ impl Shard {
     }
 }
 
-/// A UDP send from a lent buffer: (descriptor and source, destination, offset in the
+/// A UDP send from a lent buffer: (socket and source, destination, offset in the
 /// buffer, length).
-pub(super) type UdpSend = (
-    (std::os::fd::RawFd, Option<std::net::IpAddr>),
-    SocketAddr,
-    usize,
-    usize,
-);
+pub(super) type UdpSend = (Via, SocketAddr, usize, usize);
 
 /// The UDP send a peer datagram turns into, if any. To a stream client it is written or
 /// queued by the connection at once, and the buffer can go back.

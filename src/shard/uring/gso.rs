@@ -9,10 +9,9 @@
 //! group's completion; must not decide what is sent (that is the core) nor touch the ring
 //! (`io` pushes the entries these groups describe).
 
-use super::io::SendBuf;
+use super::io::{SendBuf, Sock};
 use socket2::SockAddr;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 
 /// Datagrams per group (the kernel takes up to 64; 16 covers a video frame).
 pub(super) const MAX_SEGMENTS: usize = 16;
@@ -38,7 +37,7 @@ struct Group {
     iovs: [libc::iovec; MAX_SEGMENTS],
     addr: SockAddr,
     to: SocketAddr,
-    fd: RawFd,
+    sock: Sock,
     /// The send slot this group holds (for the limit on sends in flight).
     slot: u32,
     control: SegmentControl,
@@ -82,7 +81,7 @@ impl Groups {
                 }; MAX_SEGMENTS],
                 addr: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
                 to: SocketAddr::from(([0, 0, 0, 0], 0)),
-                fd: -1,
+                sock: Sock::Raw(-1),
                 slot: 0,
                 control: SegmentControl {
                     // SAFETY: as above.
@@ -104,11 +103,11 @@ impl Groups {
         }
     }
 
-    /// Offers `len` bytes at `ptr` (carried by `buf`) for `fd` → `to`; a new group takes
+    /// Offers `len` bytes at `ptr` (carried by `buf`) for `sock` → `to`; a new group takes
     /// `spare_slot`.
     pub fn add(
         &mut self,
-        fd: RawFd,
+        sock: Sock,
         to: SocketAddr,
         (ptr, len): (*const u8, usize),
         buf: SendBuf,
@@ -119,7 +118,7 @@ impl Groups {
             let n = g.bufs.len();
             // A shorter datagram ends a group: only the last segment may be short.
             let last_short = g.bytes != g.segment * n;
-            if g.fd == fd
+            if g.sock == sock
                 && g.to == to
                 && len <= g.segment
                 && !last_short
@@ -142,7 +141,7 @@ impl Groups {
         };
         let g = &mut self.groups[index as usize];
         g.slot = slot;
-        g.fd = fd;
+        g.sock = sock;
         g.to = to;
         g.addr = SockAddr::from(to);
         g.iovs[0] = libc::iovec {
@@ -162,8 +161,8 @@ impl Groups {
     }
 
     /// Fills group `index`'s msghdr (one iovec per datagram, `UDP_SEGMENT` when there
-    /// are several) and returns (descriptor, msghdr) for the send.
-    pub fn prepare(&mut self, index: u32) -> (RawFd, *const libc::msghdr) {
+    /// are several) and returns (socket, msghdr) for the send.
+    pub fn prepare(&mut self, index: u32) -> (Sock, *const libc::msghdr) {
         let g = &mut self.groups[index as usize];
         let n = g.bufs.len();
         g.msghdr.msg_name = g.addr.as_ptr() as *mut libc::c_void;
@@ -182,7 +181,7 @@ impl Groups {
             g.msghdr.msg_control = std::ptr::null_mut();
             g.msghdr.msg_controllen = 0;
         }
-        (g.fd, &g.msghdr)
+        (g.sock, &g.msghdr)
     }
 
     /// Group `index` completed (or failed): hands each buffer to `release`, frees the
@@ -227,32 +226,33 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
         let p = std::ptr::null::<u8>();
-        let added = g.add(3, a, (p, 100), lent_free(0), None);
+        let s = Sock::Fixed(3);
+        let added = g.add(s, a, (p, 100), lent_free(0), None);
         assert!(
             matches!(added, Added::Alone(_)),
             "no spare send slot, no group"
         );
-        let added = g.add(3, a, (p, 100), lent_free(0), Some(7));
+        let added = g.add(s, a, (p, 100), lent_free(0), Some(7));
         assert!(matches!(added, Added::Opened));
-        let added = g.add(3, a, (p, 100), lent_free(0), Some(8));
+        let added = g.add(s, a, (p, 100), lent_free(0), Some(8));
         assert!(matches!(added, Added::Joined));
         // Shorter: joins as the last segment.
-        let added = g.add(3, a, (p, 60), lent_free(0), Some(8));
+        let added = g.add(s, a, (p, 60), lent_free(0), Some(8));
         assert!(matches!(added, Added::Joined));
         // Anything after a shorter one closes the group.
-        let Added::CloseFirst(first, buf) = g.add(3, a, (p, 60), lent_free(0), Some(8)) else {
+        let Added::CloseFirst(first, buf) = g.add(s, a, (p, 60), lent_free(0), Some(8)) else {
             panic!("a segment after a short one must close the group");
         };
         let (fd, hdr) = g.prepare(first);
         // SAFETY: `hdr` points into `g`, alive and not moved.
         let hdr = unsafe { &*hdr };
-        assert_eq!((fd, hdr.msg_iovlen), (3, 3));
+        assert_eq!((fd, hdr.msg_iovlen), (s, 3));
         assert_eq!(g.groups[first as usize].control.size, 100);
         assert!(!hdr.msg_control.is_null());
         // Re-offered: opens a new group. Another destination closes that one.
-        let added = g.add(3, a, (p, 60), buf, Some(8));
+        let added = g.add(s, a, (p, 60), buf, Some(8));
         assert!(matches!(added, Added::Opened));
-        let added = g.add(3, b, (p, 60), lent_free(0), Some(9));
+        let added = g.add(s, b, (p, 60), lent_free(0), Some(9));
         let Added::CloseFirst(second, _) = added else {
             panic!("another destination must close the group");
         };

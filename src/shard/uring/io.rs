@@ -3,20 +3,24 @@
 //!
 //! Owns every pointer an SQE carries (msghdrs, iovecs, addresses) and keeps it alive until
 //! the operation's completion; must not look at completions' payloads (that is `mod.rs`).
+//!
+//! Sockets are named as `files` says ([`Sock`]).
 
 use super::buffers::{Buffers, Lent};
+use super::files::FixedFiles;
+pub(super) use super::files::{Sock, Via};
 use super::gso::{Added, Groups, MAX_SEGMENT};
 use super::op::{Op, GEN_MASK};
 use crate::shard::pktinfo::{self, SourceControl};
 use crate::shard::{bind_udp, RELAY_SOCKET_BUFFER};
 use crate::turn::{RelayId, RelaySockets};
-use io_uring::types::{CancelBuilder, Fd};
+use io_uring::types::CancelBuilder;
 use io_uring::{opcode, squeue, IoUring};
 use socket2::SockAddr;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 
 pub(super) const BUF_GROUP: u16 = 0;
 /// Send slots from here on name GSO groups (`Op::Send { slot: GROUP_BASE + group }`).
@@ -56,11 +60,15 @@ struct Closing {
     _socket: UdpSocket,
     /// The cancellation, while it could not be queued yet.
     cancel: Option<squeue::Entry>,
+    /// The registered file slot, emptied and freed with the socket.
+    fixed: Option<u32>,
 }
 
 /// A relay socket and the generation that tags its completions.
 pub(super) struct RelaySlot {
     pub socket: Option<UdpSocket>,
+    /// How entries name `socket`.
+    pub sock: Sock,
     pub gen: u32,
     /// The relay address the socket is bound to.
     pub addr: SocketAddr,
@@ -71,6 +79,10 @@ pub(super) struct Io {
     pub recv_msghdr: Box<libc::msghdr>,
     pub relays: Vec<RelaySlot>,
     pub listeners: Vec<(SocketAddr, UdpSocket)>,
+    /// How entries name each listener (same order).
+    pub(super) listener_socks: Vec<(SocketAddr, Sock)>,
+    /// The registered file table, if the ring has one.
+    pub(super) files: Option<FixedFiles>,
     slots: Box<[SendSlot]>,
     free_slots: Vec<u32>,
     /// Receives whose multishot ended and that must be armed again (with the generation
@@ -117,11 +129,17 @@ impl Io {
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        let listener_socks = listeners
+            .iter()
+            .map(|(a, s)| (*a, Sock::Raw(s.as_raw_fd())))
+            .collect();
         Io {
             ring,
             recv_msghdr,
             relays: Vec::new(),
             listeners,
+            listener_socks,
+            files: None,
             slots,
             free_slots: (0..send_slots as u32).rev().collect(),
             rearm: Vec::with_capacity(64),
@@ -167,7 +185,17 @@ impl Io {
     /// before it can be closed now.
     pub fn submitted(&mut self) {
         if !self.closing.is_empty() && self.ring.submission().is_empty() {
-            self.closing.retain(|c| c.cancel.is_some());
+            let mut i = 0;
+            while i < self.closing.len() {
+                if self.closing[i].cancel.is_some() {
+                    i += 1;
+                    continue;
+                }
+                let closed = self.closing.swap_remove(i);
+                if let Some(slot) = closed.fixed {
+                    self.release_slot(slot);
+                }
+            }
         }
     }
 
@@ -199,9 +227,9 @@ impl Io {
         false
     }
 
-    fn arm_recv(&mut self, fd: RawFd, op: Op) {
-        let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msghdr, BUF_GROUP)
-            .build()
+    fn arm_recv(&mut self, sock: Sock, op: Op) {
+        let sqe = sock
+            .recv_msg_multi(&*self.recv_msghdr)
             .user_data(op.encode());
         if self.push(&sqe) {
             self.armed += 1;
@@ -213,37 +241,35 @@ impl Io {
 
     /// Arms the receive `op` names if its socket is still the one it names.
     pub fn arm(&mut self, op: Op) {
-        let fd = match op {
-            Op::ListenRecv { index } => self
-                .listeners
-                .get(index as usize)
-                .map(|(_, s)| s.as_raw_fd()),
-            Op::RelayRecv { index, gen } => self.live_relay_fd(index, gen),
+        let sock = match op {
+            Op::ListenRecv { index } => self.listener_socks.get(index as usize).map(|l| l.1),
+            Op::RelayRecv { index, gen } => self.live_relay(index, gen),
             _ => None,
         };
-        if let Some(fd) = fd {
-            self.arm_recv(fd, op);
+        if let Some(sock) = sock {
+            self.arm_recv(sock, op);
         }
     }
 
-    /// The descriptor of relay `index` if it is open as generation `gen`.
-    pub fn live_relay_fd(&self, index: u32, gen: u32) -> Option<RawFd> {
+    /// Relay `index`'s socket if it is open as generation `gen`.
+    pub fn live_relay(&self, index: u32, gen: u32) -> Option<Sock> {
         match self.relays.get(index as usize) {
             Some(RelaySlot {
-                socket: Some(socket),
+                socket: Some(_),
+                sock,
                 gen: current,
                 ..
-            }) if *current == gen => Some(socket.as_raw_fd()),
+            }) if *current == gen => Some(*sock),
             _ => None,
         }
     }
 
-    /// Sends `buf` from `fd` (from address `source`, on a wildcard listener) to `to`. With
-    /// every send slot in use, hands `buf` back.
+    /// Sends `buf` from `sock` (from address `source`, on a wildcard listener) to `to`.
+    /// With every send slot in use, hands `buf` back.
     pub fn send(
         &mut self,
         buffers: &Buffers,
-        (fd, source): (RawFd, Option<IpAddr>),
+        (fd, source): Via,
         to: SocketAddr,
         buf: SendBuf,
     ) -> Result<(), SendBuf> {
@@ -308,8 +334,8 @@ impl Io {
                 slot.msghdr.msg_controllen = 0;
             }
         }
-        let sqe = opcode::SendMsg::new(Fd(fd), &slot.msghdr)
-            .build()
+        let sqe = fd
+            .send_msg(&slot.msghdr)
             .user_data(Op::Send { slot: index }.encode());
         if self.push(&sqe) {
             Ok(())
@@ -321,8 +347,8 @@ impl Io {
 
     /// Queues the send of GSO group `group`; a group the ring refuses is failed.
     fn queue_group(&mut self, group: u32) {
-        let (fd, msghdr) = self.groups.prepare(group);
-        let sqe = opcode::SendMsg::new(Fd(fd), msghdr).build().user_data(
+        let (sock, msghdr) = self.groups.prepare(group);
+        let sqe = sock.send_msg(msghdr).user_data(
             Op::Send {
                 slot: GROUP_BASE + group,
             }
@@ -395,8 +421,8 @@ impl Io {
 
     /// The listener that sends as `local`: one bound there, or a wildcard listener of its
     /// port and family, which then needs `local`'s address as the source.
-    pub fn listener_for(&self, local: SocketAddr) -> Option<(RawFd, Option<IpAddr>)> {
-        crate::shard::listener_for(&self.listeners, local).map(|(s, src)| (s.as_raw_fd(), src))
+    pub fn listener_for(&self, local: SocketAddr) -> Option<Via> {
+        crate::shard::listener_for(&self.listener_socks, local).map(|(s, src)| (*s, src))
     }
 
     /// The relay of this shard bound at `addr`, with the address of `from` (the relay a
@@ -422,11 +448,11 @@ impl Io {
         r.socket.as_ref().map(|_| r.addr)
     }
 
-    pub fn relay_fd(&self, relay: RelayId) -> Option<(RawFd, Option<IpAddr>)> {
+    pub fn relay_fd(&self, relay: RelayId) -> Option<Via> {
         self.relays
             .get(relay.0 as usize)
-            .and_then(|r| r.socket.as_ref())
-            .map(|s| (s.as_raw_fd(), None))
+            .filter(|r| r.socket.is_some())
+            .map(|r| (r.sock, None))
     }
 }
 
@@ -440,13 +466,16 @@ impl RelaySockets for Io {
         if self.relays.len() <= index {
             self.relays.resize_with(index + 1, || RelaySlot {
                 socket: None,
+                sock: Sock::Raw(-1),
                 gen: 0,
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             });
         }
+        let sock = self.fixed_slot(socket.as_raw_fd());
         let slot = &mut self.relays[index];
         slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
         slot.socket = Some(socket);
+        slot.sock = sock;
         slot.addr = addr;
         self.relay_by_addr.insert(addr, id.0);
         if let Some(owners) = &self.owners {
@@ -465,6 +494,10 @@ impl RelaySockets for Io {
             return;
         };
         let slot_addr = slot.addr;
+        let fixed = match slot.sock {
+            Sock::Fixed(i) => Some(i),
+            Sock::Raw(_) => None,
+        };
         // Datagrams gathered for this socket reach the kernel before it can close.
         self.flush_group();
         self.relay_by_addr.remove(&slot_addr);
@@ -483,13 +516,21 @@ impl RelaySockets for Io {
         let cancel = opcode::AsyncCancel2::new(CancelBuilder::user_data(op.encode()).all())
             .build()
             .user_data(Op::Cancel.encode());
+        // Once every entry naming the socket (this cancellation, queued sends) has
+        // reached the kernel, which holds its own reference from then on: the registered
+        // slot is emptied and the descriptor closed. Before, neither the slot nor the
+        // descriptor number can be reused under an entry still queued.
         let queued = self.push(&cancel);
         if queued && self.submit_all() {
+            if let Some(slot) = fixed {
+                self.release_slot(slot);
+            }
             drop(socket);
         } else {
             self.closing.push(Closing {
                 _socket: socket,
                 cancel: (!queued).then_some(cancel),
+                fixed,
             });
         }
     }

@@ -18,16 +18,18 @@
 //! buffers.
 //!
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
-//! receives, send slots), `pacer` (batched wakeups), `addr` (kernel socket addresses),
-//! `datagram` (a received datagram to the core and on to its send), `handoff` (the queues
-//! between shards for relay to relay) and `crossing` (this shard's side of them); this
-//! file is the loop that turns completions into the core's inputs.
+//! receives, send slots), `files` (the registered file table), `pacer` (batched wakeups),
+//! `addr` (kernel socket addresses), `datagram` (a received datagram to the core and on to
+//! its send), `handoff` (the queues between shards for relay to relay) and `crossing` (this
+//! shard's side of them); this file is the loop that turns completions into the core's
+//! inputs.
 
 mod addr;
 mod buffers;
 mod crossing;
 mod datagram;
 mod drain;
+mod files;
 mod gso;
 mod handoff;
 mod io;
@@ -40,7 +42,7 @@ mod tests;
 
 use self::addr::sockaddr;
 use self::buffers::{Buffers, Lent, BUF_SIZE};
-use self::io::{Io, SendBuf, CONTROL_LEN, NAME_LEN};
+use self::io::{Io, SendBuf, Via, CONTROL_LEN, NAME_LEN};
 use self::op::Op;
 use self::pacer::Pacer;
 use super::stream::{StreamOptions, Streams};
@@ -77,6 +79,8 @@ const IDLE: Duration = Duration::from_secs(60);
 const BATCH: usize = 64;
 /// Provided buffers kept out of the kernel's ring for datagrams other shards hand over.
 const SPARE_BUFFERS: usize = 128;
+/// The kernel's limit on a registered file table.
+const MAX_FIXED_FILES: u64 = 1 << 20;
 
 /// What became of a received datagram.
 enum Outcome {
@@ -116,6 +120,26 @@ pub(crate) struct Shard {
     streams: Option<Streams>,
     /// Datagrams to and from other shards' relays (with more than one shard).
     handoff: Option<handoff::Handoff>,
+}
+
+/// Registers a file table for the listeners and up to `relay_sockets` relay sockets (as
+/// many as the descriptor limit allows, or `size` slots); relay sockets beyond it, or
+/// every socket if the kernel refuses, are named by descriptor.
+fn register_files(io: &mut Io, relay_sockets: usize, size: Option<u32>, features: &mut String) {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let want = (io.listeners.len() + relay_sockets) as u64;
+    let size = size.map_or(want.min(limit).min(MAX_FIXED_FILES), u64::from) as u32;
+    if size == 0 {
+        features.push_str(", plain descriptors");
+        return;
+    }
+    match io.register_files(size) {
+        Ok(()) => features.push_str(&format!(", {size} registered files")),
+        Err(e) => {
+            tracing::debug!(size, "registered files: {e}");
+            features.push_str(", plain descriptors");
+        }
+    }
 }
 
 /// Kernel version as (major, minor), from uname.
@@ -163,13 +187,22 @@ impl Shard {
             .unwrap_or_else(|| cq_entries(relay_sockets, listen.len()));
         // The kernel wants at least as many completion entries as submission entries.
         let sq = SQ_ENTRIES.min(cq);
-        let (ring, mut features) = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(cq)
-            .build(sq)
-        {
-            Ok(ring) => (ring, "single issuer, deferred task run".to_owned()),
+        let built = match knobs.sqpoll {
+            Some(idle) => IoUring::builder()
+                .setup_sqpoll(idle)
+                .setup_single_issuer()
+                .setup_cqsize(cq)
+                .build(sq)
+                .map(|r| (r, format!("submission queue polling (idle {idle} ms)"))),
+            None => IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_cqsize(cq)
+                .build(sq)
+                .map(|r| (r, "single issuer, deferred task run".to_owned())),
+        };
+        let (ring, mut features) = match built {
+            Ok(built) => built,
             Err(_) => (
                 IoUring::builder().setup_cqsize(cq).build(sq)?,
                 "plain setup".to_owned(),
@@ -229,8 +262,10 @@ impl Shard {
         }
         // SAFETY: `efd` is a fresh descriptor owned by nothing else.
         let wake_fd = Arc::new(unsafe { File::from_raw_fd(efd) });
+        let mut io = Io::new(ring, listeners, knobs.send_slots.unwrap_or(SEND_SLOTS));
+        register_files(&mut io, relay_sockets, knobs.fixed_files, &mut features);
         let mut shard = Shard {
-            io: Io::new(ring, listeners, knobs.send_slots.unwrap_or(SEND_SLOTS)),
+            io,
             buffers,
             wake_fd,
             wake_buf: Box::new(0),
@@ -371,9 +406,8 @@ impl Shard {
             state.io.send_errors +=
                 self.io.reap_failed_groups(|buf| give_back(buffers, buf)) as u64;
             state.end_turn(now, &mut self.io);
-            // Answers first: the sweep closes the connections their clients ended, and an
-            // answer routed after that would find no connection.
-            self.flush_transmits(state);
+            // Answers to stream requests are already written (`stream_received`,
+            // `streams_ready`) when the sweep closes the connections their clients ended.
             self.run_streams(state, now, true);
             self.flush_transmits(state);
             self.rearm();

@@ -108,7 +108,7 @@ impl Shard {
             return;
         }
         let live = match op {
-            Op::RelayRecv { index, gen } => self.io.live_relay_fd(index, gen).is_some(),
+            Op::RelayRecv { index, gen } => self.io.live_relay(index, gen).is_some(),
             _ => true,
         };
         if live {

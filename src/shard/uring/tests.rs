@@ -9,7 +9,7 @@ use crate::turn::RelaySockets;
 use std::net::UdpSocket;
 use std::os::fd::BorrowedFd;
 
-fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
+pub(super) fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
     Shard::new(
         &["127.0.0.1:0".parse().unwrap()],
         true,
@@ -26,7 +26,7 @@ fn test_shard(relays: usize, knobs: &TestKnobs) -> Shard {
 }
 
 /// Waits up to `wait` for completions and returns them all (buffers given back).
-fn reap(shard: &mut Shard, wait: Duration) -> Vec<cqueue::Entry> {
+pub(super) fn reap(shard: &mut Shard, wait: Duration) -> Vec<cqueue::Entry> {
     shard.buffers.publish();
     let ts = Timespec::new()
         .sec(wait.as_secs())
@@ -143,10 +143,24 @@ fn a_stale_rearm_entry_does_not_arm_a_reused_slot() {
 }
 
 /// `close` when the submit fails: a send queued for the old socket must still leave from
-/// the old socket's address, never from a new socket that got the same descriptor number.
+/// the old socket's address, never from a new socket that got the same descriptor number
+/// or registered file slot.
 #[test]
 fn a_queued_send_never_leaves_from_another_relay_address() {
-    let mut shard = test_shard(16, &TestKnobs::default());
+    a_queued_send_leaves_from_its_own_relay(&TestKnobs::default());
+}
+
+#[test]
+fn a_queued_send_never_leaves_from_another_relay_address_with_plain_descriptors() {
+    a_queued_send_leaves_from_its_own_relay(&TestKnobs {
+        fixed_files: Some(0),
+        ..TestKnobs::default()
+    });
+}
+
+fn a_queued_send_leaves_from_its_own_relay(knobs: &TestKnobs) {
+    let mut shard = test_shard(16, knobs);
+    assert_eq!(shard.io.fixed_files(), knobs.fixed_files != Some(0));
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     receiver
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -174,8 +188,8 @@ fn a_queued_send_never_leaves_from_another_relay_address() {
         .unwrap();
     let fd_b = shard.io.relay_fd(RelayId(1)).unwrap();
     assert_ne!(
-        fd_a, fd_b,
-        "the descriptor of a relay being closed was reused"
+        fd_a.0, fd_b.0,
+        "the descriptor or file slot of a relay being closed was reused"
     );
     reap(&mut shard, Duration::from_millis(10));
     let mut buf = [0u8; 64];

@@ -262,11 +262,18 @@ fn mixed_families_stay_in_user_space() {
 }
 
 #[test]
-fn rfc5766_channel_numbers_stay_in_user_space() {
+fn every_channel_number_the_core_accepts_is_offloaded() {
+    // RFC 8656's range and RFC 5766's above it (coturn's clients pick from 0x4000–0x7FFF).
     let mut w = world();
-    let mut c = Client::new("203.0.113.5:40000");
-    c.allocate(&mut w);
     let peer: SocketAddr = PEER.parse().unwrap();
-    assert_eq!(error_code(&c.bind_channel(&mut w, 0x5000, peer)), None);
-    assert_eq!(commands(&mut w), []);
+    for (i, channel) in [0x4000u16, 0x4fff, 0x5000, 0x7fff].into_iter().enumerate() {
+        let mut c = Client::new(&format!("203.0.113.5:{}", 40000 + i));
+        c.allocate(&mut w);
+        assert_eq!(error_code(&c.bind_channel(&mut w, channel, peer)), None);
+        let cmds = commands(&mut w);
+        assert!(
+            matches!(cmds[..], [OffloadCommand::Install(b)] if b.channel == channel),
+            "{channel:#x}: {cmds:?}"
+        );
+    }
 }
