@@ -23,8 +23,9 @@
 //! Files: `op` (user_data), `buffers` (the buffer ring and lent buffers), `io` (sockets,
 //! receives, send slots), `files` (the registered file table), `pacer` (batched wakeups),
 //! `addr` (kernel socket addresses), `datagram` (a received datagram to the core and on to
-//! its send), `streams` and `stream_send` (TCP and TLS clients); this file is the loop
-//! that turns completions into the core's inputs.
+//! its send), `handoff` (the queues between shards for relay to relay) and `crossing` (this
+//! shard's side of them), `streams` and `stream_send` (TCP and TLS clients); this file is
+//! the loop that turns completions into the core's inputs.
 
 mod addr;
 mod buffers;

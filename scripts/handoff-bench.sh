@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Relay to relay between shards, A/B on one binary: coturn's turnutils_uclient -y (client to
+# client: every client's peer is another client's relay address) against uturn at its
+# defaults (one shard per core), interleaved rounds of
+#   ring      handoff between shards, wakes through IORING_OP_MSG_RING (the default)
+#   eventfd   handoff between shards, wakes through the target's eventfd
+#   off       no handoff between shards (pairs on two shards go through the kernel)
+#   one       uturn on one shard (--cores 0: every pair handed over on that shard)
+# Per run: server CPU ticks (utime+stime, 10 ms), and from `perf stat` on the server its
+# system calls and context switches (less sensitive to a loaded machine than ticks), the
+# load average before and after, and uclient's totals, losses and average round trip.
+#
+# usage: scripts/handoff-bench.sh [ROUNDS (2)] [MODES ("ring eventfd off one")]
+# env: UCLIENT ("-m 50 -n 2000 -l 170 -z 1 -y"), OUT (target/handoff-bench-DATE.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-2}
+MODES=${2:-ring eventfd off one}
+UCLIENT=${UCLIENT:--m 50 -n 2000 -l 170 -z 1 -y}
+OUT=${OUT:-target/handoff-bench-$(date +%Y%m%d-%H%M%S).txt}
+for tool in turnutils_uclient turnutils_peer perf python3; do
+    command -v "$tool" >/dev/null || { echo "handoff-bench.sh: $tool not found" >&2; exit 1; }
+done
+cargo build --release --bins --quiet
+mkdir -p "$(dirname "$OUT")"
+
+SRV="" PEER="" PERF=""
+cleanup() {
+    for pid in $PERF $PEER $SRV; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $PERF $PEER $SRV; do wait "$pid" 2>/dev/null || true; done
+    SRV="" PEER="" PERF=""
+}
+trap cleanup EXIT INT TERM
+
+ticks() { awk '{sub(/.*\) /, ""); print $12+$13}' "/proc/$1/stat"; }
+
+run() { # mode round
+    local mode=$1 round=$2 extra=() env=()
+    case "$mode" in
+        ring) ;;
+        eventfd) env=(UTURN_TEST_HANDOFF_EVENTFD=true) ;;
+        off) env=(UTURN_TEST_HANDOFF_SLOTS=0) ;;
+        one) extra=(--cores 0) ;;
+        *) echo "handoff-bench.sh: unknown mode $mode" >&2; exit 2 ;;
+    esac
+    local port
+    port=$(python3 -c "
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0)); p = u.getsockname()[1]
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('127.0.0.1', p + 1)); print(p); break
+    except OSError:
+        pass
+")
+    local log="target/handoff-bench-server-$mode.log" stat="target/handoff-bench-perf-$mode.txt"
+    env "${env[@]}" target/release/uturn --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
+        --listening-port "$port" --min-port 20000 --max-port 39999 --realm example.org \
+        --user alice:secret --lt-cred-mech --allow-loopback-peers --no-tcp --no-tls \
+        --log-level info "${extra[@]}" >"$log" 2>&1 &
+    SRV=$!
+    turnutils_peer -L 127.0.0.1 -p $((port + 1)) >/dev/null 2>&1 &
+    PEER=$!
+    for _ in $(seq 100); do
+        ss -Hluna "sport = :$port" 2>/dev/null | grep -q . && break
+        sleep 0.1
+    done
+    perf stat -e raw_syscalls:sys_enter,context-switches -p "$SRV" -o "$stat" &
+    PERF=$!
+    sleep 0.3
+    local l0 t0 out t1 l1
+    l0=$(cut -d' ' -f1-3 /proc/loadavg)
+    t0=$(ticks "$SRV")
+    # shellcheck disable=SC2086
+    out=$(timeout 120 turnutils_uclient $UCLIENT -e 127.0.0.1 -r $((port + 1)) -u alice -w secret \
+        -p "$port" 127.0.0.1 2>&1 || true)
+    t1=$(ticks "$SRV")
+    l1=$(cut -d' ' -f1-3 /proc/loadavg)
+    kill -INT "$PERF" 2>/dev/null || true
+    wait "$PERF" 2>/dev/null || true
+    PERF=""
+    cleanup
+    local sys cs sent recvd lost rtt crossed
+    sys=$(awk '/raw_syscalls/ {gsub(",", "", $1); print $1}' "$stat")
+    cs=$(awk '/context-switches/ {gsub(",", "", $1); print $1}' "$stat")
+    sent=$(grep -o 'tot_send_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
+    recvd=$(grep -o 'tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
+    lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | tail -1 | awk '{print $4}')
+    rtt=$(grep -o 'Average round trip delay [0-9.]*' <<<"$out" | tail -1 | awk '{print $5}')
+    crossed=$(grep -o 'relayed_cross_shard: [0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
+    printf '%-8s %5s %6s %6s %9s %8s %8s %6s %9s %11s  load %s -> %s\n' "$mode" "$round" \
+        "${sent:-0}" "${recvd:-0}" "${lost:-?}" "${rtt:-?}" "$((t1 - t0))" "${sys:-?}" "${cs:-?}" \
+        "$crossed" "$l0" "$l1" | tee -a "$OUT"
+}
+
+printf '%-8s %5s %6s %6s %9s %8s %8s %6s %9s %11s\n' mode round sent recv lost rtt_ms ticks \
+    syscalls ctx_sw cross_shard | tee -a "$OUT"
+for round in $(seq "$ROUNDS"); do
+    for mode in $MODES; do
+        run "$mode" "$round"
+    done
+done
+echo "results: $OUT"
