@@ -143,8 +143,16 @@ wait_listening() {
     return 1
 }
 
+SERVER_RUN=0
 start_server() { # name
-    local log="target/bench-xdp-server-$1.log"
+    # The previous server's port must be free, or the readiness check below would see it.
+    for _ in $(seq 50); do
+        ip netns exec "$RELAY" ss -Hlun "sport = :3478" | grep -q . || break
+        sleep 0.1
+    done
+    SERVER_RUN=$((SERVER_RUN + 1))
+    local log="target/bench-xdp-server-$SERVER_RUN-$1.log"
+    SERVER_LOG=$log
     local common=(--listening-ip 192.0.2.1 --relay-ip 198.51.100.1 --listening-port 3478
         --min-port 20000 --max-port 59999 --realm example.org --user alice:secret
         --lt-cred-mech --allowed-peer-ip 198.51.100.20)
@@ -189,7 +197,12 @@ run() { # server extra...
         --user alice:secret --allocations "$ALLOCATIONS" --size "$SIZE" \
         --duration "$DURATION" --warmup 1 --cores "$LOAD_CORE" "${pid[@]}" --label "$server" \
         --json --quiet "$@" >>"$OUT"; then
-        echo "bench-xdp.sh: $server failed" >&2
+        local alive=""
+        if [ -n "$SERVER_PID" ]; then
+            if kill -0 "$SERVER_PID" 2>/dev/null; then alive=" (server still running"; else alive=" (server exited"; fi
+            alive="$alive; its log: $SERVER_LOG)"
+        fi
+        echo "bench-xdp.sh: $server failed$alive" >&2
     fi
     stop_server
 }

@@ -235,3 +235,32 @@ fn a_draining_server_sends_coturns_uclient_to_the_alternate_server() {
     other.signal("INT");
     assert_eq!(other.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A stopped server leaves its ports free the moment it has exited, so a restart (systemd,
+/// a rolling update) can bind them at once: the listening UDP and TCP port and the relay
+/// port of an allocation. On io_uring the ring's registered file table holds a reference
+/// to every socket until the kernel tears the ring down, in a worker after the exit; the
+/// shard drops the table before it returns.
+#[test]
+fn a_stopped_server_leaves_its_ports_free_at_once() {
+    for backend in ["io-uring", "portable"] {
+        for round in 0..3 {
+            let mut uturn = Uturn::start(backend, &["--allow-loopback-peers"]);
+            let addr = uturn.addr();
+            let mut c = Client::connect(addr, "alice", "secret").unwrap();
+            let relay = c.allocate(None).expect("allocate");
+            assert_eq!(uturn.stop(), Some(0), "{backend}: exit status");
+            let taken = |what: &str, r: std::io::Result<()>| {
+                if let Err(e) = r {
+                    panic!("{backend}, round {round}: {what} still in use after exit: {e}");
+                }
+            };
+            taken("listening UDP port", UdpSocket::bind(addr).map(drop));
+            taken(
+                "listening TCP port",
+                std::net::TcpListener::bind(addr).map(drop),
+            );
+            taken("relay port", UdpSocket::bind(relay).map(drop));
+        }
+    }
+}

@@ -107,6 +107,18 @@ impl Io {
         }
     }
 
+    /// Drops the registered file table at shutdown. The kernel tears a ring down in a
+    /// worker after the process has exited, and the table's references would keep every
+    /// listening and relay socket bound until then: a restarted server would find its
+    /// port in use. Without the table the sockets close with their descriptors.
+    pub fn unregister_files(&mut self) {
+        if self.files.take().is_some() {
+            if let Err(e) = self.ring.submitter().unregister_files() {
+                tracing::warn!("unregistering the file table at shutdown: {e}");
+            }
+        }
+    }
+
     /// Test: a registered file table is in use.
     #[cfg(test)]
     pub fn fixed_files(&self) -> bool {

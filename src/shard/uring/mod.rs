@@ -355,6 +355,7 @@ impl Shard {
         } else {
             let _ = self.io.submit();
         }
+        self.io.unregister_files();
         result
     }
 
