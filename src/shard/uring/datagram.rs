@@ -206,26 +206,13 @@ pub(super) fn to_client(
     action: PeerAction,
     buf: &[u8],
 ) -> Option<UdpSend> {
-    match action {
-        PeerAction::ToClient {
-            local,
-            client,
-            range,
-            transport,
-        } if transport.is_stream() => {
+    match destination(io, action)? {
+        (Dest::Stream((local, client)), offset, len) => {
             if let Some(s) = streams {
-                s.send_to_client(local, client, &buf[range]);
+                s.send_to_client(local, client, &buf[offset..offset + len]);
             }
             None
         }
-        PeerAction::ToClient {
-            local,
-            client,
-            range,
-            ..
-        } => io
-            .listener_for(local)
-            .map(|fd| (fd, client, range.start, range.len())),
-        PeerAction::Drop => None,
+        (Dest::Udp(via, client), offset, len) => Some((via, client, offset, len)),
     }
 }
