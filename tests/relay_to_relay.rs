@@ -22,6 +22,39 @@ fn next(client: &mut Client) -> Incoming {
         .expect("a relayed datagram")
 }
 
+/// A (channel 0x4000 bound to B's relay) and B (relay address `ra` of A not yet
+/// permitted): B permits A's relay, then a ChannelData of A reaches B as a Data
+/// indication, over B's channel 0x4001 as ChannelData, and B's Send indication back
+/// reaches A on its channel: three datagrams handed over, one each way at least.
+fn after_permission(a: &mut Client, b: &mut Client, ra: SocketAddr) {
+    b.create_permission(&[ra]).unwrap();
+    a.send_channel_data(0x4000, b"after permission").unwrap();
+    assert_eq!(
+        next(b),
+        Incoming::Data {
+            peer: ra,
+            data: b"after permission".to_vec()
+        }
+    );
+    b.channel_bind(0x4001, ra).unwrap();
+    a.send_channel_data(0x4000, b"over a channel").unwrap();
+    assert_eq!(
+        next(b),
+        Incoming::ChannelData {
+            channel: 0x4001,
+            data: b"over a channel".to_vec()
+        }
+    );
+    b.send_indication(ra, b"back to a").unwrap();
+    assert_eq!(
+        next(a),
+        Incoming::ChannelData {
+            channel: 0x4000,
+            data: b"back to a".to_vec()
+        }
+    );
+}
+
 #[test]
 fn allocations_of_one_shard_relay_to_each_other_in_process() {
     let config = loopback_config(1, |c| c.backend = Backend::IoUring);
@@ -37,34 +70,8 @@ fn allocations_of_one_shard_relay_to_each_other_in_process() {
     // allocation (the check a datagram through the kernel would meet).
     a.channel_bind(0x4000, rb).unwrap();
     a.send_channel_data(0x4000, b"before permission").unwrap();
-    b.create_permission(&[ra]).unwrap();
-    a.send_channel_data(0x4000, b"after permission").unwrap();
     // In order on one shard: had the first arrived, it would come first.
-    assert_eq!(
-        next(&mut b),
-        Incoming::Data {
-            peer: ra,
-            data: b"after permission".to_vec()
-        }
-    );
-    // With a channel, as ChannelData; and the other way, a Send indication to A's relay.
-    b.channel_bind(0x4001, ra).unwrap();
-    a.send_channel_data(0x4000, b"over a channel").unwrap();
-    assert_eq!(
-        next(&mut b),
-        Incoming::ChannelData {
-            channel: 0x4001,
-            data: b"over a channel".to_vec()
-        }
-    );
-    b.send_indication(ra, b"back to a").unwrap();
-    assert_eq!(
-        next(&mut a),
-        Incoming::ChannelData {
-            channel: 0x4000,
-            data: b"back to a".to_vec()
-        }
-    );
+    after_permission(&mut a, &mut b, ra);
 
     let reports = running.stop();
     let io = &reports[0].io;
@@ -152,33 +159,7 @@ fn allocations_of_two_shards_relay_to_each_other_through_the_shards_queue() {
         Duration::from_secs(5),
         || dropped_at_b(&running) == before + 1,
     );
-    b.create_permission(&[ra]).unwrap();
-    a.send_channel_data(0x4000, b"after permission").unwrap();
-    assert_eq!(
-        next(&mut b),
-        Incoming::Data {
-            peer: ra,
-            data: b"after permission".to_vec()
-        }
-    );
-    b.channel_bind(0x4001, ra).unwrap();
-    a.send_channel_data(0x4000, b"over a channel").unwrap();
-    assert_eq!(
-        next(&mut b),
-        Incoming::ChannelData {
-            channel: 0x4001,
-            data: b"over a channel".to_vec()
-        }
-    );
-    // The other way, a Send indication to A's relay, arriving as ChannelData.
-    b.send_indication(ra, b"back to a").unwrap();
-    assert_eq!(
-        next(&mut a),
-        Incoming::ChannelData {
-            channel: 0x4000,
-            data: b"back to a".to_vec()
-        }
-    );
+    after_permission(&mut a, &mut b, ra);
     // The metrics endpoint's view, per shard, before the stop.
     wait_for(
         "the metrics of the last turn",
