@@ -220,9 +220,18 @@ fn try_setup_one(spec: &Spec, i: usize, peer: SocketAddr) -> Result<Alloc, Strin
 
 /// Sets up every allocation with `setup_threads` threads; returns them and the time taken.
 pub fn setup(spec: &Spec, peers: &[SocketAddr]) -> Result<(Vec<Alloc>, Duration), String> {
+    set_up_in_parallel(spec, |i| setup_one(spec, i, peers[i % peers.len()]))
+}
+
+/// Runs `one(i)` for every allocation `i` on `setup_threads` threads, stopping at the first
+/// failure; returns the results in allocation order and the time taken.
+pub fn set_up_in_parallel<T: Send>(
+    spec: &Spec,
+    one: impl Fn(usize) -> Result<T, String> + Sync,
+) -> Result<(Vec<T>, Duration), String> {
     let begin = Instant::now();
     let next = AtomicU64::new(0);
-    let done: Mutex<Vec<(usize, Alloc)>> = Mutex::new(Vec::with_capacity(spec.allocations));
+    let done: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::with_capacity(spec.allocations));
     let failure: Mutex<Option<String>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..spec.setup_threads.clamp(1, 64) {
@@ -231,7 +240,7 @@ pub fn setup(spec: &Spec, peers: &[SocketAddr]) -> Result<(Vec<Alloc>, Duration)
                 if i >= spec.allocations || failure.lock().unwrap().is_some() {
                     return;
                 }
-                match setup_one(spec, i, peers[i % peers.len()]) {
+                match one(i) {
                     Ok(a) => done.lock().unwrap().push((i, a)),
                     Err(e) => {
                         *failure.lock().unwrap() = Some(format!("allocation {i}: {e}"));

@@ -7,16 +7,15 @@
 //! server's certificate unless given a CA (these are loopback benches against self-signed
 //! certificates), or grow a connection's queue without bound.
 
-use crate::load::{Mode, Spec, STAMP};
+use crate::load::{set_up_in_parallel, Mode, Spec, STAMP};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use uturn::stun::framing::Reassembler;
 use uturn::stun::{
     self, long_term_key, ChannelData, Class, LongTermKey, Message, MessageBuilder, Method,
@@ -399,31 +398,5 @@ pub fn setup(
         _ => None,
     };
     let tls = config.as_ref().map(|c| (c, trust.name.as_str()));
-    let begin = Instant::now();
-    let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<(usize, Conn)>> = Mutex::new(Vec::with_capacity(spec.allocations));
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..spec.setup_threads.clamp(1, 64) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= spec.allocations || failure.lock().unwrap().is_some() {
-                    return;
-                }
-                match setup_one(spec, i, peers[i % peers.len()], tls) {
-                    Ok(c) => done.lock().unwrap().push((i, c)),
-                    Err(e) => {
-                        *failure.lock().unwrap() = Some(format!("allocation {i}: {e}"));
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e);
-    }
-    let mut all = done.into_inner().unwrap();
-    all.sort_by_key(|(i, _)| *i);
-    Ok((all.into_iter().map(|(_, c)| c).collect(), begin.elapsed()))
+    set_up_in_parallel(spec, |i| setup_one(spec, i, peers[i % peers.len()], tls))
 }
