@@ -9,7 +9,7 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use uturn::client::Client;
@@ -71,18 +71,7 @@ fn relay(backend: Backend) -> u64 {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
 
-    let mut channel_data = [0x5au8; 4 + 160];
-    channel_data[..4].copy_from_slice(&[0x40, 0x00, 0, 160]);
-    let payload = [0x5au8; 160];
-    let mut send_indication = Vec::new();
-    MessageBuilder::new(
-        &mut send_indication,
-        Class::Indication,
-        Method::SEND,
-        &[7; 12],
-    )
-    .add_xor_address(stun::XOR_PEER_ADDRESS, peer2_addr)
-    .add(stun::DATA, &payload);
+    let (channel_data, payload, send_indication) = frames(peer2_addr);
     let mut buf = [0u8; 2048];
     let mut buf2 = [0u8; 2048];
     // Windows of 16 packets each way, so the shard sees batches as under real load.
@@ -169,18 +158,7 @@ fn cross_shard() -> u64 {
     for s in [&sa, &sb] {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     }
-    let mut channel_data = [0x5au8; 4 + 160];
-    channel_data[..4].copy_from_slice(&[0x40, 0x00, 0, 160]);
-    let payload = [0x5au8; 160];
-    let mut send_indication = Vec::new();
-    MessageBuilder::new(
-        &mut send_indication,
-        Class::Indication,
-        Method::SEND,
-        &[7; 12],
-    )
-    .add_xor_address(stun::XOR_PEER_ADDRESS, ra)
-    .add(stun::DATA, &payload);
+    let (channel_data, payload, send_indication) = frames(ra);
     let mut buf = [0u8; 2048];
     let mut round_trip = |count: usize| {
         for _ in 0..count / WINDOW {
@@ -231,4 +209,22 @@ fn forwarding_allocates_nothing_on_either_backend() {
         2 * INDICATIONS_EACH_WAY,
         2 * CROSS_SHARD_EACH_WAY
     );
+}
+
+/// The datagrams a client sends: ChannelData on channel 0x4000 with 160 bytes, those 160
+/// bytes, and a Send indication carrying them to `peer`.
+fn frames(peer: SocketAddr) -> ([u8; 4 + 160], [u8; 160], Vec<u8>) {
+    let mut channel_data = [0x5au8; 4 + 160];
+    channel_data[..4].copy_from_slice(&[0x40, 0x00, 0, 160]);
+    let payload = [0x5au8; 160];
+    let mut send_indication = Vec::new();
+    MessageBuilder::new(
+        &mut send_indication,
+        Class::Indication,
+        Method::SEND,
+        &[7; 12],
+    )
+    .add_xor_address(stun::XOR_PEER_ADDRESS, peer)
+    .add(stun::DATA, &payload);
+    (channel_data, payload, send_indication)
 }
