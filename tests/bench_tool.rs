@@ -213,13 +213,7 @@ fn ip(args: &[&str]) -> String {
 /// test fails saying so, it is never skipped.
 #[test]
 fn echo_peers_in_another_network_namespace() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
-        "NOT RUN: this test needs root (it creates network namespaces)"
-    );
+    uturn::testing::netns::require_root("it creates network namespaces");
     let pid = std::process::id();
     let (client, peer) = (format!("uturn-bt-c-{pid}"), format!("uturn-bt-p-{pid}"));
     let _namespaces = Namespaces(vec![client.clone(), peer.clone()]);

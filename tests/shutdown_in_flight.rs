@@ -13,35 +13,9 @@
 mod common;
 use common::{wait_quiescent, Launch, Uturn};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 use uturn::client::{decode_incoming, Client, Incoming};
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (this test needs iproute2)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    assert_eq!(
-        euid,
-        Some("0"),
-        "NOT RUN: this test needs root (a network namespace and a qdisc on its loopback)"
-    );
-}
+use uturn::testing::netns::{require_root, run};
 
 /// Send and receive queue bytes of the UDP socket bound at `addr`, in the namespace of the
 /// calling thread (`tx_queue:rx_queue` of /proc/thread-self/net/udp).
@@ -107,7 +81,7 @@ fn intact_arrivals(socket: &UdpSocket, until: std::time::Instant) -> usize {
 /// exits 0. The datagrams that reach the client, before and after the exit, are intact.
 #[test]
 fn sigterm_with_sends_held_in_flight_leaks_them_and_exits_0() {
-    require_root();
+    require_root("a network namespace and a qdisc on its loopback");
     std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET) (this test needs root)");

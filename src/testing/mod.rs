@@ -20,6 +20,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod netns;
 pub mod tls;
 
 /// The realm of every simulated server.

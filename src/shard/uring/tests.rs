@@ -5,6 +5,7 @@
 //! nothing from the ephemeral ports of 127.0.0.1 that other tests use.
 
 use super::*;
+use crate::testing::netns::{in_own_netns, run};
 use crate::turn::RelaySockets;
 use std::net::UdpSocket;
 use std::os::fd::BorrowedFd;
@@ -251,44 +252,6 @@ fn a_recheck_rearms_a_receive_whose_end_was_lost() {
             .any(|e| Op::decode(e.user_data()) == Some(op) && e.result() > 0);
     }
     assert!(got, "the receive works again");
-}
-
-/// Runs `cmd ARGS` (in the calling thread's network namespace) and waits for success.
-fn run(cmd: &str, args: &[&str]) {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (this test needs iproute2)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `test` on a thread of its own in a fresh, unnamed network namespace (only that
-/// thread and the commands it starts are in it; the kernel deletes it when the thread and
-/// its sockets are gone, also when the test fails). Fails loudly without root.
-fn in_own_netns(test: impl FnOnce() + Send + 'static) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    assert_eq!(
-        euid,
-        Some("0"),
-        "NOT RUN: this test needs root (a network namespace and a qdisc on its loopback)"
-    );
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) (this test needs root)");
-        run("ip", &["link", "set", "lo", "up"]);
-        test()
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p));
 }
 
 /// The payload of test send `i`: recognisable in every byte.
