@@ -9,6 +9,10 @@
 //!   kernel to copy in);
 //! - `zerocopy`: `SendMsgZc` of the same bytes (a second completion per send tells when
 //!   the kernel let go of them);
+//! - `zc send` and `zc send+fixed buffer`: `IORING_OP_SEND_ZC` with the address in the
+//!   entry, from plain memory and from a registered buffer (`IORING_RECVSEND_FIXED_BUF`;
+//!   only the zero-copy sends take registered buffers, a plain send copies the bytes in
+//!   either way);
 //! - `gso`: one `UDP_SEGMENT` send of `--segments` datagrams, per datagram.
 //!
 //! And, for UDP GRO: what a receive of GSO bursts costs per datagram with `UDP_GRO` on
@@ -88,6 +92,8 @@ enum Variant {
     Fixed,
     SendTo,
     ZeroCopy,
+    ZeroCopySend,
+    ZeroCopyFixed,
     Gso,
 }
 
@@ -105,14 +111,14 @@ fn sends(variant: Variant, to: SocketAddr, sends: usize, size: usize, segments: 
     if variant == Variant::Connected {
         socket.connect(to).unwrap();
     }
+    let per_send = if variant == Variant::Gso { segments } else { 1 };
+    let payload = vec![7u8; size * per_send];
     let mut ring = IoUring::new(256).unwrap();
     if variant == Variant::Fixed {
         ring.submitter()
             .register_files(&[socket.as_raw_fd()])
             .unwrap();
     }
-    let per_send = if variant == Variant::Gso { segments } else { 1 };
-    let payload = vec![7u8; size * per_send];
     let addr = socket2::SockAddr::from(to);
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
@@ -139,6 +145,18 @@ fn sends(variant: Variant, to: SocketAddr, sends: usize, size: usize, segments: 
         msg.msg_control = (&mut control as *mut SegmentControl).cast();
         msg.msg_controllen = std::mem::size_of::<SegmentControl>() as _;
     }
+    if variant == Variant::ZeroCopyFixed {
+        // SAFETY: `payload` is declared before the ring, so it outlives it (locals drop in
+        // reverse order), and it is neither moved nor resized while registered.
+        unsafe {
+            ring.submitter()
+                .register_buffers(&[libc::iovec {
+                    iov_base: payload.as_ptr() as *mut libc::c_void,
+                    iov_len: payload.len(),
+                }])
+                .unwrap()
+        };
+    }
     let fd = socket.as_raw_fd();
     let calls = sends / per_send;
     let start = thread_cpu_ns();
@@ -159,6 +177,15 @@ fn sends(variant: Variant, to: SocketAddr, sends: usize, size: usize, segments: 
                     expect += 1;
                     opcode::SendMsgZc::new(Fd(fd), &msg).build()
                 }
+                Variant::ZeroCopySend | Variant::ZeroCopyFixed => {
+                    expect += 1;
+                    let fixed = (variant == Variant::ZeroCopyFixed).then_some(0);
+                    opcode::SendZc::new(Fd(fd), payload.as_ptr(), payload.len() as u32)
+                        .buf_index(fixed)
+                        .dest_addr(addr.as_ptr().cast())
+                        .dest_addr_len(addr.len())
+                        .build()
+                }
                 _ => opcode::SendMsg::new(Fd(fd), &msg).build(),
             };
             // SAFETY: `msg` and what it points to live until the completions are reaped
@@ -171,8 +198,10 @@ fn sends(variant: Variant, to: SocketAddr, sends: usize, size: usize, segments: 
             for e in ring.completion() {
                 seen += 1;
                 // A zero-copy send posts its notification only if the result said more.
-                if variant == Variant::ZeroCopy
-                    && !cqueue::notif(e.flags())
+                if matches!(
+                    variant,
+                    Variant::ZeroCopy | Variant::ZeroCopySend | Variant::ZeroCopyFixed
+                ) && !cqueue::notif(e.flags())
                     && !cqueue::more(e.flags())
                 {
                     seen += 1;
@@ -284,6 +313,12 @@ fn main() {
         (format!("{size} B send+address"), Variant::SendTo, size),
         (format!("{big} B unconnected"), Variant::Unconnected, big),
         (format!("{big} B zero-copy"), Variant::ZeroCopy, big),
+        (format!("{big} B zc send"), Variant::ZeroCopySend, big),
+        (
+            format!("{big} B zc send+fixed"),
+            Variant::ZeroCopyFixed,
+            big,
+        ),
         (format!("{big} B GSO x{segments}"), Variant::Gso, big),
     ];
     let mut samples = vec![Vec::new(); variants.len()];
