@@ -28,7 +28,8 @@
 #      SAT_BATCH (4), BURST (8-16), UCLIENT ("-m 50 -n 2000 -l 170 -z 1"), SERVERS
 #      (space-separated subset of: uturn-io-uring uturn-portable coturn null direct
 #      turn-rs; turn-rs takes part in the uclient phase only, at its default of one worker
-#      thread per core, and is skipped with a NOT RUN line unless installed:
+#      thread per core (TURN_RS_THREADS to change), and is skipped with a NOT RUN line
+#      unless installed:
 #      cargo install turn-server --locked --no-default-features --features udp \
 #        --root target/turn-rs          (or TURN_RS=/path/to/turn-server)),
 #      UTURN_ARGS (extra options for every uturn run, e.g. "--batch-wait-us 0"),
@@ -147,7 +148,7 @@ start_server() { # name
 [server]
 realm = "example.org"
 port-range = "49152..65535"
-max-threads = $(nproc)
+max-threads = ${TURN_RS_THREADS:-$(nproc)}
 [[server.interfaces]]
 transport = "udp"
 listen = "127.0.0.1:$PORT"
