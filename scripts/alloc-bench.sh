@@ -19,7 +19,7 @@ COUNTS=()
 for a in "$@"; do
     case "$a" in
         --coturn) WITH_COTURN=1 ;;
-        -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
         *) COUNTS+=("$a") ;;
     esac
 done

@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         --no-uclient) UCLIENT_RUNS=0 ;;
         # The namespace topology with uturn's XDP offload: its own script.
         --xdp) shift; exec "$(dirname "$0")/bench-xdp.sh" "$@" ;;
-        -h|--help) sed -n 2,30p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,37p "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
