@@ -15,7 +15,9 @@
 #
 # usage: scripts/handoff-bench.sh [ROUNDS (2)] [MODES ("ring eventfd off one")]
 # env: UCLIENT ("-m 50 -n 2000 -l 170 -z 1 -y"), OUT (target/handoff-bench-DATE.txt),
-#      RECORD=1: also `perf record -g` the server, into target/handoff-bench-MODE-ROUND.data
+#      RECORD=1: also `perf record -g` the server, into target/handoff-bench-MODE-ROUND.data,
+#      UTURN_B=path: a second build; a mode ending in -b (e.g. ring-b) runs it
+# Modes also: waitN (--batch-wait-us N), coresLIST (--cores LIST).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
@@ -39,7 +41,11 @@ trap cleanup EXIT INT TERM
 ticks() { awk '{sub(/.*\) /, ""); print $12+$13}' "/proc/$1/stat"; }
 
 run() { # mode round
-    local mode=$1 round=$2 extra=() env=()
+    local mode=$1 round=$2 extra=() env=() bin=target/release/uturn
+    if [[ "$mode" == *-b ]]; then
+        bin=${UTURN_B:?a -b mode needs UTURN_B}
+        mode=${mode%-b}
+    fi
     case "$mode" in
         ring) ;;
         eventfd) env=(UTURN_TEST_HANDOFF_EVENTFD=true) ;;
@@ -60,7 +66,7 @@ while True:
         pass
 ")
     local log="target/handoff-bench-server-$mode.log" stat="target/handoff-bench-perf-$mode.txt"
-    env "${env[@]}" target/release/uturn --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
+    env "${env[@]}" "$bin" --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
         --listening-port "$port" --min-port 20000 --max-port 39999 --realm example.org \
         --user alice:secret --lt-cred-mech --allow-loopback-peers --no-tcp --no-tls \
         --log-level info "${extra[@]}" >"$log" 2>&1 &
@@ -105,6 +111,7 @@ while True:
     rtt=$(grep -o 'Average round trip delay [0-9.]*' <<<"$out" | tail -1 | awk '{print $5}')
     crossed=$(grep -o 'relayed_cross_shard: [0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
     per() { awk -v a="${1:-0}" -v n="${recvd:-0}" -v k="${2:-1}" 'BEGIN { if (n > 0) printf "%.3f", a * k / n; else print "?" }'; }
+    [ "$bin" = target/release/uturn ] || mode=$mode-b
     printf '%-8s %5s %6s %6s %5s %7s %5s %8s %7s %7s %7s %7s %7s  load %s -> %s\n' "$mode" "$round" \
         "${sent:-0}" "${recvd:-0}" "${lost:-?}" "${rtt:-?}" "$((t1 - t0))" "$(per "$clock" 1000)" \
         "$(per "$sys")" "$(per "$cs")" "$(per "$rings")" "$(per "$wakeups")" "$(per "$crossed")" \
