@@ -80,8 +80,13 @@ start() { # uturn|coturn
 
 SERVERS=(uturn)
 [ "$WITH_COTURN" -eq 1 ] && SERVERS+=(coturn)
-printf '%-7s %8s %12s %14s %14s %12s\n' server allocs "allocs/s" "RSS before KiB" "RSS after KiB" "bytes/alloc"
+# marginal: the growth from the previous count of the same server to this one, per added
+# allocation: what an allocation costs once the fixed parts (the provided buffers a shard
+# touches as its first few thousand requests arrive, the rings) are paid.
+printf '%-7s %8s %12s %14s %14s %12s %14s\n' server allocs "allocs/s" "RSS before KiB" "RSS after KiB" \
+    "bytes/alloc" "marginal B/al"
 for server in "${SERVERS[@]}"; do
+    prev=""
     for n in "${COUNTS[@]}"; do
         [ "$n" = max ] && n=$(($(ulimit -n) - 300))
         # The server holds one relay socket per allocation, the load one client socket.
@@ -100,8 +105,16 @@ for server in "${SERVERS[@]}"; do
         python3 -c '
 import json, sys
 r = json.loads(sys.argv[2])
-cols = [sys.argv[1], r["allocations"], round(r["allocs_per_s"]), r["rss_before_kib"], r["rss_after_kib"], r["bytes_per_allocation"]]
-print("%-7s %8s %12s %14s %14s %12s" % tuple(cols))
-' "$server" "$line"
+marginal = "-"
+if sys.argv[3]:
+    p = json.loads(sys.argv[3])
+    grew = (r["rss_after_kib"] - r["rss_before_kib"]) - (p["rss_after_kib"] - p["rss_before_kib"])
+    if r["allocations"] > p["allocations"]:
+        marginal = round(grew * 1024 / (r["allocations"] - p["allocations"]))
+cols = [sys.argv[1], r["allocations"], round(r["allocs_per_s"]), r["rss_before_kib"], r["rss_after_kib"],
+        r["bytes_per_allocation"], marginal]
+print("%-7s %8s %12s %14s %14s %12s %14s" % tuple(cols))
+' "$server" "$line" "$prev"
+        prev=$line
     done
 done
