@@ -17,7 +17,8 @@
 # env: UCLIENT ("-m 50 -n 2000 -l 170 -z 1 -y"), OUT (target/handoff-bench-DATE.txt),
 #      RECORD=1: also `perf record -g` the server, into target/handoff-bench-MODE-ROUND.data,
 #      UTURN_B=path: a second build; a mode ending in -b (e.g. ring-b) runs it
-# Modes also: waitN (--batch-wait-us N), coresLIST (--cores LIST).
+# Modes also: waitN (--batch-wait-us N), coresLIST (--cores LIST), turn-rs (turn-rs at its
+# defaults, as scripts/bench.sh runs it; its own drops show in lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
@@ -41,7 +42,7 @@ trap cleanup EXIT INT TERM
 ticks() { awk '{sub(/.*\) /, ""); print $12+$13}' "/proc/$1/stat"; }
 
 run() { # mode round
-    local mode=$1 round=$2 extra=() env=() bin=target/release/uturn
+    local mode=$1 round=$2 extra=() env=() bin=target/release/uturn label=$1
     if [[ "$mode" == *-b ]]; then
         bin=${UTURN_B:?a -b mode needs UTURN_B}
         mode=${mode%-b}
@@ -53,6 +54,7 @@ run() { # mode round
         one) extra=(--cores 0) ;;
         wait*) extra=(--batch-wait-us "${mode#wait}") ;;
         cores*) extra=(--cores "${mode#cores}") ;;
+        turn-rs) bin=${TURN_RS:-target/turn-rs/bin/turn-server} ;;
         *) echo "handoff-bench.sh: unknown mode $mode" >&2; exit 2 ;;
     esac
     local port
@@ -66,10 +68,18 @@ while True:
         pass
 ")
     local log="target/handoff-bench-server-$mode.log" stat="target/handoff-bench-perf-$mode.txt"
-    env "${env[@]}" "$bin" --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
-        --listening-port "$port" --min-port 20000 --max-port 39999 --realm example.org \
-        --user alice:secret --lt-cred-mech --allow-loopback-peers --no-tcp --no-tls \
-        --log-level info "${extra[@]}" >"$log" 2>&1 &
+    if [ "$mode" = turn-rs ]; then
+        [ -x "$bin" ] || { echo "handoff-bench.sh: turn-rs NOT RUN: $bin not found (see scripts/bench.sh --help)" >&2; return 0; }
+        # As scripts/bench.sh runs it: its defaults, one worker per core.
+        printf '[server]\nrealm = "example.org"\nport-range = "49152..65535"\nmax-threads = %s\n[[server.interfaces]]\ntransport = "udp"\nlisten = "127.0.0.1:%s"\nexternal = "127.0.0.1:%s"\n[log]\nlevel = "warn"\nstdout = true\n[auth]\nenable-hooks-auth = false\n[auth.static-credentials]\nalice = "secret"\n' \
+            "$(nproc)" "$port" "$port" >target/handoff-bench-turn-rs.toml
+        "$bin" --config target/handoff-bench-turn-rs.toml >"$log" 2>&1 &
+    else
+        env "${env[@]}" "$bin" --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 \
+            --listening-port "$port" --min-port 20000 --max-port 39999 --realm example.org \
+            --user alice:secret --lt-cred-mech --allow-loopback-peers --no-tcp --no-tls \
+            --log-level info "${extra[@]}" >"$log" 2>&1 &
+    fi
     SRV=$!
     turnutils_peer -L 127.0.0.1 -p $((port + 1)) >/dev/null 2>&1 &
     PEER=$!
@@ -109,10 +119,9 @@ while True:
     recvd=$(grep -o 'tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
     lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | tail -1 | awk '{print $4}')
     rtt=$(grep -o 'Average round trip delay [0-9.]*' <<<"$out" | tail -1 | awk '{print $5}')
-    crossed=$(grep -o 'relayed_cross_shard: [0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
+    crossed=$( (grep -o 'relayed_cross_shard: [0-9]*' "$log" || true) | awk '{s += $2} END {print s + 0}')
     per() { awk -v a="${1:-0}" -v n="${recvd:-0}" -v k="${2:-1}" 'BEGIN { if (n > 0) printf "%.3f", a * k / n; else print "?" }'; }
-    [ "$bin" = target/release/uturn ] || mode=$mode-b
-    printf '%-8s %5s %6s %6s %5s %7s %5s %8s %7s %7s %7s %7s %7s  load %s -> %s\n' "$mode" "$round" \
+    printf '%-8s %5s %6s %6s %5s %7s %5s %8s %7s %7s %7s %7s %7s  load %s -> %s\n' "$label" "$round" \
         "${sent:-0}" "${recvd:-0}" "${lost:-?}" "${rtt:-?}" "$((t1 - t0))" "$(per "$clock" 1000)" \
         "$(per "$sys")" "$(per "$cs")" "$(per "$rings")" "$(per "$wakeups")" "$(per "$crossed")" \
         "$l0" "$l1" | tee -a "$OUT"
