@@ -10,7 +10,9 @@
 # the direct run: what relaying costs beyond delivering the same datagrams at all.
 # Then a video-like load (frames of 8-16 datagrams per allocation back to back), and the
 # third-party load: coturn's turnutils_uclient through turnutils_peer against uturn and
-# coturn, both at their defaults (no pinning), plain and with -y (client to client).
+# coturn, both at their defaults (no pinning), plain and with -y (client to client); with
+# turn-rs in SERVERS, turn-rs too (with -y only: it has no real relay sockets, so it refuses
+# a peer that is not one of its own clients' relay addresses; ChannelBind 403).
 # Prints the tables with ratios and keeps the raw JSON lines.
 #
 # usage: scripts/bench.sh [--quick] [--out FILE] [--no-uclient] | --xdp [--out FILE]
@@ -24,7 +26,12 @@
 #                generator's own ceiling (direct and null at saturation), uclient (about 25 min)
 # env: SERVER_CORE (0), LOAD_CORE (1), RATE (20000 round trips/s in all), DURATION (5 s),
 #      SAT_BATCH (4), BURST (8-16), UCLIENT ("-m 50 -n 2000 -l 170 -z 1"), SERVERS
-#      (space-separated subset of: uturn-io-uring uturn-portable coturn null direct),
+#      (space-separated subset of: uturn-io-uring uturn-portable coturn null direct
+#      turn-rs; turn-rs takes part in the uclient phase only, at its default of one worker
+#      thread per core (TURN_RS_THREADS to change), and is skipped with a NOT RUN line
+#      unless installed:
+#      cargo install turn-server --locked --no-default-features --features udp \
+#        --root target/turn-rs          (or TURN_RS=/path/to/turn-server)),
 #      UTURN_ARGS (extra options for every uturn run, e.g. "--batch-wait-us 0"),
 #      PHASES (space-separated subset of: fixed bursty saturation uclient; default all,
 #      --quick: fixed bursty uclient), SAT_SCENARIOS (50x170 1000x1200: allocations x bytes)
@@ -41,7 +48,7 @@ while [ $# -gt 0 ]; do
         --no-uclient) UCLIENT_RUNS=0 ;;
         # The namespace topology with uturn's XDP offload: its own script.
         --xdp) shift; exec "$(dirname "$0")/bench-xdp.sh" "$@" ;;
-        -h|--help) sed -n 2,30p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,37p "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -71,6 +78,7 @@ while True:
 ")}
 MIN_PORT=20000
 MAX_PORT=59999
+TURN_RS=${TURN_RS:-target/turn-rs/bin/turn-server}
 OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
 
 command -v turnserver >/dev/null || { echo "bench.sh: turnserver not found: apt-get install coturn" >&2; exit 1; }
@@ -133,6 +141,28 @@ start_server() { # name
             taskset -c "$SERVER_CORE" "$BENCH" forward --listen "127.0.0.1:$PORT" --cores "$SERVER_CORE" >"$log" 2>&1 &
             ;;
         direct) return 0 ;;
+        # turn-rs (crates.io turn-server) at its defaults: one tokio worker per core, static
+        # long-term credentials; its relay ports are virtual (no sockets), 49152-65535.
+        turn-rs)
+            cat >target/bench-turn-rs.toml <<CONF
+[server]
+realm = "example.org"
+port-range = "49152..65535"
+max-threads = ${TURN_RS_THREADS:-$(nproc)}
+[[server.interfaces]]
+transport = "udp"
+listen = "127.0.0.1:$PORT"
+external = "127.0.0.1:$PORT"
+[log]
+level = "warn"
+stdout = true
+[auth]
+enable-hooks-auth = false
+[auth.static-credentials]
+alice = "secret"
+CONF
+            "$TURN_RS" --config target/bench-turn-rs.toml >"$log" 2>&1 &
+            ;;
         # At their defaults: uturn one shard per core, coturn its default relay threads.
         default-uturn)
             "$UTURN" --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
@@ -202,6 +232,23 @@ uclient_run() { # server extra-uclient-args...
 }
 
 read -r -a SERVERS <<<"${SERVERS:-uturn-io-uring uturn-portable coturn null direct}"
+# turn-rs only relays between its own clients: not a server of the uturn-bench phases (their
+# peers are echo sockets), one of the uclient phase's with -y.
+UCLIENT_TURN_RS=0
+LOAD_SERVERS=()
+for server in "${SERVERS[@]}"; do
+    if [ "$server" = turn-rs ]; then
+        if [ -x "$TURN_RS" ]; then
+            UCLIENT_TURN_RS=1
+        else
+            echo "bench.sh: turn-rs NOT RUN: $TURN_RS not found; install it with" >&2
+            echo "  cargo install turn-server --locked --no-default-features --features udp --root target/turn-rs" >&2
+        fi
+    else
+        LOAD_SERVERS+=("$server")
+    fi
+done
+SERVERS=("${LOAD_SERVERS[@]}")
 if [ "$QUICK" -eq 1 ]; then
     ALLOCS=(50 1000); SIZES=(170); BURSTY=(50)
     PHASES=${PHASES:-fixed bursty uclient}
@@ -238,7 +285,15 @@ fi
 if phase uclient; then
     command -v turnutils_uclient >/dev/null || { echo "bench.sh: turnutils_uclient not found" >&2; exit 1; }
     for extra in "" "-y"; do
-        for server in default-uturn default-coturn; do
+        servers=(default-uturn default-coturn)
+        if [ "$UCLIENT_TURN_RS" -eq 1 ]; then
+            if [ -n "$extra" ]; then
+                servers+=(turn-rs)
+            else
+                echo "bench.sh: turn-rs skipped for plain uclient: it refuses peers that are not its own relay addresses" >&2
+            fi
+        fi
+        for server in "${servers[@]}"; do
             # shellcheck disable=SC2086
             uclient_run "$server" $extra
         done
@@ -296,16 +351,20 @@ table("Saturation: highest rate found with < 0.1% loss (steps of about 3 s; dire
       "are the generator's own ceiling)", lambda r: r["kind"] == "best")
 uc = [r for r in rows if r["kind"] == "uclient"]
 if uc:
-    print("\nturnutils_uclient through turnutils_peer, servers at their defaults (ticks of 10 ms)")
+    print("\nturnutils_uclient through turnutils_peer, servers at their defaults (ticks of 10 ms);")
+    print("coturn/row and turn-rs/row: that server's ticks over the row's (above 1: the row uses less)")
     print(f'{"args":<28} {"server":<15} {"sent":>7} {"recv":>7} {"lost":>5} {"rtt ms":>7} '
-          f'{"srv ticks":>9} {"mach ticks":>10} {"srv us/msg":>10} {"coturn/uturn":>12}')
+          f'{"srv ticks":>9} {"mach ticks":>10} {"srv us/msg":>10} {"coturn/row":>10} {"turn-rs/row":>11}')
     by = {(r["args"], r["label"]): r for r in uc}
+    def ratio(args, label, r):
+        other = by.get((args, label))
+        if not other or label == r["label"] or not r["server_ticks"]:
+            return "-"
+        return f'{other["server_ticks"] / r["server_ticks"]:.2f}'
     for (args, label), r in sorted(by.items()):
         per = r["server_ticks"] * 1e4 / r["received"] if r["received"] else None
-        other = by.get((args, "default-coturn"))
-        ratio = (f'{other["server_ticks"] / r["server_ticks"]:.2f}'
-                 if label == "default-uturn" and other and r["server_ticks"] else "-")
         print(f'{args:<28} {label:<15} {r["sent"]:>7} {r["received"]:>7} {str(r["lost"]):>5} '
-              f'{str(r["rtt_ms"]):>7} {r["server_ticks"]:>9} {r["machine_ticks"]:>10} {f(per):>10} {ratio:>12}')
+              f'{str(r["rtt_ms"]):>7} {r["server_ticks"]:>9} {r["machine_ticks"]:>10} {f(per):>10} '
+              f'{ratio(args, "default-coturn", r):>10} {ratio(args, "turn-rs", r):>11}')
 print(f"\nraw results: {sys.argv[1]}")
 EOF
