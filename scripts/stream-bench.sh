@@ -18,7 +18,9 @@
 #      io_uring shard serving TCP/TLS through epoll, uturn-io-uring-reads the io_uring shard
 #      with ring receives but accepts and writes through epoll, as before ring sends),
 #      SYSCALLS (1: also count the server's system calls per relayed packet with perf over
-#      the measured window; less sensitive to a loaded host than CPU time)
+#      the measured window; less sensitive to a loaded host than CPU time),
+#      UTURN_B (another uturn binary: server uturn-b runs it on io_uring, for A/B runs
+#      interleaved in one table, e.g. SERVERS="uturn-io-uring uturn-b coturn")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
             esac
             shift
             ;;
-        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
         *) echo "stream-bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -106,13 +108,14 @@ wait_listening() {
 start_server() { # name
     local log="$WORK/server-$1.log"
     case "$1" in
-        uturn-io-uring|uturn-portable|uturn-io-uring-epoll|uturn-io-uring-reads)
-            local backend=${1#uturn-}
+        uturn-io-uring|uturn-portable|uturn-io-uring-epoll|uturn-io-uring-reads|uturn-b)
+            local backend=${1#uturn-} bin=$UTURN
+            [ "$1" = uturn-b ] && backend=io-uring && bin=${UTURN_B:?UTURN_B: the binary for uturn-b}
             # The io_uring shard with TCP/TLS through epoll, as before ring receives.
             [ "$1" = uturn-io-uring-epoll ] && backend=io-uring && export UTURN_TEST_STREAM_EPOLL=true
             # Ring receives only: accepts and writes through epoll, as before ring sends.
             [ "$1" = uturn-io-uring-reads ] && backend=io-uring && export UTURN_TEST_STREAM_RING_SENDS=false
-            taskset -c "$SERVER_CORE" "$UTURN" --backend "$backend" --cores "$SERVER_CORE" \
+            taskset -c "$SERVER_CORE" "$bin" --backend "$backend" --cores "$SERVER_CORE" \
                 --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$PORT" \
                 --tls-listening-port "$TLS_PORT" --cert "$WORK/cert.pem" --pkey "$WORK/key.pem" \
                 --min-port "$MIN_PORT" --max-port "$MAX_PORT" --realm example.org \

@@ -3,13 +3,22 @@
 //! relayed through a real server on loopback, after a warm-up, for each backend. Packets go
 //! in bursts of 16 to one destination, so the io_uring backend's UDP GSO path is the one
 //! measured. Then 40,000 datagrams between the relay addresses of two allocations on two
-//! io_uring shards, handed over through the shards' queues. This binary holds a single
-//! test so that no other test's allocations are counted.
+//! io_uring shards, handed over through the shards' queues. Then the same ChannelData and
+//! indications over a TCP client connection on the io_uring backend (the payloads the
+//! client sends are copied into the shard's pool of send buffers, never into a fresh
+//! allocation). This binary holds a single test so that no other test's allocations are
+//! counted.
+//!
+//! TLS is not measured: rustls's buffered connection API allocates a buffer per record
+//! it decrypts or encrypts.
 
 mod common;
+#[allow(dead_code)]
+mod stream_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use uturn::client::Client;
@@ -46,6 +55,8 @@ const WARM_UP: usize = 2_000;
 const INDICATIONS_EACH_WAY: usize = 10_000;
 const WINDOW: usize = 16;
 const CROSS_SHARD_EACH_WAY: usize = 20_000;
+const STREAM_PACKETS_EACH_WAY: usize = 20_000;
+const STREAM_INDICATIONS_EACH_WAY: usize = 5_000;
 
 fn relay(backend: Backend) -> u64 {
     let config = common::loopback_config(1, |c| c.backend = backend);
@@ -195,19 +206,99 @@ fn cross_shard() -> u64 {
     after - before
 }
 
+/// ChannelData and Send indications from a TCP client (io_uring backend) to two peers,
+/// ChannelData and Data indications back, each way in windows of 16 frames.
+fn tcp_relay() -> u64 {
+    let config = common::loopback_config(1, |c| c.backend = Backend::IoUring);
+    let running = common::start_in_process(&config, None, None, 20);
+    let server = running.local_addrs()[0];
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for p in [&peer, &peer2] {
+        p.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
+    let peer2_addr = peer2.local_addr().unwrap();
+    let mut client = stream_support::TcpTurn::connect(server, "alice", "secret");
+    let relayed = client.allocate();
+    client.bind(0x4000, peer.local_addr().unwrap());
+    client
+        .request(Method::CREATE_PERMISSION, &|b| {
+            b.add_xor_address(stun::XOR_PEER_ADDRESS, peer2_addr);
+        })
+        .expect("CreatePermission over TCP");
+    let mut stream = client.stream.try_clone().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // 160 bytes: ChannelData over TCP needs no padding.
+    let (channel_data, payload, send_indication) = frames(peer2_addr);
+    let mut buf = [0u8; 2048];
+    let mut frame = [0u8; 2048];
+    let mut exchange = |count: usize, out: &[u8], peer: &UdpSocket| {
+        for _ in 0..count / WINDOW {
+            for _ in 0..WINDOW {
+                stream.write_all(out).unwrap();
+            }
+            for _ in 0..WINDOW {
+                let (n, from) = peer.recv_from(&mut buf).expect("the peer receives");
+                assert_eq!((&buf[..n], from), (&payload[..], relayed));
+            }
+            for _ in 0..WINDOW {
+                peer.send_to(&payload, relayed).unwrap();
+            }
+            for _ in 0..WINDOW {
+                let n = read_frame(&mut stream, &mut frame);
+                assert!(
+                    frame[..n].windows(160).any(|w| w == payload),
+                    "a frame carrying the payload"
+                );
+            }
+        }
+    };
+    exchange(WARM_UP, &channel_data, &peer);
+    exchange(WARM_UP, &send_indication, &peer2);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    exchange(STREAM_PACKETS_EACH_WAY, &channel_data, &peer);
+    exchange(STREAM_INDICATIONS_EACH_WAY, &send_indication, &peer2);
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    drop(client);
+    running.stop();
+    after - before
+}
+
+/// Reads one STUN message or ChannelData frame (padded to 4) from `stream` into `buf`;
+/// returns its length.
+fn read_frame(stream: &mut TcpStream, buf: &mut [u8]) -> usize {
+    stream.read_exact(&mut buf[..4]).expect("a frame's start");
+    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    let total = if buf[0] & 0xc0 == 0x40 {
+        4 + len.next_multiple_of(4)
+    } else {
+        20 + len
+    };
+    stream
+        .read_exact(&mut buf[4..total])
+        .expect("the rest of the frame");
+    total
+}
+
 #[test]
 fn forwarding_allocates_nothing_on_either_backend() {
     let uring = relay(Backend::IoUring);
     let portable = relay(Backend::Portable);
     let cross = cross_shard();
+    let tcp = tcp_relay();
     assert_eq!(
-        (uring, portable, cross),
-        (0, 0, 0),
+        (uring, portable, cross, tcp),
+        (0, 0, 0, 0),
         "heap allocations while relaying {} ChannelData packets and {} indications (io_uring, portable), \
-         and {} datagrams between two shards' relays",
+         {} datagrams between two shards' relays, and {} ChannelData frames and {} indications \
+         over TCP (io_uring)",
         2 * PACKETS_EACH_WAY,
         2 * INDICATIONS_EACH_WAY,
-        2 * CROSS_SHARD_EACH_WAY
+        2 * CROSS_SHARD_EACH_WAY,
+        2 * STREAM_PACKETS_EACH_WAY,
+        2 * STREAM_INDICATIONS_EACH_WAY,
     );
 }
 

@@ -426,9 +426,12 @@ impl Streams {
         self.next_sweep = now + SWEEP_EVERY;
         self.publish(state);
         for slot in 0..self.conns.len() {
-            let Some(conn) = self.conns[slot].as_ref() else {
+            let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };
+            if now.saturating_duration_since(conn.active_at) >= SWEEP_EVERY {
+                conn.shrink();
+            }
             if conn.handshaking()
                 && now.saturating_duration_since(conn.opened_at) >= self.options.handshake_timeout
             {

@@ -130,6 +130,12 @@ impl Connection {
         self.out.capacity() + self.spare.capacity() + self.frames.capacity()
     }
 
+    /// Gives back the reassembly buffer if it holds no partial frame: for a connection
+    /// gone quiet (a busy one keeps it, so frames split across reads cost no allocation).
+    pub fn shrink(&mut self) {
+        self.frames.shrink();
+    }
+
     /// A ring send is in flight.
     pub fn sending(&self) -> bool {
         self.in_flight.is_some()
@@ -210,7 +216,6 @@ impl Connection {
             }
         };
         self.active_at = now;
-        self.frames.shrink();
         if let Some(tls) = self.tls.as_mut() {
             // Handshake messages and alerts, including the alert for a failed handshake.
             take_records(tls, &mut self.out);

@@ -133,8 +133,10 @@ impl Streams {
         &mut self,
         mut send: impl FnMut(SendTarget, BytesMut) -> Result<(), BytesMut>,
     ) {
-        let mut retry = Vec::new();
-        for slot in std::mem::take(&mut self.to_send) {
+        // Taken and put back, so the list keeps its capacity (no allocation per turn); a
+        // send the ring refused lands in the fresh list, for the next time.
+        let mut listed = std::mem::take(&mut self.to_send);
+        for slot in listed.drain(..) {
             let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
@@ -150,10 +152,11 @@ impl Streams {
             if let Err(back) = send(target, bytes) {
                 conn.unsent(&back);
                 conn.listed = true;
-                retry.push(slot);
+                self.to_send.push(slot);
             }
         }
-        self.to_send = retry;
+        let retry = std::mem::replace(&mut self.to_send, listed);
+        self.to_send.extend(retry);
     }
 
     /// A send [`Streams::zero_copy`] allowed could not go on the ring: its bytes are

@@ -39,6 +39,49 @@ pub(super) enum SendBuf {
     },
     /// Bytes the core built (a response).
     Owned(Vec<u8>),
+    /// A copy in one of the [`CopyPool`]'s buffers, which goes back to the pool when the
+    /// send completes.
+    Copied(Vec<u8>),
+}
+
+/// Reusable buffers for sends whose bytes must be copied first: a stream client's payload
+/// lies in its connection's reassembly buffer or in TLS plaintext, not in a provided
+/// buffer of its own. Taken for a send and put back at its completion, so a copied send
+/// allocates nothing once the pool has warmed up. At most [`COPY_BUFFERS`] of
+/// [`COPY_BUF_SIZE`] bytes ever exist; with all of them in flight a send is refused (the
+/// caller drops and counts it). A payload larger than a pool buffer (rare: more than a
+/// provided buffer holds) is copied into a buffer of its own.
+#[derive(Default)]
+pub(super) struct CopyPool {
+    free: Vec<Vec<u8>>,
+    made: usize,
+}
+
+/// Most copy buffers per shard (2 MiB).
+pub(super) const COPY_BUFFERS: usize = 512;
+/// Size of one copy buffer: what a provided buffer holds.
+pub(super) const COPY_BUF_SIZE: usize = super::buffers::BUF_SIZE;
+
+impl CopyPool {
+    fn take(&mut self) -> Option<Vec<u8>> {
+        if let Some(v) = self.free.pop() {
+            return Some(v);
+        }
+        if self.made == COPY_BUFFERS {
+            return None;
+        }
+        self.made += 1;
+        if self.free.capacity() == 0 {
+            // Room for every buffer there will be: putting one back never allocates.
+            self.free.reserve_exact(COPY_BUFFERS);
+        }
+        Some(Vec::with_capacity(COPY_BUF_SIZE))
+    }
+
+    fn put(&mut self, mut v: Vec<u8>) {
+        v.clear();
+        self.free.push(v);
+    }
 }
 
 /// One send in flight: the msghdr, iovec and address the kernel reads, and what keeps the
@@ -104,6 +147,8 @@ pub(super) struct Io {
     groups: Groups,
     /// GSO in use (until the kernel refuses a GSO send).
     pub gso: bool,
+    /// Buffers for copied sends ([`Io::send_copy`]).
+    pub copies: CopyPool,
     /// Test only: this many next submits fail as if the kernel said EBUSY.
     #[cfg(test)]
     pub fail_submits: u32,
@@ -150,6 +195,7 @@ impl Io {
             owners: None,
             groups: Groups::new(),
             gso: true,
+            copies: CopyPool::default(),
             #[cfg(test)]
             fail_submits: 0,
         }
@@ -278,6 +324,9 @@ impl Io {
             (SendBuf::Lent { buf, offset, len }, None) if self.gso && *len <= MAX_SEGMENT => {
                 Some((buffers.send_ptr(buf, *offset), *len))
             }
+            (SendBuf::Copied(bytes), None) if self.gso && bytes.len() <= MAX_SEGMENT => {
+                Some((bytes.as_ptr(), bytes.len()))
+            }
             _ => None,
         };
         let mut buf = buf;
@@ -310,7 +359,7 @@ impl Io {
         slot.addr = SockAddr::from(to);
         let (ptr, len) = match &buf {
             SendBuf::Lent { buf, offset, len } => (buffers.send_ptr(buf, *offset), *len),
-            SendBuf::Owned(bytes) => (bytes.as_ptr(), bytes.len()),
+            SendBuf::Owned(bytes) | SendBuf::Copied(bytes) => (bytes.as_ptr(), bytes.len()),
         };
         // The bytes of an owned Vec do not move when the Vec itself moves into the slot.
         slot.buf = Some(buf);
@@ -345,6 +394,29 @@ impl Io {
         }
     }
 
+    /// Sends a copy of `data` (a payload whose own buffer cannot travel with the send) in a
+    /// buffer of the copy pool. False when it could not be queued: every copy buffer or
+    /// send slot in flight, or the ring refused it.
+    pub fn send_copy(&mut self, buffers: &Buffers, via: Via, to: SocketAddr, data: &[u8]) -> bool {
+        if data.len() > COPY_BUF_SIZE {
+            return self
+                .send(buffers, via, to, SendBuf::Owned(data.to_vec()))
+                .is_ok();
+        }
+        let Some(mut copy) = self.copies.take() else {
+            return false;
+        };
+        copy.extend_from_slice(data);
+        match self.send(buffers, via, to, SendBuf::Copied(copy)) {
+            Ok(()) => true,
+            Err(SendBuf::Copied(copy)) => {
+                self.copies.put(copy);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Queues the send of GSO group `group`; a group the ring refuses is failed.
     fn queue_group(&mut self, group: u32) {
         let (sock, msghdr) = self.groups.prepare(group);
@@ -369,6 +441,11 @@ impl Io {
     /// Groups the ring refused: hands their buffers to `release`; returns the datagrams.
     pub fn reap_failed_groups(&mut self, mut release: impl FnMut(SendBuf)) -> usize {
         let mut lost = 0;
+        let copies = &mut self.copies;
+        let mut release = |buf| match buf {
+            SendBuf::Copied(copy) => copies.put(copy),
+            buf => release(buf),
+        };
         while let Some(group) = self.groups.failed.pop() {
             if let Some((n, slot)) = self.groups.finish(group, &mut release) {
                 self.free_slots.push(slot);
@@ -382,6 +459,11 @@ impl Io {
     /// carried goes to `release` (a lent buffer goes back to the ring). Returns how many
     /// datagrams the send carried (a GSO group several).
     pub fn finish_send(&mut self, index: u32, mut release: impl FnMut(SendBuf)) -> usize {
+        let copies = &mut self.copies;
+        let mut release = |buf| match buf {
+            SendBuf::Copied(copy) => copies.put(copy),
+            buf => release(buf),
+        };
         if index >= GROUP_BASE {
             let Some((n, slot)) = self.groups.finish(index - GROUP_BASE, &mut release) else {
                 return 0;

@@ -1,11 +1,16 @@
 //! The stream side's ring operations driven directly: accepts and receives of TCP
-//! connections whose last completion was lost, and the recheck that arms them again.
+//! connections whose last completion was lost, the recheck that arms them again, and a
+//! receive starved of provided buffers.
 
 use super::tests::reap;
 use super::*;
 
 /// A shard with one TCP listener (no UDP), all of its stream side on the ring.
 fn stream_shard() -> (Shard, std::net::SocketAddr) {
+    stream_shard_with(&TestKnobs::default())
+}
+
+fn stream_shard_with(knobs: &TestKnobs) -> (Shard, std::net::SocketAddr) {
     let shard = Shard::new(
         &["127.0.0.1:0".parse().unwrap()],
         false,
@@ -16,7 +21,7 @@ fn stream_shard() -> (Shard, std::net::SocketAddr) {
         },
         16,
         (0, true),
-        &TestKnobs::default(),
+        knobs,
         None,
     )
     .expect("io_uring set-up (these tests need io_uring)");
@@ -132,4 +137,99 @@ fn a_recheck_rearms_an_accept_whose_end_was_lost() {
         .as_ref()
         .map_or(0, |s| s.ring_receives().count());
     assert_eq!(open, 1);
+}
+
+/// ENOBUFS on a stream connection: its receive, ended for want of buffers, is armed again
+/// only once an eighth of the buffers is back (`arm_stream_recvs`), as the UDP receives
+/// are. The client keeps far more bytes queued than the buffers hold while a slow consumer
+/// holds every buffer the receive filled and lets one go per turn; the loop's bookkeeping
+/// is driven by hand (each turn: take the completions, keep their buffers, ask for the
+/// receive again when it ended, give one buffer back, `arm_stream_recvs`).
+///
+/// With the threshold the receive ends every eighth turn; armed as soon as one buffer is
+/// back it would end every turn. Counts, not time: deterministic.
+#[test]
+fn a_starved_stream_receive_waits_for_an_eighth_of_the_buffers() {
+    const BUFFERS: u16 = 64;
+    const TURNS: usize = 256;
+    let knobs = TestKnobs {
+        buffers: Some(BUFFERS),
+        ..TestKnobs::default()
+    };
+    let (mut shard, addr) = stream_shard_with(&knobs);
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    assert!(reap_until(&mut shard, |e| {
+        matches!(Op::decode(e.user_data()), Some(Op::StreamAccept { .. })) && e.result() >= 0
+    }));
+    shard.io.submit().unwrap();
+    assert_eq!(shard.io.armed, 1, "the connection's receive armed");
+    client.set_nonblocking(true).unwrap();
+    let chunk = [7u8; 16 * 1024];
+    // As much as the sockets take: many times what the buffers hold.
+    let fill = |client: &mut std::net::TcpStream| {
+        while std::io::Write::write(client, &chunk).is_ok() {}
+    };
+    fill(&mut client);
+    let mut held: std::collections::VecDeque<Lent> = Default::default();
+    let (mut armed, mut arms, mut starved) = (true, 1, 0);
+    for _ in 0..TURNS {
+        fill(&mut client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ts = Timespec::new().nsec(1_000_000);
+            let _ = shard
+                .io
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            shard.io.submitted();
+            let done: Vec<cqueue::Entry> = shard.io.ring.completion().collect();
+            for e in &done {
+                let Some(Op::StreamRecv { index, gen }) = Op::decode(e.user_data()) else {
+                    continue;
+                };
+                if let Some(lent) = shard.buffers.take(e) {
+                    held.push_back(lent);
+                }
+                if !cqueue::more(e.flags()) {
+                    // As the loop does (`stream_received`).
+                    shard.io.armed -= 1;
+                    armed = false;
+                    assert_eq!(e.result(), -libc::ENOBUFS, "the receive ended otherwise");
+                    starved += 1;
+                    let streams = shard.streams.as_mut().expect("a stream side");
+                    assert!(streams.rearm_ring(index, gen), "asked for again");
+                }
+            }
+            if !armed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the armed receive never ran dry");
+        }
+        // One buffer of the slow consumer goes back.
+        if let Some(lent) = held.pop_front() {
+            shard.buffers.give_back(lent);
+        }
+        let before = shard.io.armed;
+        shard.arm_stream_recvs();
+        if shard.io.armed > before {
+            arms += 1;
+            armed = true;
+        }
+        shard.buffers.publish();
+    }
+    eprintln!("{TURNS} turns: {arms} arms, {starved} ENOBUFS ends");
+    let eighth = TURNS / usize::from(BUFFERS / 8);
+    assert!(
+        starved <= eighth + 1,
+        "ENOBUFS {starved} times in {TURNS} turns, one buffer back per turn (re-armed \
+         before an eighth of the buffers was back)"
+    );
+    assert!(
+        starved >= eighth - 1,
+        "ENOBUFS only {starved} times in {TURNS} turns: the client did not starve the receive"
+    );
+    for lent in held {
+        shard.buffers.give_back(lent);
+    }
 }

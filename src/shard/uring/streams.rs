@@ -12,7 +12,7 @@
 //! builds carries a descriptor only; sends are `stream_send`'s).
 
 use super::buffers::BUF_SIZE;
-use super::io::{Io, SendBuf, BUF_GROUP};
+use super::io::{Io, BUF_GROUP};
 use super::op::Op;
 use super::stream_send::{Finished, Held, StreamSends};
 use super::{Buffers, Lent, Shard};
@@ -36,8 +36,9 @@ pub(super) struct StreamRing {
     rearm_accepts: Vec<(u32, Instant)>,
 }
 
-/// A stream client's payload sits in the connection's read buffer, not a provided buffer,
-/// so its send to the peer carries a copy.
+/// A stream client's payload sits in the connection's reassembly buffer or TLS plaintext,
+/// or shares a provided buffer with other frames, so its send to the peer carries a copy,
+/// in a buffer of the copy pool (`Io::send_copy`: no allocation per packet).
 struct StreamRelays<'a> {
     io: &'a mut Io,
     buffers: &'a Buffers,
@@ -56,11 +57,10 @@ impl RelayIo for StreamRelays<'_> {
         peer: SocketAddr,
         data: &[u8],
     ) {
-        let queued = self.io.relay_fd(relay).is_some_and(|fd| {
-            self.io
-                .send(self.buffers, fd, peer, SendBuf::Owned(data.to_vec()))
-                .is_ok()
-        });
+        let queued = self
+            .io
+            .relay_fd(relay)
+            .is_some_and(|fd| self.io.send_copy(self.buffers, fd, peer, data));
         // A queued send is counted when it completes.
         if !queued {
             counters.send_errors += 1;
