@@ -74,57 +74,15 @@ fn webrtc_client(backend: &str) {
         .unwrap();
     rt.block_on(async move {
         use webrtc_util::Conn;
-        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let peer_addr = peer.local_addr().unwrap();
-        // Echo peer.
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = peer.recv_from(&mut buf).await {
-                let _ = peer.send_to(&buf[..n], from).await;
-            }
-        });
+        let peer_addr = webrtc_echo_peer().await;
         let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let client = turn::client::Client::new(turn::client::ClientConfig {
-            stun_serv_addr: server_addr.to_string(),
-            turn_serv_addr: server_addr.to_string(),
-            username: "alice".into(),
-            password: "secret".into(),
-            realm: "example.org".into(),
-            software: String::new(),
-            rto_in_ms: 0,
-            conn: std::sync::Arc::new(conn),
-            vnet: None,
-        })
-        .await
-        .expect("client");
-        client.listen().await.expect("listen");
+        let client = webrtc_turn_client(server_addr, std::sync::Arc::new(conn)).await;
         let mapped = client.send_binding_request().await.expect("binding");
         assert_eq!(mapped.ip().to_string(), "127.0.0.1");
         let relay = client.allocate().await.expect("allocate");
         let relay_addr = relay.local_addr().expect("relay addr");
         assert_eq!(relay_addr.ip().to_string(), "127.0.0.1");
-        // The first send installs a permission; later ones go over a channel once bound.
-        let mut echoed = 0;
-        let mut buf = vec![0u8; 1500];
-        for i in 0..30u32 {
-            let msg = format!("webrtc-rs packet {i}");
-            relay
-                .send_to(msg.as_bytes(), peer_addr)
-                .await
-                .expect("send");
-            match tokio::time::timeout(Duration::from_secs(2), relay.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) => {
-                    assert_eq!(from, peer_addr);
-                    assert_eq!(&buf[..n], msg.as_bytes());
-                    echoed += 1;
-                }
-                other => panic!("no echo for packet {i}: {other:?}"),
-            }
-            // Pacing like a media stream (not a wait for an event): webrtc-rs binds the
-            // channel in the background, so later packets take the ChannelData path.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(echoed, 30);
+        webrtc_echo_through(&relay, peer_addr, |i| format!("webrtc-rs packet {i}")).await;
         relay.close().await.expect("close relay");
         client.close().await.expect("close client");
     });

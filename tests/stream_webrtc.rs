@@ -10,7 +10,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
@@ -141,51 +140,17 @@ fn webrtc_client_over_tcp(backend: &str) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let peer_addr = peer.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = peer.recv_from(&mut buf).await {
-                let _ = peer.send_to(&buf[..n], from).await;
-            }
-        });
+        let peer_addr = webrtc_echo_peer().await;
         let conn = TcpConn::connect(server_addr).await;
-        let client = turn::client::Client::new(turn::client::ClientConfig {
-            stun_serv_addr: server_addr.to_string(),
-            turn_serv_addr: server_addr.to_string(),
-            username: "alice".into(),
-            password: "secret".into(),
-            realm: "example.org".into(),
-            software: String::new(),
-            rto_in_ms: 0,
-            conn: Arc::new(conn),
-            vnet: None,
-        })
-        .await
-        .expect("client");
-        client.listen().await.expect("listen");
+        let client = webrtc_turn_client(server_addr, Arc::new(conn)).await;
         let relay = client.allocate().await.expect("allocate over TCP");
         let relay_addr = relay.local_addr().expect("relay addr");
         assert_eq!(relay_addr.ip().to_string(), "127.0.0.1");
-        let mut buf = vec![0u8; 1500];
-        for i in 0..30u32 {
-            // Lengths 1 to 4 mod 4: ChannelData padding in both directions.
-            let msg = format!("webrtc-rs over tcp {i}{}", "x".repeat(i as usize % 4));
-            relay
-                .send_to(msg.as_bytes(), peer_addr)
-                .await
-                .expect("send");
-            match tokio::time::timeout(Duration::from_secs(2), relay.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) => {
-                    assert_eq!(from, peer_addr);
-                    assert_eq!(&buf[..n], msg.as_bytes(), "packet {i}");
-                }
-                other => panic!("no echo for packet {i}: {other:?}"),
-            }
-            // Pacing like a media stream (not a wait for an event): the client binds the
-            // channel in the background, so later packets take the ChannelData path.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // Lengths 1 to 4 mod 4: ChannelData padding in both directions.
+        webrtc_echo_through(&relay, peer_addr, |i| {
+            format!("webrtc-rs over tcp {i}{}", "x".repeat(i as usize % 4))
+        })
+        .await;
         client.close().await.expect("close");
     });
     let mut server = server;

@@ -2,7 +2,7 @@
 //! in-process), `coturn` (coturn's client tools, bounded child processes), `redis` (a
 //! redis-server of the tests' own, subscribers), `traffic` (in-process echo peers, relaying
 //! clients, raw STUN requests), `proof` (figure-printing proofs), `wait` (conditions with
-//! deadlines).
+//! deadlines), `webrtc` (the webrtc-rs `turn` client).
 #![allow(dead_code, unused_imports)]
 
 mod coturn;
@@ -11,6 +11,7 @@ mod redis;
 mod server;
 mod traffic;
 mod wait;
+mod webrtc;
 
 pub use self::coturn::*;
 pub use self::proof::*;
@@ -18,3 +19,4 @@ pub use self::redis::*;
 pub use self::server::*;
 pub use self::traffic::*;
 pub use self::wait::*;
+pub use self::webrtc::*;
