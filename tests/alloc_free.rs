@@ -13,7 +13,6 @@
 //! it decrypts or encrypts.
 
 mod common;
-#[allow(dead_code)]
 mod stream_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};

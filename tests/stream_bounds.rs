@@ -450,3 +450,59 @@ fn stream_connections_are_in_the_metrics() {
     });
     assert_eq!(server.stop(), Some(0));
 }
+
+/// A client that holds an allocation and stops reading while its peer keeps sending: the
+/// ring send of its queue waits in the kernel and does not complete. After the send timeout
+/// the connection is closed and counted; before, it stayed open as long as the client did.
+#[test]
+fn a_send_that_does_not_complete_closes_the_connection() {
+    use std::io::Read;
+    let running = start_streams(|s| s.send_timeout = Duration::from_secs(1));
+    if running.backends().iter().any(|b| *b != "io-uring") {
+        eprintln!("NOT RUN: the send timeout is for ring sends; this host has no io_uring");
+        running.stop();
+        return;
+    }
+    let server = running.local_addrs()[0];
+    let mut client = TcpTurn::connect_small(server, "alice", "secret", 2048);
+    let relay = client.allocate();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.bind(0x4001, peer.local_addr().unwrap());
+    // Far more than the client's window, the server's socket and its queue hold, over
+    // longer than the timeout.
+    let payload = [0x5au8; 1000];
+    let flood_until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut i = 0u32;
+    while std::time::Instant::now() < flood_until {
+        let _ = peer.send_to(&payload, relay);
+        i += 1;
+        if i.is_multiple_of(64) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    // The client reads again: what the server had sent, then the end of the stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match client.stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) if std::time::Instant::now() < deadline => {}
+            Ok(_) => break false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the connection with a stuck send stayed open");
+    let reports = running.stop();
+    let streams = &reports[0].streams;
+    assert_eq!(streams.send_timeouts, 1, "{streams:?}");
+}

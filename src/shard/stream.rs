@@ -55,6 +55,8 @@ pub struct StreamCounters {
     pub queue_drops: u64,
     /// Frames for a connection that had closed.
     pub no_connection: u64,
+    /// Closed because a ring send to the client did not complete within the send timeout.
+    pub send_timeouts: u64,
     pub frames: u64,
     /// Connections open, and user-space bytes their buffers hold, at the last sweep.
     pub open: u64,
@@ -432,7 +434,10 @@ impl Streams {
             if now.saturating_duration_since(conn.active_at) >= SWEEP_EVERY {
                 conn.shrink();
             }
-            if conn.handshaking()
+            if stuck_send(conn, now, self.options.send_timeout) {
+                self.counters.send_timeouts += 1;
+                self.close(slot, Closed::Io, now, state, relays);
+            } else if conn.handshaking()
                 && now.saturating_duration_since(conn.opened_at) >= self.options.handshake_timeout
             {
                 self.counters.handshake_timeouts += 1;
@@ -525,5 +530,23 @@ impl Streams {
             .flatten()
             .map(Connection::buffered_capacity)
             .sum()
+    }
+}
+
+/// Whether `conn` has had a ring send in flight, with no other completing, for `timeout`
+/// (watched from sweep to sweep).
+fn stuck_send(conn: &mut Connection, now: Instant, timeout: Duration) -> bool {
+    if !conn.sending() {
+        conn.send_watch = None;
+        return false;
+    }
+    match conn.send_watch {
+        Some((since, done)) if done == conn.sends_done => {
+            now.saturating_duration_since(since) >= timeout
+        }
+        _ => {
+            conn.send_watch = Some((now, conn.sends_done));
+            false
+        }
     }
 }

@@ -80,6 +80,11 @@ pub(crate) struct Connection {
     /// Bytes of the ring send in flight (at most one per connection, for ordering);
     /// `None` when none is.
     in_flight: Option<usize>,
+    /// Ring sends completed (sent or not), so the sweep sees whether one is stuck.
+    pub sends_done: u32,
+    /// Since when, at the sweeps, a ring send has been in flight with `sends_done` at
+    /// that count.
+    pub send_watch: Option<(Instant, u32)>,
     /// An empty queue, its capacity kept, swapped in for `out` when `out` leaves on a ring
     /// send (no allocation per send).
     spare: BytesMut,
@@ -112,6 +117,8 @@ impl Connection {
             gen: 0,
             ring_sends: false,
             in_flight: None,
+            sends_done: 0,
+            send_watch: None,
             spare: BytesMut::new(),
             listed: false,
         }
@@ -171,6 +178,7 @@ impl Connection {
     /// The ring send in flight completed; `back` is the queue it carried, kept for reuse.
     pub fn sent(&mut self, back: Option<BytesMut>) {
         self.in_flight = None;
+        self.sends_done = self.sends_done.wrapping_add(1);
         if let Some(mut b) = back {
             b.clear();
             if b.capacity() <= KEEP_QUEUE_CAPACITY && b.capacity() > self.spare.capacity() {
@@ -183,6 +191,7 @@ impl Connection {
     /// it goes first in the queue, before what was queued meanwhile.
     pub fn unsent(&mut self, rest: &[u8]) {
         self.in_flight = None;
+        self.sends_done = self.sends_done.wrapping_add(1);
         let old = self.out.len();
         self.out.resize(old + rest.len(), 0);
         self.out.copy_within(0..old, rest.len());

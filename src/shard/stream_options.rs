@@ -30,6 +30,9 @@ pub struct StreamOptions {
     pub handshake_timeout: Duration,
     /// Bytes queued for one client before frames to it are dropped.
     pub send_queue: usize,
+    /// A ring send to a client that has not completed this long (a client that stopped
+    /// reading, or a completion the kernel dropped) closes the connection.
+    pub send_timeout: Duration,
     /// Largest frame accepted from a client that holds an allocation on the connection.
     pub max_frame: usize,
     /// Largest frame accepted before that: requests only, so a client that has not
@@ -47,6 +50,7 @@ impl Default for StreamOptions {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             send_queue: 256 * 1024,
+            send_timeout: Duration::from_secs(30),
             max_frame: MAX_FRAME,
             max_frame_unallocated: 4096,
         }

@@ -49,18 +49,21 @@ pub(super) enum SendBuf {
 /// buffer of its own. Taken for a send and put back at its completion, so a copied send
 /// allocates nothing once the pool has warmed up. At most [`COPY_BUFFERS`] of
 /// [`COPY_BUF_SIZE`] bytes ever exist; with all of them in flight a send is refused (the
-/// caller drops and counts it). A payload larger than a pool buffer (rare: more than a
-/// provided buffer holds) is copied into a buffer of its own.
+/// caller drops and counts it). A payload larger than a pool buffer (rare: more than an
+/// Ethernet MTU) is copied into a buffer of its own.
 #[derive(Default)]
 pub(super) struct CopyPool {
     free: Vec<Vec<u8>>,
     made: usize,
 }
 
-/// Most copy buffers per shard (2 MiB).
-pub(super) const COPY_BUFFERS: usize = 512;
-/// Size of one copy buffer: what a provided buffer holds.
-pub(super) const COPY_BUF_SIZE: usize = super::buffers::BUF_SIZE;
+/// Most copy buffers per shard (4 MiB at most, made only as sends in flight need them):
+/// one turn's stream receives may carry a thousand frames or more.
+pub(super) const COPY_BUFFERS: usize = 2048;
+/// Copy buffers made at once when the pool runs out (128 KiB).
+const COPY_BATCH: usize = 64;
+/// Size of one copy buffer: a datagram of a 1,500-byte MTU path and then some.
+pub(super) const COPY_BUF_SIZE: usize = 2048;
 
 impl CopyPool {
     fn take(&mut self) -> Option<Vec<u8>> {
@@ -70,11 +73,16 @@ impl CopyPool {
         if self.made == COPY_BUFFERS {
             return None;
         }
-        self.made += 1;
         if self.free.capacity() == 0 {
             // Room for every buffer there will be: putting one back never allocates.
             self.free.reserve_exact(COPY_BUFFERS);
         }
+        // Made a batch at a time, so a burst a little above the last one does not
+        // allocate again.
+        let batch = COPY_BATCH.min(COPY_BUFFERS - self.made);
+        self.made += batch;
+        self.free
+            .extend((1..batch).map(|_| Vec::with_capacity(COPY_BUF_SIZE)));
         Some(Vec::with_capacity(COPY_BUF_SIZE))
     }
 

@@ -5,8 +5,10 @@
 //! descriptor (which holds nothing unless a test knob keeps accepts or writes there).
 //!
 //! After dropped completions (`recover`) the receives and accepts of the stream side are
-//! checked again like the UDP receives. A dropped send completion is not recovered: that
-//! connection sends nothing more (its frames are dropped, counted) until it closes.
+//! checked again like the UDP receives. A dropped send completion leaves its connection
+//! unable to send (its frames are dropped, counted) until the stream side's send timeout
+//! closes it (`send_timeouts`); the send's entry, and the buffer it holds, stay with the
+//! ring's state (one per completion the kernel dropped, which it counts).
 //!
 //! Owns which accepts wait to be armed again; must not touch raw pointers (every SQE it
 //! builds carries a descriptor only; sends are `stream_send`'s).
