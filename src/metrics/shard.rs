@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The TCP/TLS side's counters published per shard: (metric, help), in the order of
 /// [`stream_values`]. The first is a gauge, the rest counters.
-pub const STREAM_METRICS: [(&str, &str); 8] = [
+pub const STREAM_METRICS: [(&str, &str); 9] = [
     (
         "uturn_stream_connections",
         "TCP/TLS client connections open (at the shard's last sweep), by shard.",
@@ -43,9 +43,13 @@ pub const STREAM_METRICS: [(&str, &str); 8] = [
         "uturn_stream_queue_drops_total",
         "Frames for a TCP/TLS client dropped on a full send queue, by shard.",
     ),
+    (
+        "uturn_stream_send_timeouts_total",
+        "TCP/TLS connections closed because a send to the client did not complete within the send timeout, by shard.",
+    ),
 ];
 
-fn stream_values(s: &StreamCounters) -> [u64; 8] {
+fn stream_values(s: &StreamCounters) -> [u64; 9] {
     [
         s.open,
         s.accepted,
@@ -55,6 +59,7 @@ fn stream_values(s: &StreamCounters) -> [u64; 8] {
         s.handshake_timeouts,
         s.idle_closed,
         s.queue_drops,
+        s.send_timeouts,
     ]
 }
 
@@ -140,7 +145,7 @@ pub struct ShardMetrics {
     no_buffers: AtomicU64,
     cq_overflowed: AtomicU64,
     cq_lost: AtomicU64,
-    streams: [AtomicU64; 8],
+    streams: [AtomicU64; 9],
     offload: [AtomicU64; 6],
     handoff: [AtomicU64; 5],
 }
@@ -164,7 +169,7 @@ pub struct ShardSnapshot {
     pub cq_overflowed: u64,
     pub cq_lost: u64,
     /// In the order of [`STREAM_METRICS`].
-    pub streams: [u64; 8],
+    pub streams: [u64; 9],
     /// In the order of [`OFFLOAD_METRICS`].
     pub offload: [u64; 6],
     /// In the order of [`HANDOFF_METRICS`].
@@ -302,6 +307,7 @@ mod tests {
             open: 30,
             accepted: 31,
             queue_drops: 37,
+            send_timeouts: 38,
             ..StreamCounters::default()
         };
         m.publish(&c, &io, &streams, 22);
@@ -317,7 +323,7 @@ mod tests {
         assert_eq!((s.received, s.sent, s.send_errors), (17, 18, 19));
         assert_eq!((s.truncated, s.no_buffers, s.allocations), (20, 21, 22));
         assert_eq!((s.cq_overflowed, s.cq_lost), (23, 24));
-        assert_eq!(s.streams, [30, 31, 0, 0, 0, 0, 0, 37]);
+        assert_eq!(s.streams, [30, 31, 0, 0, 0, 0, 0, 37, 38]);
         assert_eq!(s.handoff, [25, 26, 27, 28, 29]);
     }
 }

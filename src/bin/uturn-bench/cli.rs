@@ -130,6 +130,12 @@ pub struct RelayArgs {
     /// Send each frame as one UDP GSO datagram (UDP_SEGMENT) instead of sendmmsg.
     #[arg(long)]
     pub gso: bool,
+    /// Pace with epoll's millisecond timeout, as this tool did before it had a pacing
+    /// timer: a loop sends a millisecond's worth of datagrams at once (at 10,000/s, bursts
+    /// of about ten), so each waits behind the relaying of those before it. For comparing
+    /// with figures taken that way.
+    #[arg(long)]
+    pub pace_ms: bool,
     /// Echo peer sockets.
     #[arg(long, default_value_t = 4)]
     pub peers: usize,

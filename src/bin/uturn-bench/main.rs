@@ -19,6 +19,7 @@ mod cli;
 mod forward;
 mod hist;
 mod load;
+mod pace;
 mod peers;
 mod procfs;
 mod relay;

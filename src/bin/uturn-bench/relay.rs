@@ -30,6 +30,7 @@ pub fn run(args: RelayArgs) -> ExitCode {
         send_batch,
         burst,
         gso,
+        pace_ms,
         peers,
         peer_ip,
         peer_netns,
@@ -42,6 +43,7 @@ pub fn run(args: RelayArgs) -> ExitCode {
         label,
     } = args;
     let rate = rate_per_allocation.map_or(rate, |r| r * target.allocations as f64);
+    crate::pace::set_millisecond_pacing(pace_ms);
     let mode = match (null || direct, send_indications) {
         (true, _) if direct => Mode::Direct,
         (true, _) => Mode::Null,

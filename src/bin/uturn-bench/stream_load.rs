@@ -7,6 +7,7 @@
 
 use crate::hist::Histogram;
 use crate::load::{self, Mode, Spec, Step, STAMP};
+use crate::pace::{Pacer, PACER};
 use crate::procfs::{machine_cpu, process_cpu, process_rss_kib};
 use crate::stream::Conn;
 use mio::{Events, Interest, Poll, Token};
@@ -167,6 +168,7 @@ fn worker(
             .register(&mut c.tcp, Token(i), Interest::READABLE)
             .expect("register");
     }
+    let pacer = Pacer::new(poll.registry());
     let mut dead = vec![false; conns.len()];
     let mut backlog: Vec<usize> = Vec::new();
     let mut events = Events::with_capacity(1024);
@@ -214,14 +216,20 @@ fn worker(
             }
         }
         let timeout = if now < measure_to {
-            Duration::from_secs_f64((sent_total + 1) as f64 / rate)
-                .saturating_sub(epoch.elapsed())
-                .min(Duration::from_millis(1))
+            let next_at = Duration::from_secs_f64((sent_total + 1) as f64 / rate);
+            pacer.wait(
+                next_at.saturating_sub(epoch.elapsed()),
+                Duration::from_millis(2),
+            )
         } else {
             Duration::from_millis(10)
         };
         let _ = poll.poll(&mut events, Some(timeout));
         for e in events.iter() {
+            if e.token() == PACER {
+                pacer.woken();
+                continue;
+            }
             let i = e.token().0;
             if dead[i] {
                 continue;

@@ -9,6 +9,7 @@
 
 use crate::hist::Histogram;
 use crate::load::{Alloc, Mode, MEASURED, STAMP};
+use crate::pace::{Pacer, PACER};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{
@@ -187,6 +188,7 @@ pub fn worker(
         frames.min.clamp(1, max_frame),
         frames.max.clamp(1, max_frame),
     );
+    let pacer = Pacer::new(poll.registry());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (allocs.len() as u64 + 1));
     let mut io = Batches::new(datagram);
     let mut events = Events::with_capacity(1024);
@@ -229,14 +231,19 @@ pub fn worker(
         }
         let timeout = if now < measure_to {
             let next_at = Duration::from_secs_f64((sent_total + 1) as f64 / rate);
-            next_at
-                .saturating_sub(epoch.elapsed())
-                .min(Duration::from_millis(1))
+            pacer.wait(
+                next_at.saturating_sub(epoch.elapsed()),
+                Duration::from_millis(2),
+            )
         } else {
             Duration::from_millis(10)
         };
         let _ = poll.poll(&mut events, Some(timeout));
         for e in events.iter() {
+            if e.token() == PACER {
+                pacer.woken();
+                continue;
+            }
             let fd = allocs[e.token().0].socket.as_raw_fd();
             loop {
                 let got = io.recv(fd);
