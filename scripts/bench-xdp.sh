@@ -27,6 +27,20 @@
 #                   the same two veth crossings as a relayed packet; its overhead over direct
 #                   is what the second hop and plain routing cost: the floor for any relay
 #
+# Where the relay ns's receive work runs (NAPI=threaded, the default): the relay ns's veths
+# (xc0, xp0) have GRO on, so every row receives there through NAPI, and threaded NAPI, with
+# the kernel's NAPI threads (napi/xc0-N, napi/xp0-N) pinned to SERVER_CORE: whatever the
+# relay ns receives (XDP, forwarding, the socket path up to the server) runs on the relay's
+# core, in parallel with the load generator, as a NIC's interrupt and NAPI poll would run on
+# the relay host's CPUs. Same set-up for every row (coturn and io_uring too). The direct row
+# does not cross the relay ns. NAPI=softirq keeps the earlier set-up: no NAPI on xc0/xp0
+# without XDP, and all receive work, XDP included, in softirq on the sending core (a veth
+# delivers in the sender's context), that is on LOAD_CORE for every packet the generator
+# sends or its peers echo. On veth, native XDP costs the load core ~2 µs more per packet
+# than generic (veth NAPI, copy of each locally sent frame into a page for headroom, skb
+# rebuilt from the redirected frame, GRO), and the generator sends in bursts, so in softirq
+# mode that cost also shows in latency; benches/RESULTS-xdplat.md has the measurements.
+#
 # Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
 # (each round trip counts as two packets in both). Two CPU figures, both over exactly the
 # measured window:
@@ -49,7 +63,8 @@
 #      SIZE (170), DURATION (5 s), ROUNDS (3), SERVERS (subset of: uturn-xdp
 #      uturn-xdp-generic uturn-io-uring coturn direct routed), FIND_MAX (1: also search the
 #      highest rate with < 0.1% loss),
-#      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are)
+#      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are),
+#      NAPI (threaded (default) or softirq: where the relay ns's receive work runs, above)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +91,8 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 FIND_MAX=${FIND_MAX:-1}
 SEARCH_BUDGET=${SEARCH_BUDGET:-40}
+NAPI=${NAPI:-threaded}
+case "$NAPI" in threaded|softirq) ;; *) echo "bench-xdp.sh: NAPI is threaded or softirq" >&2; exit 2 ;; esac
 OUT=${OUT:-target/bench-xdp-$(date +%Y%m%d-%H%M%S).jsonl}
 read -r -a SERVERS <<<"${SERVERS:-uturn-xdp uturn-xdp-generic uturn-io-uring coturn direct routed}"
 
@@ -131,6 +148,28 @@ for end in "$CLIENT lc0" "$CLIENT dc0" "$PEER lp0" "$PEER dp0"; do
     read -r ns dev <<<"$end"
     ip netns exec "$ns" ethtool -K "$dev" tx off gro on >/dev/null
 done
+if [ "$NAPI" = threaded ]; then
+    for dev in xc0 xp0; do
+        ip netns exec "$RELAY" ethtool -K "$dev" gro on >/dev/null
+        ip netns exec "$RELAY" sh -c "echo 1 > /sys/class/net/$dev/threaded" || {
+            echo "bench-xdp.sh: this kernel has no threaded NAPI on veth; use NAPI=softirq" >&2
+            exit 1
+        }
+    done
+fi
+# The relay ns's NAPI threads, pinned to the relay's core; again after each server start,
+# since attaching XDP may create the device's NAPI instances anew. (The kernel names them
+# after the device only: another namespace's threaded xc0/xp0 would be pinned too.)
+pin_napi() {
+    [ "$NAPI" = threaded ] || return 0
+    local pid pinned=0
+    for pid in $(ps -eo pid=,comm= | awk '$2 ~ /^napi\/x[cp]0-[0-9]+$/ {print $1}'); do
+        taskset -pc "$SERVER_CORE" "$pid" >/dev/null
+        pinned=$((pinned + 1))
+    done
+    [ "$pinned" -ge 2 ] || { echo "bench-xdp.sh: found $pinned NAPI threads of xc0/xp0 to pin" >&2; exit 1; }
+}
+pin_napi
 # One socket per allocation on each side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -174,6 +213,7 @@ start_server() { # name
     esac
     SERVER_PID=$!
     wait_listening
+    pin_napi
     if [ "${xdp[*]-}" ] && ! grep -q "XDP offload attached" "$log"; then
         echo "bench-xdp.sh: uturn did not attach XDP; see $log" >&2
         exit 1
@@ -209,7 +249,7 @@ run() { # server extra...
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date '+%Y-%m-%d %H:%M')
-echo "load average: $LOAD_START" >&2
+echo "load average: $LOAD_START; NAPI=$NAPI" >&2
 for _ in $(seq "$ROUNDS"); do
     for s in "${SERVERS[@]}"; do run "$s" --rate "$RATE"; done
 done
@@ -221,9 +261,9 @@ fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "load average: $LOAD_END" >&2
 
-python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" <<'EOF'
+python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" "$NAPI" <<'EOF'
 import json, statistics, sys
-out, start, load_start, load_end, rate, allocs, size = sys.argv[1:8]
+out, start, load_start, load_end, rate, allocs, size, napi = sys.argv[1:9]
 rows = [json.loads(l) for l in open(out) if l.strip()]
 order = ["uturn-xdp", "uturn-xdp-generic", "uturn-io-uring", "coturn", "direct", "routed"]
 labels = sorted({r["label"] for r in rows}, key=lambda l: order.index(l) if l in order else 99)
@@ -236,7 +276,8 @@ def med(sel, key):
     return statistics.median(v) if v else None
 
 print(f"\n{start}, load average {load_start} at the start, {load_end} at the end; "
-      f"{allocs} allocations x {size} bytes, {int(rate) * 2} packets/s offered")
+      f"{allocs} allocations x {size} bytes, {int(rate) * 2} packets/s offered; "
+      f"relay ns receive: NAPI={napi}")
 fixed = {l: [r for r in rows if r["kind"] == "fixed" and r["label"] == l] for l in labels}
 fixed = {l: s for l, s in fixed.items() if s}
 if fixed:

@@ -36,8 +36,9 @@ pub fn machine_cpu() -> Option<f64> {
     Some(busy as f64 / 100.0)
 }
 
-/// The kernel's softirq threads (`ksoftirqd/N`): network receive work the kernel defers
-/// from the context that raised it runs there.
+/// The kernel's softirq threads (`ksoftirqd/N`) and threaded NAPI pollers (`napi/DEV-ID`):
+/// network receive work the kernel defers from the context that raised it, or that a
+/// device with threaded NAPI always runs in its own thread, runs there.
 pub fn softirq_threads() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -45,7 +46,7 @@ pub fn softirq_threads() -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/") || c.starts_with("napi/"))
         })
         .collect()
 }
