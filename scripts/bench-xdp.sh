@@ -64,7 +64,12 @@
 #      uturn-xdp-generic uturn-io-uring coturn direct routed), FIND_MAX (1: also search the
 #      highest rate with < 0.1% loss),
 #      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are),
-#      NAPI (threaded (default) or softirq: where the relay ns's receive work runs, above)
+#      NAPI (threaded (default) or softirq: where the relay ns's receive work runs, above),
+#      CHRT (e.g. "chrt -f 10": a prefix for the server and the load generator, and the
+#      policy given to the relay ns's NAPI threads, so that other tenants of a shared machine
+#      cannot take the cores from a run; empty by default),
+#      RECORD=1 (keep a `perf record -g` of LOAD_CORE and SERVER_CORE for RECORD_SECONDS (1.5)
+#      in the middle of each fixed-rate run: target/bench-xdp-record-N-SERVER.data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +97,9 @@ ROUNDS=${ROUNDS:-3}
 FIND_MAX=${FIND_MAX:-1}
 SEARCH_BUDGET=${SEARCH_BUDGET:-40}
 NAPI=${NAPI:-threaded}
+read -r -a CHRT <<<"${CHRT:-}"
+RECORD=${RECORD:-0}
+RECORD_SECONDS=${RECORD_SECONDS:-1.5}
 case "$NAPI" in threaded|softirq) ;; *) echo "bench-xdp.sh: NAPI is threaded or softirq" >&2; exit 2 ;; esac
 OUT=${OUT:-target/bench-xdp-$(date +%Y%m%d-%H%M%S).jsonl}
 read -r -a SERVERS <<<"${SERVERS:-uturn-xdp uturn-xdp-generic uturn-io-uring coturn direct routed}"
@@ -165,6 +173,8 @@ pin_napi() {
     local pid pinned=0
     for pid in $(ps -eo pid=,comm= | awk '$2 ~ /^napi\/x[cp]0-[0-9]+$/ {print $1}'); do
         taskset -pc "$SERVER_CORE" "$pid" >/dev/null
+        # "chrt -f 10" for a process is "chrt -f -p 10 PID" for a thread already running.
+        [ ${#CHRT[@]} -eq 0 ] || "${CHRT[0]}" "${CHRT[1]}" -p "${CHRT[@]:2}" "$pid"
         pinned=$((pinned + 1))
     done
     [ "$pinned" -ge 2 ] || { echo "bench-xdp.sh: found $pinned NAPI threads of xc0/xp0 to pin" >&2; exit 1; }
@@ -200,11 +210,11 @@ start_server() { # name
             local xdp=()
             [ "$1" = uturn-xdp ] && xdp=(--xdp xc0 --xdp xp0 --xdp-mode native)
             [ "$1" = uturn-xdp-generic ] && xdp=(--xdp xc0 --xdp xp0 --xdp-mode generic)
-            ip netns exec "$RELAY" taskset -c "$SERVER_CORE" "$UTURN" --cores "$SERVER_CORE" \
+            ip netns exec "$RELAY" "${CHRT[@]}" taskset -c "$SERVER_CORE" "$UTURN" --cores "$SERVER_CORE" \
                 --no-tcp --no-tls "${common[@]}" "${xdp[@]}" --log-level info >"$log" 2>&1 &
             ;;
         coturn)
-            ip netns exec "$RELAY" taskset -c "$SERVER_CORE" turnserver -n -m 1 "${common[@]}" \
+            ip netns exec "$RELAY" "${CHRT[@]}" taskset -c "$SERVER_CORE" turnserver -n -m 1 "${common[@]}" \
                 --no-tcp --no-tls --no-dtls --no-tcp-relay --no-cli --log-file "$log" \
                 --pidfile "target/bench-xdp-coturn.pid" >/dev/null 2>&1 &
             ;;
@@ -233,7 +243,16 @@ run() { # server extra...
     local pid=()
     [ -n "$SERVER_PID" ] && pid=(--server-pid "$SERVER_PID")
     echo "== $server: $ALLOCATIONS allocations, $SIZE bytes $*" >&2
-    if ! timeout 300 ip netns exec "$CLIENT" "$BENCH" relay "${ends[@]}" --peer-netns "$PEER" \
+    local recorder=""
+    if [ "$RECORD" = 1 ] && [[ " $* " != *" --find-max "* ]]; then
+        # The middle of the measured window (after the 1 s warm-up).
+        (sleep "$(python3 -c "print(max(0, 1 + $DURATION / 2 - $RECORD_SECONDS / 2))")"
+         perf record -q -C "$LOAD_CORE,$SERVER_CORE" -F 20000 -g \
+             -o "target/bench-xdp-record-$SERVER_RUN-$server.data" -- sleep "$RECORD_SECONDS" \
+             >/dev/null 2>&1) &
+        recorder=$!
+    fi
+    if ! timeout 300 ip netns exec "$CLIENT" "${CHRT[@]}" "$BENCH" relay "${ends[@]}" --peer-netns "$PEER" \
         --user alice:secret --allocations "$ALLOCATIONS" --size "$SIZE" \
         --duration "$DURATION" --warmup 1 --cores "$LOAD_CORE" "${pid[@]}" --label "$server" \
         --json --quiet "$@" >>"$OUT"; then
@@ -244,12 +263,13 @@ run() { # server extra...
         fi
         echo "bench-xdp.sh: $server failed$alive" >&2
     fi
+    [ -z "$recorder" ] || wait "$recorder" || true
     stop_server
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date '+%Y-%m-%d %H:%M')
-echo "load average: $LOAD_START; NAPI=$NAPI" >&2
+echo "load average: $LOAD_START; NAPI=$NAPI${CHRT[*]:+; CHRT=${CHRT[*]}}" >&2
 for _ in $(seq "$ROUNDS"); do
     for s in "${SERVERS[@]}"; do run "$s" --rate "$RATE"; done
 done
@@ -261,9 +281,9 @@ fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "load average: $LOAD_END" >&2
 
-python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" "$NAPI" <<'EOF'
+python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" "$NAPI" "${CHRT[*]}" <<'EOF'
 import json, statistics, sys
-out, start, load_start, load_end, rate, allocs, size, napi = sys.argv[1:9]
+out, start, load_start, load_end, rate, allocs, size, napi, chrt = sys.argv[1:10]
 rows = [json.loads(l) for l in open(out) if l.strip()]
 order = ["uturn-xdp", "uturn-xdp-generic", "uturn-io-uring", "coturn", "direct", "routed"]
 labels = sorted({r["label"] for r in rows}, key=lambda l: order.index(l) if l in order else 99)
@@ -277,7 +297,7 @@ def med(sel, key):
 
 print(f"\n{start}, load average {load_start} at the start, {load_end} at the end; "
       f"{allocs} allocations x {size} bytes, {int(rate) * 2} packets/s offered; "
-      f"relay ns receive: NAPI={napi}")
+      f"relay ns receive: NAPI={napi}" + (f"; CHRT={chrt}" if chrt else ""))
 fixed = {l: [r for r in rows if r["kind"] == "fixed" and r["label"] == l] for l in labels}
 fixed = {l: s for l, s in fixed.items() if s}
 if fixed:
