@@ -42,7 +42,9 @@
 # mode that cost also shows in latency; benches/RESULTS-xdplat.md has the measurements.
 #
 # Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
-# (each round trip counts as two packets in both). Two CPU figures, both over exactly the
+# (each round trip counts as two packets in both); "over routed" = minus the routed run's
+# instead: the relay's cost beyond the same two veth crossings, which with NAPI=threaded
+# include a NAPI thread wake-up per crossing at this rate. Two CPU figures, both over exactly the
 # measured window:
 #   machine    all cores from /proc/stat: everything, wherever the kernel did it (XDP runs
 #              in softirq, usually in the sending process's context, not in the server),
@@ -312,12 +314,22 @@ if fixed:
     def ratio(l, key):
         o, c = overhead(l, key), overhead("coturn", key)
         return None if o is None or not c or c <= 0 else o / c
+    # The relay's own cost beyond the floor: the routed run crosses the same two veths.
+    def over_routed(l, key="accounted_us_per_packet"):
+        if l in ("routed", "direct") or "routed" not in m or m[l][key] is None \
+                or m["routed"][key] is None:
+            return None
+        return m[l][key] - m["routed"][key]
+    def routed_ratio(l):
+        o, c = over_routed(l), over_routed("coturn") if "coturn" in m else None
+        return None if o is None or not c or c <= 0 else o / c
     n = max(len(s) for s in fixed.values())
     print(f"\nfixed rate, median of {n} interleaved runs (µs per relayed packet; overhead = "
           "relayed run minus direct; x coturn = overhead / coturn's overhead, target <= 0.20)")
     print("| server | relayed pps | loss % | p50 µs | p99 µs | server process µs | machine µs | "
-          "machine overhead µs | x coturn | accounted µs | accounted overhead µs | x coturn |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "machine overhead µs | x coturn | accounted µs | accounted overhead µs | x coturn | "
+          "accounted over routed µs | x coturn |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lossy = [l for l, v in m.items() if (v["loss_pct"] or 0) >= 0.1]
     for l, v in m.items():
         mark = " ⚠" if l in lossy else ""
@@ -325,7 +337,7 @@ if fixed:
               f"{f(v['p99_us'], 0)} | {f(v['cpu_us_per_packet'])} | {f(v['machine_us_per_packet'])} | "
               f"{f(overhead(l, 'machine_us_per_packet'))} | {f(ratio(l, 'machine_us_per_packet'))} | "
               f"{f(v['accounted_us_per_packet'])} | {f(overhead(l, 'accounted_us_per_packet'))} | "
-              f"{f(ratio(l, 'accounted_us_per_packet'))} |")
+              f"{f(ratio(l, 'accounted_us_per_packet'))} | {f(over_routed(l))} | {f(routed_ratio(l))} |")
     if lossy:
         print(f"\n⚠ {', '.join(lossy)}: median loss >= 0.1%, at or past its ceiling at this rate: "
               "its figures per packet (and every ratio to it) are not comparable; lower RATE")
