@@ -43,21 +43,23 @@
 #
 # Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
 # (each round trip counts as two packets in both); "over routed" = minus the routed run's
-# instead: the relay's cost beyond the same two veth crossings, which with NAPI=threaded
-# include a NAPI thread wake-up per crossing at this rate. Two CPU figures, both over exactly the
-# measured window:
+# instead: the relay's cost beyond the same two veth crossings (which, with NAPI=threaded,
+# include a NAPI thread wake-up per crossing at this rate). Two CPU figures, both over
+# exactly the measured window:
 #   machine    all cores from /proc/stat: everything, wherever the kernel did it (XDP runs
-#              in softirq, usually in the sending process's context, not in the server),
-#              but also every other process on the machine: exact only on a quiet machine
-#   accounted  uturn-bench's process (clients and peers), the server's process and the
-#              ksoftirqd threads: with tick-based CPU accounting softirq work is charged to
-#              the task it interrupted, so this is the run's own share of "machine", which
-#              other tenants do not change (check /proc/config.gz or /boot/config-*: without
-#              CONFIG_IRQ_TIME_ACCOUNTING; with it, use "machine" on a quiet machine)
+#              in softirq or in the NAPI threads, not in the server), but also every other
+#              process on the machine: exact only on a quiet machine
+#   accounted  uturn-bench's process (clients and peers), the server's process, the
+#              ksoftirqd threads and the NAPI threads: with tick-based CPU accounting
+#              softirq work is charged to the task it interrupted, so this is the run's own
+#              share of "machine", which other tenants do not change (check
+#              /proc/config.gz or /boot/config-*: without CONFIG_IRQ_TIME_ACCOUNTING; with
+#              it, use "machine" on a quiet machine)
 # The fixed-rate runs repeat ROUNDS times, servers interleaved; the table shows medians.
 # Then a search for the highest rate with < 0.1% loss per server; the direct run's is the
-# load generator's own ceiling (with XDP, the relaying also runs on the load core, in
-# softirq after each send). Prints the tables, keeps the JSON lines. Needs root.
+# load generator's own ceiling (with NAPI=softirq and XDP, the relaying also runs on the
+# load core, in softirq after each send). Prints the tables, keeps the JSON lines. Needs
+# root.
 #
 # usage: scripts/bench-xdp.sh [--out FILE]
 # env: SERVER_CORE (0), LOAD_CORE (1), RATE (10000 round trips/s: 20,000 relayed packets/s,
@@ -67,9 +69,9 @@
 #      highest rate with < 0.1% loss),
 #      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are),
 #      NAPI (threaded (default) or softirq: where the relay ns's receive work runs, above),
-#      CHRT (e.g. "chrt -f 10": a prefix for the server and the load generator, and the
-#      policy given to the relay ns's NAPI threads, so that other tenants of a shared machine
-#      cannot take the cores from a run; empty by default),
+#      CHRT ("chrt POLICY PRIORITY", e.g. "chrt -f 10": a prefix for the server and the load
+#      generator, and the policy given to the relay ns's NAPI threads, so that other
+#      tenants of a shared machine cannot take the cores from a run; empty by default),
 #      RECORD=1 (keep a `perf record -g` of LOAD_CORE and SERVER_CORE for RECORD_SECONDS (1.5)
 #      in the middle of each fixed-rate run: target/bench-xdp-record-N-SERVER.data)
 set -euo pipefail
@@ -80,7 +82,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --xdp) ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n 2,50p "$0"; exit 0 ;;
+        -h|--help) sed -n "2,/^set -euo pipefail/{/^set /!p}" "$0"; exit 0 ;;
         *) echo "bench-xdp.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
