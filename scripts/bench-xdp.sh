@@ -44,8 +44,8 @@
 # Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
 # (each round trip counts as two packets in both); "over routed" = minus the routed run's
 # instead: the relay's cost beyond the same two veth crossings (which, with NAPI=threaded,
-# include a NAPI thread wake-up per crossing at this rate). Two CPU figures, both over
-# exactly the measured window:
+# include waking the NAPI threads from the other core every few packets at this rate). Two
+# CPU figures, both over exactly the measured window:
 #   machine    all cores from /proc/stat: everything, wherever the kernel did it (XDP runs
 #              in softirq or in the NAPI threads, not in the server), but also every other
 #              process on the machine: exact only on a quiet machine
