@@ -27,21 +27,39 @@
 #                   the same two veth crossings as a relayed packet; its overhead over direct
 #                   is what the second hop and plain routing cost: the floor for any relay
 #
+# Where the relay ns's receive work runs (NAPI=threaded, the default): the relay ns's veths
+# (xc0, xp0) have GRO on, so every row receives there through NAPI, and threaded NAPI, with
+# the kernel's NAPI threads (napi/xc0-N, napi/xp0-N) pinned to SERVER_CORE: whatever the
+# relay ns receives (XDP, forwarding, the socket path up to the server) runs on the relay's
+# core, in parallel with the load generator, as a NIC's interrupt and NAPI poll would run on
+# the relay host's CPUs. Same set-up for every row (coturn and io_uring too). The direct row
+# does not cross the relay ns. NAPI=softirq keeps the earlier set-up: no NAPI on xc0/xp0
+# without XDP, and all receive work, XDP included, in softirq on the sending core (a veth
+# delivers in the sender's context), that is on LOAD_CORE for every packet the generator
+# sends or its peers echo. On veth, native XDP costs the load core ~2 µs more per packet
+# than generic (veth NAPI, copy of each locally sent frame into a page for headroom, skb
+# rebuilt from the redirected frame, GRO), and the generator sends in bursts, so in softirq
+# mode that cost also shows in latency; benches/RESULTS-xdplat.md has the measurements.
+#
 # Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
-# (each round trip counts as two packets in both). Two CPU figures, both over exactly the
-# measured window:
+# (each round trip counts as two packets in both); "over routed" = minus the routed run's
+# instead: the relay's cost beyond the same two veth crossings (which, with NAPI=threaded,
+# include waking the NAPI threads from the other core every few packets at this rate). Two
+# CPU figures, both over exactly the measured window:
 #   machine    all cores from /proc/stat: everything, wherever the kernel did it (XDP runs
-#              in softirq, usually in the sending process's context, not in the server),
-#              but also every other process on the machine: exact only on a quiet machine
-#   accounted  uturn-bench's process (clients and peers), the server's process and the
-#              ksoftirqd threads: with tick-based CPU accounting softirq work is charged to
-#              the task it interrupted, so this is the run's own share of "machine", which
-#              other tenants do not change (check /proc/config.gz or /boot/config-*: without
-#              CONFIG_IRQ_TIME_ACCOUNTING; with it, use "machine" on a quiet machine)
+#              in softirq or in the NAPI threads, not in the server), but also every other
+#              process on the machine: exact only on a quiet machine
+#   accounted  uturn-bench's process (clients and peers), the server's process, the
+#              ksoftirqd threads and the NAPI threads: with tick-based CPU accounting
+#              softirq work is charged to the task it interrupted, so this is the run's own
+#              share of "machine", which other tenants do not change (check
+#              /proc/config.gz or /boot/config-*: without CONFIG_IRQ_TIME_ACCOUNTING; with
+#              it, use "machine" on a quiet machine)
 # The fixed-rate runs repeat ROUNDS times, servers interleaved; the table shows medians.
 # Then a search for the highest rate with < 0.1% loss per server; the direct run's is the
-# load generator's own ceiling (with XDP, the relaying also runs on the load core, in
-# softirq after each send). Prints the tables, keeps the JSON lines. Needs root.
+# load generator's own ceiling (with NAPI=softirq and XDP, the relaying also runs on the
+# load core, in softirq after each send). Prints the tables, keeps the JSON lines. Needs
+# root.
 #
 # usage: scripts/bench-xdp.sh [--out FILE]
 # env: SERVER_CORE (0), LOAD_CORE (1), RATE (10000 round trips/s: 20,000 relayed packets/s,
@@ -49,7 +67,13 @@
 #      SIZE (170), DURATION (5 s), ROUNDS (3), SERVERS (subset of: uturn-xdp
 #      uturn-xdp-generic uturn-io-uring coturn direct routed), FIND_MAX (1: also search the
 #      highest rate with < 0.1% loss),
-#      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are)
+#      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are),
+#      NAPI (threaded (default) or softirq: where the relay ns's receive work runs, above),
+#      CHRT ("chrt POLICY PRIORITY", e.g. "chrt -f 10": a prefix for the server and the load
+#      generator, and the policy given to the relay ns's NAPI threads, so that other
+#      tenants of a shared machine cannot take the cores from a run; empty by default),
+#      RECORD=1 (keep a `perf record -g` of LOAD_CORE and SERVER_CORE for RECORD_SECONDS (1.5)
+#      in the middle of each fixed-rate run: target/bench-xdp-record-N-SERVER.data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +82,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --xdp) ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n 2,50p "$0"; exit 0 ;;
+        -h|--help) sed -n "2,/^set -euo pipefail/{/^set /!p}" "$0"; exit 0 ;;
         *) echo "bench-xdp.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -76,6 +100,11 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 FIND_MAX=${FIND_MAX:-1}
 SEARCH_BUDGET=${SEARCH_BUDGET:-40}
+NAPI=${NAPI:-threaded}
+read -r -a CHRT <<<"${CHRT:-}"
+RECORD=${RECORD:-0}
+RECORD_SECONDS=${RECORD_SECONDS:-1.5}
+case "$NAPI" in threaded|softirq) ;; *) echo "bench-xdp.sh: NAPI is threaded or softirq" >&2; exit 2 ;; esac
 OUT=${OUT:-target/bench-xdp-$(date +%Y%m%d-%H%M%S).jsonl}
 read -r -a SERVERS <<<"${SERVERS:-uturn-xdp uturn-xdp-generic uturn-io-uring coturn direct routed}"
 
@@ -131,6 +160,30 @@ for end in "$CLIENT lc0" "$CLIENT dc0" "$PEER lp0" "$PEER dp0"; do
     read -r ns dev <<<"$end"
     ip netns exec "$ns" ethtool -K "$dev" tx off gro on >/dev/null
 done
+if [ "$NAPI" = threaded ]; then
+    for dev in xc0 xp0; do
+        ip netns exec "$RELAY" ethtool -K "$dev" gro on >/dev/null
+        ip netns exec "$RELAY" sh -c "echo 1 > /sys/class/net/$dev/threaded" || {
+            echo "bench-xdp.sh: this kernel has no threaded NAPI on veth; use NAPI=softirq" >&2
+            exit 1
+        }
+    done
+fi
+# The relay ns's NAPI threads, pinned to the relay's core; again after each server start,
+# since attaching XDP may create the device's NAPI instances anew. (The kernel names them
+# after the device only: another namespace's threaded xc0/xp0 would be pinned too.)
+pin_napi() {
+    [ "$NAPI" = threaded ] || return 0
+    local pid pinned=0
+    for pid in $(ps -eo pid=,comm= | awk '$2 ~ /^napi\/x[cp]0-[0-9]+$/ {print $1}'); do
+        taskset -pc "$SERVER_CORE" "$pid" >/dev/null
+        # "chrt -f 10" for a process is "chrt -f -p 10 PID" for a thread already running.
+        [ ${#CHRT[@]} -eq 0 ] || "${CHRT[0]}" "${CHRT[1]}" -p "${CHRT[@]:2}" "$pid"
+        pinned=$((pinned + 1))
+    done
+    [ "$pinned" -ge 2 ] || { echo "bench-xdp.sh: found $pinned NAPI threads of xc0/xp0 to pin" >&2; exit 1; }
+}
+pin_napi
 # One socket per allocation on each side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -161,11 +214,11 @@ start_server() { # name
             local xdp=()
             [ "$1" = uturn-xdp ] && xdp=(--xdp xc0 --xdp xp0 --xdp-mode native)
             [ "$1" = uturn-xdp-generic ] && xdp=(--xdp xc0 --xdp xp0 --xdp-mode generic)
-            ip netns exec "$RELAY" taskset -c "$SERVER_CORE" "$UTURN" --cores "$SERVER_CORE" \
+            ip netns exec "$RELAY" "${CHRT[@]}" taskset -c "$SERVER_CORE" "$UTURN" --cores "$SERVER_CORE" \
                 --no-tcp --no-tls "${common[@]}" "${xdp[@]}" --log-level info >"$log" 2>&1 &
             ;;
         coturn)
-            ip netns exec "$RELAY" taskset -c "$SERVER_CORE" turnserver -n -m 1 "${common[@]}" \
+            ip netns exec "$RELAY" "${CHRT[@]}" taskset -c "$SERVER_CORE" turnserver -n -m 1 "${common[@]}" \
                 --no-tcp --no-tls --no-dtls --no-tcp-relay --no-cli --log-file "$log" \
                 --pidfile "target/bench-xdp-coturn.pid" >/dev/null 2>&1 &
             ;;
@@ -174,6 +227,7 @@ start_server() { # name
     esac
     SERVER_PID=$!
     wait_listening
+    pin_napi
     if [ "${xdp[*]-}" ] && ! grep -q "XDP offload attached" "$log"; then
         echo "bench-xdp.sh: uturn did not attach XDP; see $log" >&2
         exit 1
@@ -193,7 +247,16 @@ run() { # server extra...
     local pid=()
     [ -n "$SERVER_PID" ] && pid=(--server-pid "$SERVER_PID")
     echo "== $server: $ALLOCATIONS allocations, $SIZE bytes $*" >&2
-    if ! timeout 300 ip netns exec "$CLIENT" "$BENCH" relay "${ends[@]}" --peer-netns "$PEER" \
+    local recorder=""
+    if [ "$RECORD" = 1 ] && [[ " $* " != *" --find-max "* ]]; then
+        # The middle of the measured window (after the 1 s warm-up).
+        (sleep "$(python3 -c "print(max(0, 1 + $DURATION / 2 - $RECORD_SECONDS / 2))")"
+         perf record -q -C "$LOAD_CORE,$SERVER_CORE" -F 20000 -g \
+             -o "target/bench-xdp-record-$SERVER_RUN-$server.data" -- sleep "$RECORD_SECONDS" \
+             >/dev/null 2>&1) &
+        recorder=$!
+    fi
+    if ! timeout 300 ip netns exec "$CLIENT" "${CHRT[@]}" "$BENCH" relay "${ends[@]}" --peer-netns "$PEER" \
         --user alice:secret --allocations "$ALLOCATIONS" --size "$SIZE" \
         --duration "$DURATION" --warmup 1 --cores "$LOAD_CORE" "${pid[@]}" --label "$server" \
         --json --quiet "$@" >>"$OUT"; then
@@ -204,12 +267,13 @@ run() { # server extra...
         fi
         echo "bench-xdp.sh: $server failed$alive" >&2
     fi
+    [ -z "$recorder" ] || wait "$recorder" || true
     stop_server
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date '+%Y-%m-%d %H:%M')
-echo "load average: $LOAD_START" >&2
+echo "load average: $LOAD_START; NAPI=$NAPI${CHRT[*]:+; CHRT=${CHRT[*]}}" >&2
 for _ in $(seq "$ROUNDS"); do
     for s in "${SERVERS[@]}"; do run "$s" --rate "$RATE"; done
 done
@@ -221,9 +285,9 @@ fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "load average: $LOAD_END" >&2
 
-python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" <<'EOF'
+python3 - "$OUT" "$START" "$LOAD_START" "$LOAD_END" "$RATE" "$ALLOCATIONS" "$SIZE" "$NAPI" "${CHRT[*]}" <<'EOF'
 import json, statistics, sys
-out, start, load_start, load_end, rate, allocs, size = sys.argv[1:8]
+out, start, load_start, load_end, rate, allocs, size, napi, chrt = sys.argv[1:10]
 rows = [json.loads(l) for l in open(out) if l.strip()]
 order = ["uturn-xdp", "uturn-xdp-generic", "uturn-io-uring", "coturn", "direct", "routed"]
 labels = sorted({r["label"] for r in rows}, key=lambda l: order.index(l) if l in order else 99)
@@ -236,7 +300,8 @@ def med(sel, key):
     return statistics.median(v) if v else None
 
 print(f"\n{start}, load average {load_start} at the start, {load_end} at the end; "
-      f"{allocs} allocations x {size} bytes, {int(rate) * 2} packets/s offered")
+      f"{allocs} allocations x {size} bytes, {int(rate) * 2} packets/s offered; "
+      f"relay ns receive: NAPI={napi}" + (f"; CHRT={chrt}" if chrt else ""))
 fixed = {l: [r for r in rows if r["kind"] == "fixed" and r["label"] == l] for l in labels}
 fixed = {l: s for l, s in fixed.items() if s}
 if fixed:
@@ -251,12 +316,22 @@ if fixed:
     def ratio(l, key):
         o, c = overhead(l, key), overhead("coturn", key)
         return None if o is None or not c or c <= 0 else o / c
+    # The relay's own cost beyond the floor: the routed run crosses the same two veths.
+    def over_routed(l, key="accounted_us_per_packet"):
+        if l in ("routed", "direct") or "routed" not in m or m[l][key] is None \
+                or m["routed"][key] is None:
+            return None
+        return m[l][key] - m["routed"][key]
+    def routed_ratio(l):
+        o, c = over_routed(l), over_routed("coturn") if "coturn" in m else None
+        return None if o is None or not c or c <= 0 else o / c
     n = max(len(s) for s in fixed.values())
     print(f"\nfixed rate, median of {n} interleaved runs (µs per relayed packet; overhead = "
           "relayed run minus direct; x coturn = overhead / coturn's overhead, target <= 0.20)")
     print("| server | relayed pps | loss % | p50 µs | p99 µs | server process µs | machine µs | "
-          "machine overhead µs | x coturn | accounted µs | accounted overhead µs | x coturn |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "machine overhead µs | x coturn | accounted µs | accounted overhead µs | x coturn | "
+          "accounted over routed µs | x coturn |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lossy = [l for l, v in m.items() if (v["loss_pct"] or 0) >= 0.1]
     for l, v in m.items():
         mark = " ⚠" if l in lossy else ""
@@ -264,7 +339,7 @@ if fixed:
               f"{f(v['p99_us'], 0)} | {f(v['cpu_us_per_packet'])} | {f(v['machine_us_per_packet'])} | "
               f"{f(overhead(l, 'machine_us_per_packet'))} | {f(ratio(l, 'machine_us_per_packet'))} | "
               f"{f(v['accounted_us_per_packet'])} | {f(overhead(l, 'accounted_us_per_packet'))} | "
-              f"{f(ratio(l, 'accounted_us_per_packet'))} |")
+              f"{f(ratio(l, 'accounted_us_per_packet'))} | {f(over_routed(l))} | {f(routed_ratio(l))} |")
     if lossy:
         print(f"\n⚠ {', '.join(lossy)}: median loss >= 0.1%, at or past its ceiling at this rate: "
               "its figures per packet (and every ratio to it) are not comparable; lower RATE")

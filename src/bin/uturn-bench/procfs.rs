@@ -36,8 +36,9 @@ pub fn machine_cpu() -> Option<f64> {
     Some(busy as f64 / 100.0)
 }
 
-/// The kernel's softirq threads (`ksoftirqd/N`): network receive work the kernel defers
-/// from the context that raised it runs there.
+/// The kernel's softirq threads (`ksoftirqd/N`) and threaded NAPI pollers (`napi/DEV-ID`):
+/// network receive work the kernel defers from the context that raised it, or that a
+/// device with threaded NAPI always runs in its own thread, runs there.
 pub fn softirq_threads() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -45,7 +46,7 @@ pub fn softirq_threads() -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/") || c.starts_with("napi/"))
         })
         .collect()
 }
@@ -60,4 +61,83 @@ pub fn softirq_threads() -> Vec<u32> {
 /// processes that /proc/stat's machine total also counts.
 pub fn processes_cpu(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|&p| process_cpu(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softirq_threads;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    fn run(args: &[&str]) -> bool {
+        Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Deletes the namespace, and with it the veth, whatever the test's outcome.
+    struct Netns(String);
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// The threads of `/proc` whose name starts with `prefix`.
+    fn threads_named(prefix: &str) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.starts_with(prefix))
+            })
+            .collect()
+    }
+
+    /// A veth with threaded NAPI receives in a kernel thread of its own (`napi/DEV-ID`):
+    /// that work belongs to the run as much as ksoftirqd's does.
+    #[test]
+    fn napi_threads_are_counted_with_the_softirq_threads() {
+        let ns = Netns(format!("uturn-procfs-{}", std::process::id()));
+        if !run(&["ip", "netns", "add", &ns.0]) {
+            eprintln!("NOT RUN: cannot create a network namespace (needs root and iproute2)");
+            return;
+        }
+        let dev = format!("np{}", std::process::id() % 100_000);
+        let sysfs = format!("echo 1 > /sys/class/net/{dev}/threaded");
+        assert!(run(&[
+            "ip", "-n", &ns.0, "link", "add", &dev, "type", "veth", "peer", "name", "np-peer"
+        ]));
+        assert!(run(&["ip", "-n", &ns.0, "link", "set", &dev, "up"]));
+        assert!(run(&["ip", "-n", &ns.0, "link", "set", "np-peer", "up"]));
+        // GRO gives the veth NAPI; threaded NAPI then gives it a thread.
+        if !run(&[
+            "ip", "netns", "exec", &ns.0, "ethtool", "-K", &dev, "gro", "on",
+        ]) || !run(&["ip", "netns", "exec", &ns.0, "sh", "-c", &sysfs])
+        {
+            eprintln!("NOT RUN: no ethtool, or this kernel has no threaded NAPI on veth");
+            return;
+        }
+        let prefix = format!("napi/{dev}-");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let napi = loop {
+            let found = threads_named(&prefix);
+            if !found.is_empty() {
+                break found;
+            }
+            assert!(Instant::now() < deadline, "no {prefix}* thread appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let counted = softirq_threads();
+        for pid in napi {
+            assert!(
+                counted.contains(&pid),
+                "{prefix}* ({pid}) not counted: {counted:?}"
+            );
+        }
+    }
 }
