@@ -27,19 +27,21 @@
 #                   the same two veth crossings as a relayed packet; its overhead over direct
 #                   is what the second hop and plain routing cost: the floor for any relay
 #
-# Where the relay ns's receive work runs (NAPI=threaded, the default): the relay ns's veths
-# (xc0, xp0) have GRO on, so every row receives there through NAPI, and threaded NAPI, with
-# the kernel's NAPI threads (napi/xc0-N, napi/xp0-N) pinned to SERVER_CORE: whatever the
-# relay ns receives (XDP, forwarding, the socket path up to the server) runs on the relay's
-# core, in parallel with the load generator, as a NIC's interrupt and NAPI poll would run on
-# the relay host's CPUs. Same set-up for every row (coturn and io_uring too). The direct row
-# does not cross the relay ns. NAPI=softirq keeps the earlier set-up: no NAPI on xc0/xp0
+# Where the relay ns's receive work runs. NAPI=softirq (the default): no NAPI on xc0/xp0
 # without XDP, and all receive work, XDP included, in softirq on the sending core (a veth
 # delivers in the sender's context), that is on LOAD_CORE for every packet the generator
 # sends or its peers echo. On veth, native XDP costs the load core ~2 µs more per packet
 # than generic (veth NAPI, copy of each locally sent frame into a page for headroom, skb
-# rebuilt from the redirected frame, GRO), and the generator sends in bursts, so in softirq
-# mode that cost also shows in latency; benches/RESULTS-xdplat.md has the measurements.
+# rebuilt from the redirected frame, GRO). While uturn-bench paced with epoll's millisecond
+# timeout (`--pace-ms`), it sent in bursts of ~10 at this rate and that cost queued into the
+# latency; it now paces with a timer. NAPI=threaded: the relay ns's veths (xc0, xp0) have
+# GRO on, so every row receives there through NAPI, and threaded NAPI, with the kernel's
+# NAPI threads (napi/xc0-N, napi/xp0-N) pinned to SERVER_CORE: whatever the relay ns
+# receives (XDP, forwarding, the socket path up to the server) runs on the relay's core, in
+# parallel with the load generator, as a NIC's interrupt and NAPI poll would run on the
+# relay host's CPUs, at the price of waking those threads across cores. Same set-up for
+# every row (coturn and io_uring too); the direct row does not cross the relay ns.
+# benches/RESULTS.md has the measurements of both.
 #
 # Relay overhead per relayed packet = CPU per packet of a relayed run minus the direct run's
 # (each round trip counts as two packets in both); "over routed" = minus the routed run's
@@ -68,7 +70,7 @@
 #      uturn-xdp-generic uturn-io-uring coturn direct routed), FIND_MAX (1: also search the
 #      highest rate with < 0.1% loss),
 #      SEARCH_BUDGET (40 s per server), SKIP_BUILD=1 (use the release binaries as they are),
-#      NAPI (threaded (default) or softirq: where the relay ns's receive work runs, above),
+#      NAPI (softirq (default) or threaded: where the relay ns's receive work runs, above),
 #      CHRT ("chrt POLICY PRIORITY", e.g. "chrt -f 10": a prefix for the server and the load
 #      generator, and the policy given to the relay ns's NAPI threads, so that other
 #      tenants of a shared machine cannot take the cores from a run; empty by default),
@@ -100,7 +102,7 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 FIND_MAX=${FIND_MAX:-1}
 SEARCH_BUDGET=${SEARCH_BUDGET:-40}
-NAPI=${NAPI:-threaded}
+NAPI=${NAPI:-softirq}
 read -r -a CHRT <<<"${CHRT:-}"
 RECORD=${RECORD:-0}
 RECORD_SECONDS=${RECORD_SECONDS:-1.5}
