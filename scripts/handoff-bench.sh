@@ -67,7 +67,7 @@ while True:
     except OSError:
         pass
 ")
-    local log="target/handoff-bench-server-$mode.log" stat="target/handoff-bench-perf-$mode.txt"
+    local log="target/handoff-bench-server-$label-$round.log" stat="target/handoff-bench-perf-$label-$round.txt"
     if [ "$mode" = turn-rs ]; then
         [ -x "$bin" ] || { echo "handoff-bench.sh: turn-rs NOT RUN: $bin not found (see scripts/bench.sh --help)" >&2; return 0; }
         # As scripts/bench.sh runs it: its defaults, one worker per core.
