@@ -195,7 +195,7 @@ impl Default for Config {
             xdp_mode: XdpMode::Native,
             cores: Vec::new(),
             backend: Backend::Auto,
-            batch_wait_us: 50,
+            batch_wait_us: 0,
             udp_gso: true,
             log_level: "info".to_owned(),
             no_software_attribute: false,

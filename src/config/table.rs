@@ -344,7 +344,7 @@ pub(crate) const UTURN: &[Opt] = &[
         };
         Ok(())
     }),
-    value("batch-wait-us", None, "N", Value("50"), "io_uring (kernel 6.12+): a woken shard waits up to N µs for the datagrams the measured receive rate brings in that time, so one wakeup serves a batch; only while a wait gathers at least two (measured every 100 ms); 0 = wake for every packet", |c, i| {
+    value("batch-wait-us", None, "N", Value("0"), "io_uring (kernel 6.12+): a woken shard waits up to N µs for the datagrams the measured receive rate brings in that time, so one wakeup serves a batch; only while a wait gathers at least two (measured every 100 ms); 0 (the default) = wake for whatever completed", |c, i| {
         c.batch_wait_us = i.num()?;
         Ok(())
     }),
