@@ -170,66 +170,20 @@ fn a_starved_stream_receive_waits_for_an_eighth_of_the_buffers() {
         while std::io::Write::write(client, &chunk).is_ok() {}
     };
     fill(&mut client);
-    let mut held: std::collections::VecDeque<Lent> = Default::default();
-    let (mut armed, mut arms, mut starved) = (true, 1, 0);
-    for _ in 0..TURNS {
-        fill(&mut client);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let ts = Timespec::new().nsec(1_000_000);
-            let _ = shard
-                .io
-                .ring
-                .submitter()
-                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
-            shard.io.submitted();
-            let done: Vec<cqueue::Entry> = shard.io.ring.completion().collect();
-            for e in &done {
-                let Some(Op::StreamRecv { index, gen }) = Op::decode(e.user_data()) else {
-                    continue;
-                };
-                if let Some(lent) = shard.buffers.take(e) {
-                    held.push_back(lent);
-                }
-                if !cqueue::more(e.flags()) {
-                    // As the loop does (`stream_received`).
-                    shard.io.armed -= 1;
-                    armed = false;
-                    assert_eq!(e.result(), -libc::ENOBUFS, "the receive ended otherwise");
-                    starved += 1;
-                    let streams = shard.streams.as_mut().expect("a stream side");
-                    assert!(streams.rearm_ring(index, gen), "asked for again");
-                }
-            }
-            if !armed {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the armed receive never ran dry");
-        }
-        // One buffer of the slow consumer goes back.
-        if let Some(lent) = held.pop_front() {
-            shard.buffers.give_back(lent);
-        }
-        let before = shard.io.armed;
-        shard.arm_stream_recvs();
-        if shard.io.armed > before {
-            arms += 1;
-            armed = true;
-        }
-        shard.buffers.publish();
-    }
-    eprintln!("{TURNS} turns: {arms} arms, {starved} ENOBUFS ends");
-    let eighth = TURNS / usize::from(BUFFERS / 8);
-    assert!(
-        starved <= eighth + 1,
-        "ENOBUFS {starved} times in {TURNS} turns, one buffer back per turn (re-armed \
-         before an eighth of the buffers was back)"
+    super::tests::one_buffer_back_per_turn(
+        &mut shard,
+        BUFFERS,
+        TURNS,
+        || fill(&mut client),
+        |e| matches!(Op::decode(e.user_data()), Some(Op::StreamRecv { .. })),
+        // As the loop does (`stream_received`).
+        |shard, e| {
+            let Some(Op::StreamRecv { index, gen }) = Op::decode(e.user_data()) else {
+                unreachable!("a stream receive")
+            };
+            let streams = shard.streams.as_mut().expect("a stream side");
+            assert!(streams.rearm_ring(index, gen), "asked for again");
+        },
+        Shard::arm_stream_recvs,
     );
-    assert!(
-        starved >= eighth - 1,
-        "ENOBUFS only {starved} times in {TURNS} turns: the client did not starve the receive"
-    );
-    for lent in held {
-        shard.buffers.give_back(lent);
-    }
 }

@@ -439,10 +439,40 @@ fn a_starved_receive_waits_for_an_eighth_of_the_buffers() {
     for _ in 0..2 * BUFFERS {
         flood.send_to(&[7; 32], addr).unwrap();
     }
+    one_buffer_back_per_turn(
+        &mut shard,
+        BUFFERS,
+        TURNS,
+        || {
+            flood.send_to(&[7; 32], addr).unwrap();
+        },
+        |e| matches!(Op::decode(e.user_data()), Some(Op::RelayRecv { .. })),
+        // As the loop does (`received`).
+        |shard, e| shard.io.starved.push(Op::decode(e.user_data()).unwrap()),
+        Shard::rearm,
+    );
+}
+
+/// Drives the loop's receive bookkeeping by hand for `turns` turns against a consumer that
+/// holds every buffer a receive filled and gives one back per turn: each turn `feed`s the
+/// sender, takes the completions of the receive (`ours`), keeps their buffers, lets
+/// `ended` do the loop's part when the receive ended (it must have ended with ENOBUFS),
+/// gives one buffer back and calls `rearm`, the loop's re-arming under test. Then checks
+/// that the receive ran dry once per `buffers / 8` turns: re-armed as soon as one buffer
+/// is back, it would run dry every turn.
+pub(super) fn one_buffer_back_per_turn(
+    shard: &mut Shard,
+    buffers: u16,
+    turns: usize,
+    mut feed: impl FnMut(),
+    ours: impl Fn(&cqueue::Entry) -> bool,
+    mut ended: impl FnMut(&mut Shard, &cqueue::Entry),
+    mut rearm: impl FnMut(&mut Shard),
+) {
     let mut held: std::collections::VecDeque<Lent> = Default::default();
     let (mut armed, mut arms, mut starved) = (true, 1, 0);
-    for _ in 0..TURNS {
-        flood.send_to(&[7; 32], addr).unwrap();
+    for _ in 0..turns {
+        feed();
         // A receive armed with data waiting takes the free buffers and fails: wait for
         // its end.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -455,20 +485,16 @@ fn a_starved_receive_waits_for_an_eighth_of_the_buffers() {
                 .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
             shard.io.submitted();
             let done: Vec<cqueue::Entry> = shard.io.ring.completion().collect();
-            for e in &done {
-                let Some(op @ Op::RelayRecv { .. }) = Op::decode(e.user_data()) else {
-                    continue;
-                };
+            for e in done.iter().filter(|e| ours(e)) {
                 if let Some(lent) = shard.buffers.take(e) {
                     held.push_back(lent);
                 }
                 if !cqueue::more(e.flags()) {
-                    // As the loop does (`received`).
                     shard.io.armed -= 1;
                     armed = false;
                     assert_eq!(e.result(), -libc::ENOBUFS, "the receive ended otherwise");
                     starved += 1;
-                    shard.io.starved.push(op);
+                    ended(shard, e);
                 }
             }
             if !armed {
@@ -476,28 +502,28 @@ fn a_starved_receive_waits_for_an_eighth_of_the_buffers() {
             }
             assert!(Instant::now() < deadline, "the armed receive never ran dry");
         }
-        // One send of the slow consumer completes.
+        // One buffer of the slow consumer goes back.
         if let Some(lent) = held.pop_front() {
             shard.buffers.give_back(lent);
         }
         let before = shard.io.armed;
-        shard.rearm();
+        rearm(shard);
         if shard.io.armed > before {
             arms += 1;
             armed = true;
         }
         shard.buffers.publish();
     }
-    eprintln!("{TURNS} turns: {arms} arms, {starved} ENOBUFS ends");
-    let eighth = TURNS / usize::from(BUFFERS / 8);
+    eprintln!("{turns} turns: {arms} arms, {starved} ENOBUFS ends");
+    let eighth = turns / usize::from(buffers / 8);
     assert!(
         starved <= eighth + 1,
-        "ENOBUFS {starved} times in {TURNS} turns, one buffer back per turn (re-armed \
+        "ENOBUFS {starved} times in {turns} turns, one buffer back per turn (re-armed \
          before an eighth of the buffers was back)"
     );
     assert!(
         starved >= eighth - 1,
-        "ENOBUFS only {starved} times in {TURNS} turns: the flood did not starve the receive"
+        "ENOBUFS only {starved} times in {turns} turns: the sender did not starve the receive"
     );
     for lent in held {
         shard.buffers.give_back(lent);
