@@ -11,35 +11,14 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use uturn::testing::netns::run;
 
 use super::frames::Mac;
 
 /// Fails the test unless it runs as root: these tests need BPF and network namespaces, and
 /// a test that cannot run is reported as failed, never as passed.
 pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("Uid line");
-    assert_eq!(
-        euid, "0",
-        "XDP tests NOT RUN: they need root (BPF, XDP, network namespaces). Run as root."
-    );
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (install iproute2)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    uturn::testing::netns::require_root("XDP tests: BPF, XDP, network namespaces");
 }
 
 pub struct Netns {
