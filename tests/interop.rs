@@ -68,11 +68,7 @@ fn loopback_peer_refused(backend: &str) {
 fn webrtc_client(backend: &str) {
     let server = Uturn::start(backend, &["--allow-loopback-peers"]);
     let server_addr = server.addr();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         use webrtc_util::Conn;
         let peer_addr = webrtc_echo_peer().await;
         let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

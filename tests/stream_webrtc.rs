@@ -135,11 +135,7 @@ impl Conn for TcpConn {
 fn webrtc_client_over_tcp(backend: &str) {
     let server = Uturn::start(backend, &["--allow-loopback-peers"]);
     let server_addr = server.addr();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         let peer_addr = webrtc_echo_peer().await;
         let conn = TcpConn::connect(server_addr).await;
         let client = webrtc_turn_client(server_addr, Arc::new(conn)).await;

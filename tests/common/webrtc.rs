@@ -6,6 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use webrtc_util::Conn;
 
+/// Runs `test` to its end on a current-thread tokio runtime of its own.
+pub fn block_on<F: std::future::Future>(test: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test)
+}
+
 /// An echo peer on 127.0.0.1 (a task on the current runtime); returns its address.
 pub async fn webrtc_echo_peer() -> SocketAddr {
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

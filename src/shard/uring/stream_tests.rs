@@ -2,7 +2,7 @@
 //! connections whose last completion was lost, the recheck that arms them again, and a
 //! receive starved of provided buffers.
 
-use super::tests::reap;
+use super::tests::{lose_the_end_of, reap};
 use super::*;
 
 /// A shard with one TCP listener (no UDP), all of its stream side on the ring.
@@ -81,13 +81,7 @@ fn a_recheck_rearms_a_stream_receive_whose_end_was_lost() {
     let armed = shard.io.armed;
     assert_eq!(armed, 1, "one stream receive armed");
     // End the receive behind the shard's back and lose its last completion.
-    let cancel = opcode::AsyncCancel::new(op.encode())
-        .build()
-        .user_data(Op::Cancel.encode());
-    shard.io.push(&cancel);
-    shard.io.submit().unwrap();
-    let lost = reap(&mut shard, Duration::from_millis(50));
-    assert!(lost.iter().any(|e| Op::decode(e.user_data()) == Some(op)));
+    lose_the_end_of(&mut shard, op);
     assert_eq!(shard.io.armed, armed, "the shard still counts it as armed");
     shard.recheck_receives();
     shard.io.submit().unwrap();
@@ -109,14 +103,7 @@ fn a_recheck_rearms_a_stream_receive_whose_end_was_lost() {
 fn a_recheck_rearms_an_accept_whose_end_was_lost() {
     let (mut shard, addr) = stream_shard();
     let op = Op::StreamAccept { index: 0 };
-    let cancel = opcode::AsyncCancel::new(op.encode())
-        .build()
-        .user_data(Op::Cancel.encode());
-    shard.io.push(&cancel);
-    shard.io.submit().unwrap();
-    // Lost: the accept's end is reaped without the shard seeing it.
-    let lost = reap(&mut shard, Duration::from_millis(50));
-    assert!(lost.iter().any(|e| Op::decode(e.user_data()) == Some(op)));
+    lose_the_end_of(&mut shard, op);
     shard.recheck_receives();
     shard.io.submit().unwrap();
     assert!(

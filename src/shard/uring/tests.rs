@@ -218,13 +218,7 @@ fn a_recheck_rearms_a_receive_whose_end_was_lost() {
     let gen = shard.io.relays[0].gen;
     let op = Op::RelayRecv { index: 0, gen };
     // End the receive behind the shard's back and lose its last completion.
-    let cancel = opcode::AsyncCancel::new(op.encode())
-        .build()
-        .user_data(Op::Cancel.encode());
-    shard.io.push(&cancel);
-    shard.io.submit().unwrap();
-    let lost = reap(&mut shard, Duration::from_millis(50));
-    assert!(lost.iter().any(|e| Op::decode(e.user_data()) == Some(op)));
+    lose_the_end_of(&mut shard, op);
     assert_eq!(shard.io.armed, armed, "the shard still counts it as armed");
     // The loop's reaction to a drop: rechecks after the turn's re-arms.
     shard.recheck_receives();
@@ -405,6 +399,18 @@ fn enter(ring: &std::os::fd::OwnedFd) {
         "io_uring_enter: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// Ends `op` behind the shard's back (a cancel the loop never hears of) and reaps its last
+/// completion, as if the kernel had dropped it.
+pub(super) fn lose_the_end_of(shard: &mut Shard, op: Op) {
+    let cancel = opcode::AsyncCancel::new(op.encode())
+        .build()
+        .user_data(Op::Cancel.encode());
+    shard.io.push(&cancel);
+    shard.io.submit().unwrap();
+    let lost = reap(shard, Duration::from_millis(50));
+    assert!(lost.iter().any(|e| Op::decode(e.user_data()) == Some(op)));
 }
 
 /// ENOBUFS: a receive that ran out of buffers is armed again only once an eighth of the
