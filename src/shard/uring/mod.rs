@@ -29,6 +29,7 @@
 
 mod addr;
 mod buffers;
+mod copies;
 mod crossing;
 mod datagram;
 mod drain;
