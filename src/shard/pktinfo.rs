@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 
 const ALIGN: usize = std::mem::size_of::<usize>();
 const HEADER: usize = align(std::mem::size_of::<libc::cmsghdr>());
@@ -32,10 +31,9 @@ pub(crate) struct SourceControl(pub [u8; CONTROL_LEN]);
 /// the wildcard address `addr`.
 pub(crate) fn enable(socket: &UdpSocket, addr: SocketAddr) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
-    let fd = socket.as_raw_fd();
     match addr {
-        SocketAddr::V4(_) => setsockopt(fd, sockopt::Ipv4PacketInfo, &true),
-        SocketAddr::V6(_) => setsockopt(fd, sockopt::Ipv6RecvPacketInfo, &true),
+        SocketAddr::V4(_) => setsockopt(socket, sockopt::Ipv4PacketInfo, &true),
+        SocketAddr::V6(_) => setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true),
     }
     .map_err(io::Error::from)
 }
@@ -128,6 +126,7 @@ mod tests {
     #[test]
     fn the_kernel_reports_the_destination_on_a_wildcard_socket() {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         enable(&socket, socket.local_addr().unwrap()).unwrap();
         let port = socket.local_addr().unwrap().port();
@@ -143,7 +142,7 @@ mod tests {
             MsgFlags::empty(),
         )
         .unwrap();
-        let seen = msg.cmsgs().find_map(|c| match c {
+        let seen = msg.cmsgs().unwrap().find_map(|c| match c {
             ControlMessageOwned::Ipv4PacketInfo(info) => {
                 Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)))
             }

@@ -385,7 +385,7 @@ fn recv_with_destination(
                 .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
         })
         .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-    let to = msg.cmsgs().find_map(|c| match c {
+    let to = msg.cmsgs().map_err(io::Error::from)?.find_map(|c| match c {
         ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(Ipv4Addr::from(
             info.ipi_addr.s_addr.to_ne_bytes(),
         ))),

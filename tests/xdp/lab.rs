@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -72,7 +71,7 @@ impl Netns {
     /// Moves the calling thread (only it) into this namespace.
     pub fn enter(&self) {
         let f = File::open(format!("/var/run/netns/{}", self.name)).expect("netns file");
-        nix::sched::setns(f.as_raw_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     }
 }
 

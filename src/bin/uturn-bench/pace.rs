@@ -9,7 +9,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -32,7 +32,11 @@ impl Pacer {
         let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK)
             .expect("timerfd_create");
         registry
-            .register(&mut SourceFd(&timer.as_raw_fd()), PACER, Interest::READABLE)
+            .register(
+                &mut SourceFd(&timer.as_fd().as_raw_fd()),
+                PACER,
+                Interest::READABLE,
+            )
             .expect("register the pacing timer");
         Pacer { timer }
     }

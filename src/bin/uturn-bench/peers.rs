@@ -75,7 +75,7 @@ fn open(ip: IpAddr, count: usize, netns: Option<&Path>) -> io::Result<Vec<UdpSoc
     if let Some(path) = netns {
         let ns = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        setns(ns.as_raw_fd(), CloneFlags::CLONE_NEWNET)
+        setns(&ns, CloneFlags::CLONE_NEWNET)
             .map_err(|e| io::Error::other(format!("setns {}: {e}", path.display())))?;
     }
     (0..count.max(1))
@@ -152,7 +152,7 @@ impl Echo {
             let Ok(got) = recvmmsg(
                 fd,
                 &mut self.recv,
-                iovs.iter_mut().map(|v| &*v),
+                iovs.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
             ) else {

@@ -137,7 +137,7 @@ impl Batches {
         if let Ok(got) = recvmmsg(
             fd,
             &mut self.recv,
-            iovs.iter_mut().map(|v| &*v),
+            iovs.iter_mut(),
             MsgFlags::MSG_DONTWAIT,
             None,
         ) {
