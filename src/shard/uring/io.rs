@@ -45,6 +45,17 @@ pub(super) enum SendBuf {
     Copied(Vec<u8>),
 }
 
+/// `release` for a finished send's buffer, except that a copy goes back to `copies`.
+fn returning_copies<'a>(
+    copies: &'a mut CopyPool,
+    mut release: impl FnMut(SendBuf) + 'a,
+) -> impl FnMut(SendBuf) + 'a {
+    move |buf| match buf {
+        SendBuf::Copied(copy) => copies.put(copy),
+        buf => release(buf),
+    }
+}
+
 /// One send in flight: the msghdr, iovec and address the kernel reads, and what keeps the
 /// bytes alive until the completion.
 struct SendSlot {
@@ -400,13 +411,9 @@ impl Io {
     }
 
     /// Groups the ring refused: hands their buffers to `release`; returns the datagrams.
-    pub fn reap_failed_groups(&mut self, mut release: impl FnMut(SendBuf)) -> usize {
+    pub fn reap_failed_groups(&mut self, release: impl FnMut(SendBuf)) -> usize {
         let mut lost = 0;
-        let copies = &mut self.copies;
-        let mut release = |buf| match buf {
-            SendBuf::Copied(copy) => copies.put(copy),
-            buf => release(buf),
-        };
+        let mut release = returning_copies(&mut self.copies, release);
         while let Some(group) = self.groups.failed.pop() {
             if let Some((n, slot)) = self.groups.finish(group, &mut release) {
                 self.free_slots.push(slot);
@@ -419,12 +426,8 @@ impl Io {
     /// The completion of send slot `index` arrived: the slot is free again, and what it
     /// carried goes to `release` (a lent buffer goes back to the ring). Returns how many
     /// datagrams the send carried (a GSO group several).
-    pub fn finish_send(&mut self, index: u32, mut release: impl FnMut(SendBuf)) -> usize {
-        let copies = &mut self.copies;
-        let mut release = |buf| match buf {
-            SendBuf::Copied(copy) => copies.put(copy),
-            buf => release(buf),
-        };
+    pub fn finish_send(&mut self, index: u32, release: impl FnMut(SendBuf)) -> usize {
+        let mut release = returning_copies(&mut self.copies, release);
         if index >= GROUP_BASE {
             let Some((n, slot)) = self.groups.finish(index - GROUP_BASE, &mut release) else {
                 return 0;
