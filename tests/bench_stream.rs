@@ -1,7 +1,8 @@
 //! The load generator's TCP and TLS clients against the real server, briefly: ChannelData
 //! and Send indications relay over both transports on both backends with nothing lost, the
 //! server's CPU is read, and a TLS client given a CA refuses a certificate it does not
-//! cover.
+//! cover. The null stream forwarder (`uturn-bench forward --cert`) relays both transports
+//! on one address with nothing lost.
 
 mod common;
 mod stream_support;
@@ -111,6 +112,38 @@ fn tcp_and_tls_loads_on_io_uring() {
 #[test]
 fn tcp_and_tls_loads_on_portable() {
     both_transports("portable");
+}
+
+/// The floor for stream clients: the null forwarder serves TCP and TLS on one address, and
+/// the stream load through it loses nothing (`relay` checks every frame came back).
+#[test]
+fn null_stream_forwarder_relays_tcp_and_tls() {
+    let (cert, key) = make_cert("bench-null");
+    let port = free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let mut forwarder = Command::new(env!("CARGO_BIN_EXE_uturn-bench"))
+        .args(["forward", "--listen", &listen, "--cert", &cert, "--pkey", &key])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    wait_for("the forwarder to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let pid = forwarder.id();
+    let result = std::panic::catch_unwind(|| {
+        for transport in ["tcp", "tls"] {
+            relay(transport, port, pid, &["--null"]);
+            // Larger frames, not a multiple of 4: padding on the way in and out.
+            relay(transport, port, pid, &["--null", "--size", "1001"]);
+        }
+    });
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 fn openssl(args: &[&str]) {
