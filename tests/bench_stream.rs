@@ -123,7 +123,9 @@ fn null_stream_forwarder_relays_tcp_and_tls() {
     let listen = format!("127.0.0.1:{port}");
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let mut forwarder = Command::new(env!("CARGO_BIN_EXE_uturn-bench"))
-        .args(["forward", "--listen", &listen, "--cert", &cert, "--pkey", &key])
+        .args([
+            "forward", "--listen", &listen, "--cert", &cert, "--pkey", &key,
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -121,9 +121,11 @@ impl Streams {
         }
         let i = (token.0 & !STREAM) >> 1;
         let alive = if token.0 & 1 == 1 {
-            self.from_peer(i)
+            self.peer_ready(i)
         } else {
-            self.from_client(registry, i, event.is_writable())
+            // After the peer's FIN or an error, read until the end: no further edge comes.
+            let closing = event.is_read_closed() || event.is_error();
+            self.client_ready(registry, i, event.is_writable(), closing)
         };
         if alive.is_err() {
             self.close(registry, i);
@@ -183,7 +185,13 @@ impl Streams {
 
     /// The connection is readable or writable: read what is there, cut frames, send their
     /// payloads to the peer; write what waits. `Err` closes the connection.
-    fn from_client(&mut self, registry: &Registry, i: usize, writable: bool) -> io::Result<()> {
+    fn client_ready(
+        &mut self,
+        registry: &Registry,
+        i: usize,
+        writable: bool,
+        closing: bool,
+    ) -> io::Result<()> {
         let relay_ip = self.relay_ip;
         let Some(conn) = self.conns.get_mut(i).and_then(Option::as_mut) else {
             return Ok(());
@@ -208,7 +216,7 @@ impl Streams {
         }
         let buf = &mut self.read_buf;
         let mut refused = false;
-        let result = conn.read(buf, |conn, data| {
+        let result = conn.read(buf, closing, |conn, data| {
             let r = conn.take(registry, relay_ip, i, data);
             refused |= r.is_err();
             r
@@ -228,7 +236,7 @@ impl Streams {
     }
 
     /// The relay socket is readable: each datagram goes back as one ChannelData frame.
-    fn from_peer(&mut self, i: usize) -> io::Result<()> {
+    fn peer_ready(&mut self, i: usize) -> io::Result<()> {
         let Some(conn) = self.conns.get_mut(i).and_then(Option::as_mut) else {
             return Ok(());
         };
@@ -257,17 +265,25 @@ impl Streams {
 
 impl Conn {
     /// Reads what the socket has, through TLS when the connection speaks it, and hands the
-    /// plaintext to `take`; `Ok(false)` at the end of the stream.
+    /// plaintext to `take`; `Ok(false)` at the end of the stream. A plain read shorter than
+    /// `buf` has emptied the socket (epoll(7)), so no read is spent on learning it would
+    /// block, unless `to_end`.
     fn read(
         &mut self,
         buf: &mut [u8],
+        to_end: bool,
         mut take: impl FnMut(&mut Conn, &[u8]) -> io::Result<()>,
     ) -> io::Result<bool> {
         loop {
             let Some(tls) = &mut self.tls else {
                 match self.tcp.read(buf) {
                     Ok(0) => return Ok(false),
-                    Ok(n) => take(self, &buf[..n])?,
+                    Ok(n) => {
+                        take(self, &buf[..n])?;
+                        if n < buf.len() && !to_end {
+                            return Ok(true);
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
