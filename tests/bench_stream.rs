@@ -220,13 +220,13 @@ fn drops_and_refusals(log: &str) -> (u64, u64) {
             .ok()
     };
     log.lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             Some((
                 number(l, " frames dropped")?,
                 number(l, " connections refused")?,
             ))
         })
-        .last()
         .unwrap_or((0, 0))
 }
 
