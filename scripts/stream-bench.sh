@@ -7,14 +7,16 @@
 # connections that finished their handshake and sent nothing, RSS before and after.
 #
 # Then the same servers under uturn-bench's paced TURN load over the same transport
-# (--load bench): CPU per relayed packet over the measured window, ratio to coturn's,
-# round-trip p50/p99 and loss.
+# (--load bench): CPU per relayed packet over the measured window, ratio to coturn's and to
+# the floor's, round-trip p50/p99 and loss. The floor is server null: uturn-bench's null
+# forwarder (`forward --cert --pkey`), one connection and one UDP relay socket per client,
+# ChannelData cut from the stream and sent on, no TURN; TCP and TLS on one port.
 #
 # usage: scripts/stream-bench.sh [--transport tcp|tls|both] [--load uclient|bench|all]
 # env: SERVER_CORE (0), LOAD_CORE (1), CLIENTS (50), MESSAGES (400 per client), CONNS (500),
 #      ALLOCS (50 uturn-bench connections), RATE (10000 round trips/s), DURATION (5 s),
 #      OUT (the uturn-bench JSON lines, target/stream-bench-DATE.jsonl), SERVERS (for the
-#      uturn-bench runs: uturn-io-uring uturn-portable coturn; uturn-io-uring-epoll is the
+#      uturn-bench runs: null uturn-io-uring uturn-portable coturn; uturn-io-uring-epoll is the
 #      io_uring shard serving TCP/TLS through epoll, uturn-io-uring-reads the io_uring shard
 #      with ring receives but accepts and writes through epoll, as before ring sends),
 #      SYSCALLS (1: also count the server's system calls per relayed packet with perf over
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
             esac
             shift
             ;;
-        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,25p "$0"; exit 0 ;;
         *) echo "stream-bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -57,7 +59,7 @@ CONNS=${CONNS:-500}
 ALLOCS=${ALLOCS:-50}
 RATE=${RATE:-10000}
 DURATION=${DURATION:-5}
-SERVERS=${SERVERS:-uturn-io-uring uturn-portable coturn}
+SERVERS=${SERVERS:-null uturn-io-uring uturn-portable coturn}
 SYSCALLS=${SYSCALLS:-0}
 OUT=${OUT:-${CARGO_TARGET_DIR:-target}/stream-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
@@ -130,11 +132,18 @@ start_server() { # name
                 --user alice:secret --lt-cred-mech --allow-loopback-peers --no-dtls \
                 --no-tcp-relay --no-cli --log-file "$log" >/dev/null 2>&1 &
             ;;
+        null)
+            # The floor: TCP and TLS both on $PORT (a TLS handshake's first byte tells them
+            # apart), one thread on the server core.
+            taskset -c "$SERVER_CORE" "$BENCH" forward --listen "127.0.0.1:$PORT" \
+                --cores "$SERVER_CORE" --cert "$WORK/cert.pem" --pkey "$WORK/key.pem" \
+                >"$log" 2>&1 &
+            ;;
     esac
     SERVER_PID=$!
     unset UTURN_TEST_STREAM_EPOLL UTURN_TEST_STREAM_RING_SENDS
     wait_listening "$PORT"
-    wait_listening "$TLS_PORT"
+    [ "$1" = null ] || wait_listening "$TLS_PORT"
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -177,9 +186,11 @@ if [ "$LOAD" != uclient ]; then
     echo
     echo "uturn-bench: $ALLOCS connections, 170 bytes, $RATE round trips/s offered, ${DURATION} s measured"
     for transport in "${TRANSPORTS[@]}"; do
-        port=$PORT
-        [ "$transport" = tls ] && port=$TLS_PORT
         for server in $SERVERS; do
+            port=$PORT
+            [ "$transport" = tls ] && [ "$server" != null ] && port=$TLS_PORT
+            mode=()
+            [ "$server" = null ] && mode=(--null)
             start_server "$server"
             PERF_PID=""
             if [ "$SYSCALLS" = 1 ]; then
@@ -189,7 +200,7 @@ if [ "$LOAD" != uclient ]; then
                 PERF_PID=$!
             fi
             if ! timeout 120 taskset -c "$LOAD_CORE" "$BENCH" relay --transport "$transport" \
-                --server "127.0.0.1:$port" --allocations "$ALLOCS" --rate "$RATE" \
+                "${mode[@]}" --server "127.0.0.1:$port" --allocations "$ALLOCS" --rate "$RATE" \
                 --duration "$DURATION" --warmup 1 --client-ips 127.0.0.1 \
                 --server-pid "$SERVER_PID" --label "$transport/$server" --json --quiet >>"$OUT"; then
                 echo "stream-bench.sh: uturn-bench against $server over $transport failed" >&2
@@ -207,15 +218,19 @@ import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 rows = [r for r in lines if "label" in r]
 calls = [r for r in lines if "syscalls_label" in r]
-coturn = {r["label"].split("/")[0]: r["cpu_us_per_packet"] for r in rows if r["label"].endswith("/coturn")}
-print("| transport | server | relayed pkt/s | loss % | p50 µs | p99 µs | CPU µs per relayed packet | vs coturn |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+def per_packet(name):
+    return {r["label"].split("/")[0]: r["cpu_us_per_packet"] for r in rows if r["label"].endswith("/" + name)}
+coturn, floor = per_packet("coturn"), per_packet("null")
+def ratio(cpu, base):
+    return f"{cpu / base:.2f}x" if cpu is not None and base else "–"
+print("| transport | server | relayed pkt/s | loss % | p50 µs | p99 µs | CPU µs per relayed packet | vs coturn | vs null |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     t, server = r["label"].split("/")
-    cpu, base = r["cpu_us_per_packet"], coturn.get(t)
-    ratio = f"{cpu / base:.2f}x" if cpu is not None and base else "–"
+    cpu = r["cpu_us_per_packet"]
+    vs_coturn, vs_null = ratio(cpu, coturn.get(t)), ratio(cpu, floor.get(t))
     cpu = f"{cpu:.2f}" if cpu is not None else "–"
-    print(f"| {t} | {server} | {r['relayed_pps']:.0f} | {r['loss_pct']:.3f} | {r['p50_us']} | {r['p99_us']} | {cpu} | {ratio} |")
+    print(f"| {t} | {server} | {r['relayed_pps']:.0f} | {r['loss_pct']:.3f} | {r['p50_us']} | {r['p99_us']} | {cpu} | {vs_coturn} | {vs_null} |")
 if calls:
     print()
     print("| transport | server | system calls per relayed packet |")

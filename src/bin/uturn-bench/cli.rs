@@ -70,13 +70,25 @@ impl Target {
 pub enum Cmd {
     /// Relay load: allocations, permissions/channels, then paced data to echo peers.
     Relay(RelayArgs),
-    /// The null forwarder: one receive and one send per packet each way, nothing else.
+    /// The null forwarder: one receive and one send per packet each way, nothing else (UDP,
+    /// and with --tcp or --cert TCP and TLS clients on the same address).
     Forward {
         #[arg(long, default_value = "127.0.0.1:3500")]
         listen: SocketAddr,
         /// One thread per listed core (SO_REUSEPORT).
         #[arg(long, value_parser = parse_cores, default_value = "")]
         cores: CoreList,
+        /// Also accept TCP connections on the same address: `HELLO <peer>\n`, then
+        /// ChannelData frames padded to 4 bytes (RFC 8656 §12.5).
+        #[arg(long)]
+        tcp: bool,
+        /// PEM certificate chain: TCP connections that open with a TLS handshake speak
+        /// TLS (implies --tcp; needs --pkey).
+        #[arg(long, requires = "pkey")]
+        cert: Option<std::path::PathBuf>,
+        /// PEM private key of --cert.
+        #[arg(long, requires = "cert")]
+        pkey: Option<std::path::PathBuf>,
     },
     /// Allocation rate, and the server's memory per held allocation.
     Alloc {

@@ -2,12 +2,17 @@
 //! socket shape — one listening socket, one relay socket per client, one receive and one
 //! send per packet in each direction — and does nothing else: no parsing, no headers, no
 //! permissions. A client says `HELLO <peer>` once and gets `OK <relay address>` back.
+//! With `--tcp` (or a TLS certificate) the same thread also serves stream clients on the
+//! same address (`forward_stream`).
 
+use crate::forward_stream::{self, Streams};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 const LISTEN: Token = Token(usize::MAX);
@@ -18,14 +23,29 @@ struct Relay {
     peer: SocketAddr,
 }
 
+/// What a forwarder thread serves besides UDP.
+#[derive(Clone)]
+pub enum Streaming {
+    /// UDP only.
+    Off,
+    /// TCP on the same address; TLS too for connections that open with a handshake, when
+    /// a server configuration is given.
+    On(Option<Arc<ServerConfig>>),
+}
+
 /// Runs one forwarder thread on `listen` (SO_REUSEPORT, so several threads can share it)
 /// until the process ends.
-pub fn run(listen: SocketAddr) -> io::Result<()> {
+pub fn run(listen: SocketAddr, streaming: Streaming) -> io::Result<()> {
     let std_socket = bind(listen, true)?;
     let mut listener = UdpSocket::from_std(std_socket);
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTEN, Interest::READABLE)?;
+    let mut streams = match streaming {
+        Streaming::Off => None,
+        Streaming::On(tls) => Some(Streams::new(listen, tls, poll.registry())?),
+    };
+    let mut reported = (0, 0);
     let mut relays: Vec<Relay> = Vec::new();
     let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
     let mut events = Events::with_capacity(1024);
@@ -36,8 +56,25 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
+        let quiet = events.is_empty();
+        if let Some(s) = streams
+            .as_ref()
+            .filter(|s| quiet && (s.dropped, s.refused) != reported)
+        {
+            // Counted per frame, reported after a quiet second (nothing per packet).
+            reported = (s.dropped, s.refused);
+            eprintln!(
+                "uturn-bench: forwarder: {} frames dropped (a connection's queue was full), {} connections refused (bad input)",
+                s.dropped, s.refused
+            );
+        }
         for event in events.iter() {
-            if event.token() == LISTEN {
+            if let Some(s) = streams
+                .as_mut()
+                .filter(|_| event.token() != LISTEN && forward_stream::owns(event.token()))
+            {
+                s.event(poll.registry(), event);
+            } else if event.token() == LISTEN {
                 loop {
                     let (n, from) = match listener.recv_from(&mut buf) {
                         Ok(r) => r,
@@ -85,7 +122,7 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
     }
 }
 
-fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {

@@ -81,9 +81,9 @@ pub fn run(args: RelayArgs) -> ExitCode {
         }
     };
     if target.transport != stream::Transport::Udp {
-        if find_max || null || direct || burst.is_some() || gso || send_batch != 1 {
+        if find_max || direct || burst.is_some() || gso || send_batch != 1 {
             eprintln!(
-                "uturn-bench: --find-max, --null, --direct, --burst, --gso and --send-batch are for --transport udp"
+                "uturn-bench: --find-max, --direct, --burst, --gso and --send-batch are for --transport udp"
             );
             return ExitCode::from(2);
         }

@@ -1,6 +1,7 @@
 //! TURN over TCP and TLS for the load generator: one connection per allocation, set up with
 //! blocking requests (long-term authentication, Allocate, ChannelBind or CreatePermission),
-//! then handed to the stream load (`stream_load`) as a non-blocking connection.
+//! or with the null forwarder's `HELLO` line, then handed to the stream load
+//! (`stream_load`) as a non-blocking connection.
 //!
 //! Owns: the client side of a stream connection (TLS client configuration, framing of what
 //! the server sends, a bounded queue of what could not be written yet). Must not: verify a
@@ -207,6 +208,35 @@ struct Client {
 }
 
 impl Client {
+    /// The null forwarder's set-up (`forward_stream`): `HELLO <peer>` and its `OK <relay>`
+    /// line, read a byte at a time so nothing after the line is taken from the frames.
+    fn hello(&mut self, peer: SocketAddr) -> Result<SocketAddr, String> {
+        let io = self.io.io();
+        io.write_all(format!("HELLO {peer}\n").as_bytes())
+            .and_then(|()| io.flush())
+            .map_err(|e| format!("write: {e}"))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < 256 {
+            match io.read(&mut byte) {
+                Ok(0) => return Err("the forwarder closed the connection".into()),
+                Ok(_) if byte[0] == b'\n' => {
+                    return std::str::from_utf8(&line)
+                        .ok()
+                        .and_then(|s| s.strip_prefix("OK "))
+                        .and_then(|s| s.trim().parse().ok())
+                        .ok_or_else(|| {
+                            format!("not OK <address>: {:?}", String::from_utf8_lossy(&line))
+                        });
+                }
+                Ok(_) => line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Err("no line from the forwarder".into())
+    }
+
     fn frame(&mut self) -> Result<Vec<u8>, String> {
         let mut buf = [0u8; 4096];
         while self.pending.is_empty() {
@@ -331,14 +361,22 @@ pub fn setup_one(
         auth: None,
         tid: (u64::from(std::process::id()) << 32) | ((i as u64) << 8),
     };
-    client
-        .request(Method::ALLOCATE, &|b| {
-            b.add_requested_transport(stun::TRANSPORT_UDP);
-        })
-        .map_err(|e| format!("allocate: {e}"))?;
+    if spec.mode == Mode::Null {
+        client.hello(peer).map_err(|e| format!("hello: {e}"))?;
+    } else {
+        client
+            .request(Method::ALLOCATE, &|b| {
+                b.add_requested_transport(stun::TRANSPORT_UDP);
+            })
+            .map_err(|e| format!("allocate: {e}"))?;
+    }
     let mut template = Vec::with_capacity(spec.size + 64);
     let payload = vec![0x5au8; spec.size];
     let stamp_at = match spec.mode {
+        Mode::Null => {
+            ChannelData::encode(CHANNEL, &payload, true, &mut template);
+            4
+        }
         Mode::SendIndication => {
             client
                 .request(Method::CREATE_PERMISSION, &|b| {
