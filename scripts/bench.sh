@@ -34,7 +34,10 @@
 #        --root target/turn-rs          (or TURN_RS=/path/to/turn-server)),
 #      UTURN_ARGS (extra options for every uturn run, e.g. "--batch-wait-us 0"),
 #      PHASES (space-separated subset of: fixed bursty saturation uclient; default all,
-#      --quick: fixed bursty uclient), SAT_SCENARIOS (50x170 1000x1200: allocations x bytes)
+#      --quick: fixed bursty uclient), SAT_SCENARIOS (50x170 1000x1200: allocations x bytes),
+#      ROUNDS (1: every fixed, bursty and saturation scenario runs its servers ROUNDS times,
+#      each round in an order turned by one place; the tables give each server's median
+#      and the range of its CPU per packet)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +62,7 @@ LOAD_CORE=${LOAD_CORE:-1}
 RATE=${RATE:-20000}
 DURATION=${DURATION:-5}
 SAT_BATCH=${SAT_BATCH:-4}
+ROUNDS=${ROUNDS:-1}
 BURST=${BURST:-8-16}
 UCLIENT=${UCLIENT:--m 50 -n 2000 -l 170 -z 1}
 # A port free for UDP and TCP (uturn and coturn listen on both at their defaults), and the
@@ -260,25 +264,38 @@ fi
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 phase fixed || ALLOCS=()
 phase bursty || BURSTY=()
+# The servers of one scenario in round r, the list turned by r - 1 places: over ROUNDS
+# rounds each server runs first once (the first run of a scenario can differ from the
+# others), and the table gives each server's median.
+order() { # round
+    local n=${#SERVERS[@]} i
+    for ((i = 0; i < n; i++)); do echo "${SERVERS[(i + $1 - 1) % n]}"; done
+}
 for allocs in "${ALLOCS[@]}"; do
     for size in "${SIZES[@]}"; do
-        for server in "${SERVERS[@]}"; do
-            run "$server" "$allocs" "$size" --rate "$RATE"
+        for round in $(seq "$ROUNDS"); do
+            for server in $(order "$round"); do
+                run "$server" "$allocs" "$size" --rate "$RATE"
+            done
         done
     done
 done
 # Video-like: each allocation sends a frame of BURST datagrams back to back (one sendmmsg).
 for allocs in "${BURSTY[@]}"; do
-    for server in "${SERVERS[@]}"; do
-        run "$server" "$allocs" 1200 --rate "$RATE" --burst "$BURST"
+    for round in $(seq "$ROUNDS"); do
+        for server in $(order "$round"); do
+            run "$server" "$allocs" 1200 --rate "$RATE" --burst "$BURST"
+        done
     done
 done
 if phase saturation; then
     for scenario in ${SAT_SCENARIOS:-50x170 1000x1200}; do
         IFS=x read -r allocs size <<<"$scenario"
-        for server in "${SERVERS[@]}"; do
-            run "$server" "$allocs" "$size" --rate "$RATE" --find-max --search-budget 45 \
-                --send-batch "$SAT_BATCH"
+        for round in $(seq "$ROUNDS"); do
+            for server in $(order "$round"); do
+                run "$server" "$allocs" "$size" --rate "$RATE" --find-max --search-budget 45 \
+                    --send-batch "$SAT_BATCH"
+            done
         done
     done
 fi
@@ -308,6 +325,19 @@ ORDER = ["uturn-io-uring", "uturn-portable", "coturn", "null", "direct"]
 def f(v, d=2):
     return "-" if v is None else f"{v:.{d}f}"
 
+def median_row(rs):
+    """One server's runs of a scenario: the median of every number (the upper median of
+    an even count), with the range of its CPU per packet when it ran more than once."""
+    out = dict(rs[0])
+    for k, v in rs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = sorted(r[k] for r in rs if r.get(k) is not None)
+            out[k] = vals[len(vals) // 2] if vals else None
+    cpus = sorted(r["cpu_us_per_packet"] for r in rs if r.get("cpu_us_per_packet") is not None)
+    out["runs"] = len(rs)
+    out["cpu_range"] = f"{cpus[0]:.2f}-{cpus[-1]:.2f}" if len(cpus) > 1 else ""
+    return out
+
 def table(title, pick):
     picked = [r for r in rows if pick(r)]
     if not picked:
@@ -315,12 +345,15 @@ def table(title, pick):
     print(f"\n{title}")
     hdr = (f'{"allocs":>6} {"size":>5} {"frames":>10} {"server":<15} {"rt/s":>9} {"loss%":>7} {"p50us":>6} '
            f'{"p99us":>6} {"cpu us/pkt":>10} {"x coturn":>8} {"x floor":>7} {"machine":>7} '
-           f'{"overhead":>8} {"x coturn":>8}')
+           f'{"overhead":>8} {"x coturn":>8} {"runs":>4} {"cpu range":>11}')
     print(hdr)
     print("-" * len(hdr))
     for key in sorted({(r["allocations"], r["size"], r.get("frames", "1xmmsg")) for r in picked}):
-        group = {r["label"]: r for r in picked
-                 if (r["allocations"], r["size"], r.get("frames", "1xmmsg")) == key}
+        runs = {}
+        for r in picked:
+            if (r["allocations"], r["size"], r.get("frames", "1xmmsg")) == key:
+                runs.setdefault(r["label"], []).append(r)
+        group = {label: median_row(rs) for label, rs in runs.items()}
         def get(label, field):
             return group.get(label, {}).get(field)
         direct = get("direct", "machine_us_per_packet")
@@ -339,11 +372,13 @@ def table(title, pick):
             allocs, size, frames = key
             print(f'{allocs:>6} {size:>5} {frames:>10} {label:<15} {r["round_trips_per_s"]:>9.0f} {r["loss_pct"]:>7.3f} '
                   f'{r["p50_us"]:>6} {r["p99_us"]:>6} {f(c, 3):>10} {xc:>8} {xf:>7} '
-                  f'{f(r.get("machine_us_per_packet")):>7} {f(o if label != "direct" else None):>8} {xo:>8}')
+                  f'{f(r.get("machine_us_per_packet")):>7} {f(o if label != "direct" else None):>8} {xo:>8} '
+                  f'{r["runs"]:>4} {r["cpu_range"]:>11}')
 
 print("cpu: server utime+stime per relayed packet (µs); machine: all cores' busy time per relayed")
 print("packet (µs, /proc/stat); overhead: machine minus the direct run's machine figure (what the")
-print("relay adds beyond delivering the same datagrams); rt/s: round trips/s, each 2 relayed packets")
+print("relay adds beyond delivering the same datagrams); rt/s: round trips/s, each 2 relayed packets;")
+print("with ROUNDS > 1 every figure is the server's median over its runs (cpu range: lowest-highest)")
 table("Fixed rate", lambda r: r["kind"] == "fixed" and r.get("frames", "1xmmsg") == "1xmmsg")
 table("Video-like bursts (frames of datagrams per allocation back to back)",
       lambda r: r["kind"] == "fixed" and r.get("frames", "1xmmsg") != "1xmmsg")
