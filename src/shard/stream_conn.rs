@@ -438,7 +438,7 @@ fn write_tls(
                 Some(true)
             }
             ConnectionState::EncodeTlsData(mut record) => {
-                fill(out, 1024, |room| record.encode(room))?;
+                fill(out, 0, |room| record.encode(room))?;
                 None
             }
             ConnectionState::TransmitTlsData(queued) => {
@@ -457,7 +457,8 @@ fn write_tls(
 }
 
 /// Appends to `out` what `write` puts into a slice of room: `guess` bytes of room first,
-/// then as much as rustls says it needs. A record is only ever written whole.
+/// then as much as rustls says it needs. A record is only ever written whole. Handshake
+/// records are asked with no room at all, so the queue grows by their exact size.
 fn fill<E: Short>(
     out: &mut BytesMut,
     guess: usize,
@@ -554,7 +555,7 @@ impl Records<'_> {
                     None => Ok(true),
                 },
                 Ok(ConnectionState::EncodeTlsData(mut record)) => {
-                    fill(self.out, 1024, |room| record.encode(room)).map(|()| true)
+                    fill(self.out, 0, |room| record.encode(room)).map(|()| true)
                 }
                 Ok(ConnectionState::TransmitTlsData(queued)) => {
                     queued.done();
@@ -590,7 +591,7 @@ impl Records<'_> {
             let Ok(ConnectionState::EncodeTlsData(mut record)) = state else {
                 return;
             };
-            if fill(self.out, 1024, |room| record.encode(room)).is_err() {
+            if fill(self.out, 0, |room| record.encode(room)).is_err() {
                 return;
             }
         }
