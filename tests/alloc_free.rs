@@ -10,13 +10,13 @@
 //! counted.
 //!
 //! Then the same over TLS (TLS 1.3 and 1.2, io_uring backend). The TLS client runs on
-//! threads whose allocations are not counted (rustls's buffered client allocates per
-//! record); only the server's are. uturn's side of TLS (rustls's unbuffered API, records
-//! decrypted in place and encrypted into the send queue) allocates nothing of its own, but
-//! rustls 0.23 itself allocates one buffer for each record it decrypts (the plaintext it
-//! hands out) and one for each record it encrypts (the ciphertext, before copying it into
-//! the caller's buffer): so the bound checked over TLS is one allocation per record, and
-//! nothing more (the buffered API took more per record).
+//! threads whose allocations are not counted (rustls's client allocates per record); only
+//! the server's are. uturn's side of TLS (rustls's unbuffered API, records decrypted in
+//! place and encrypted into the send queue) allocates nothing of its own, but rustls 0.23
+//! itself allocates one buffer for each record it decrypts (the plaintext it hands out) and
+//! one for each record it encrypts (the ciphertext, before copying it into the caller's
+//! buffer), with either API: so the bound checked over TLS is one allocation per record the
+//! server took in or sent, and nothing more.
 
 mod common;
 mod stream_support;

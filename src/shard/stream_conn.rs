@@ -763,7 +763,7 @@ mod tests {
         }
 
         /// Hands `wire` to the server in pieces of `piece` bytes; the frames it delivers.
-        fn to_server(&mut self, wire: &[u8], piece: usize) -> Result<Frames, Closed> {
+        fn server_reads(&mut self, wire: &[u8], piece: usize) -> Result<Frames, Closed> {
             let mut frames = Vec::new();
             for bytes in wire.chunks(piece.max(1)) {
                 let input = Input::Received(bytes);
@@ -776,7 +776,7 @@ mod tests {
         }
 
         /// What the server queued, handed to the client; the plaintext it reads.
-        fn to_client(&mut self) -> Result<Vec<u8>, rustls::Error> {
+        fn client_reads(&mut self) -> Result<Vec<u8>, rustls::Error> {
             let out = self.conn.out.split();
             let mut wire = &out[..];
             while !wire.is_empty() {
@@ -791,8 +791,8 @@ mod tests {
         fn handshake(&mut self) {
             for _ in 0..10 {
                 let wire = self.client_records();
-                assert_eq!(self.to_server(&wire, usize::MAX).unwrap(), vec![]);
-                self.to_client().unwrap();
+                assert_eq!(self.server_reads(&wire, usize::MAX).unwrap(), vec![]);
+                self.client_reads().unwrap();
                 if !self.client.is_handshaking() && !self.conn.handshaking() {
                     return;
                 }
@@ -834,7 +834,7 @@ mod tests {
             p.client.writer().write_all(&a[10..]).unwrap();
             p.client.writer().write_all(&b).unwrap();
             let wire = p.client_records();
-            let frames = p.to_server(&wire, 7).unwrap();
+            let frames = p.server_reads(&wire, 7).unwrap();
             let got: Vec<_> = frames.iter().map(|(f, _)| f.clone()).collect();
             assert_eq!(got, vec![a.clone(), b.clone()], "{name}");
             let session = frames[0].1.expect("the session comes with the frames");
@@ -844,10 +844,13 @@ mod tests {
             // buffer goes at the next one.
             p.client.writer().write_all(&a).unwrap();
             let wire = p.client_records();
-            assert_eq!(p.to_server(&wire[..wire.len() - 3], 1024).unwrap(), vec![]);
+            assert_eq!(
+                p.server_reads(&wire[..wire.len() - 3], 1024).unwrap(),
+                vec![]
+            );
             p.conn.shrink();
             assert_eq!(p.conn.incoming.len(), wire.len() - 3);
-            let frames = p.to_server(&wire[wire.len() - 3..], 1024).unwrap();
+            let frames = p.server_reads(&wire[wire.len() - 3..], 1024).unwrap();
             assert_eq!(frames.len(), 1);
             p.conn.shrink();
             assert_eq!(
@@ -859,7 +862,7 @@ mod tests {
             assert_eq!(p.conn.send(&a), Ok(Queued::Yes));
             assert_eq!(p.conn.send(&b), Ok(Queued::Yes));
             assert_eq!(records(&p.conn.out).len(), 2);
-            assert_eq!(p.to_client().unwrap(), [a, b].concat(), "{name}");
+            assert_eq!(p.client_reads().unwrap(), [a, b].concat(), "{name}");
         }
     }
 
@@ -872,17 +875,17 @@ mod tests {
         let a = binding_request(3);
         p.client.writer().write_all(&a).unwrap();
         let wire = p.client_records();
-        let frames = p.to_server(&wire, usize::MAX).unwrap();
+        let frames = p.server_reads(&wire, usize::MAX).unwrap();
         assert_eq!(frames.len(), 1, "read with the client's new keys");
         assert_eq!(frames[0].0, a);
         // The server's KeyUpdate goes ahead of its next record, which uses the new keys:
         // the client, having switched on the KeyUpdate, can read it.
         assert_eq!(p.conn.send(&a), Ok(Queued::Yes));
         assert_eq!(records(&p.conn.out).len(), 2, "KeyUpdate, then the frame");
-        assert_eq!(p.to_client().unwrap(), a);
+        assert_eq!(p.client_reads().unwrap(), a);
         assert_eq!(p.conn.send(&a), Ok(Queued::Yes));
         assert_eq!(records(&p.conn.out).len(), 1);
-        assert_eq!(p.to_client().unwrap(), a);
+        assert_eq!(p.client_reads().unwrap(), a);
     }
 
     #[test]
@@ -904,7 +907,7 @@ mod tests {
         assert_eq!(frames, vec![a.clone()], "what came before the end is read");
         // An answer may still leave, then the server's close_notify.
         assert_eq!(p.conn.send(&a), Ok(Queued::Yes));
-        assert_eq!(p.to_client().unwrap(), a);
+        assert_eq!(p.client_reads().unwrap(), a);
         p.conn.close();
         let mut wire = Vec::new();
         p.peer
@@ -921,7 +924,7 @@ mod tests {
         // Not TLS at all.
         let mut p = pair("garbage", &rustls::version::TLS13);
         assert_eq!(
-            p.to_server(b"GET / HTTP/1.1\r\n\r\n", usize::MAX),
+            p.server_reads(b"GET / HTTP/1.1\r\n\r\n", usize::MAX),
             Err(Closed::Tls)
         );
         // A record that does not decrypt, after the handshake.
@@ -929,7 +932,7 @@ mod tests {
         p.handshake();
         let mut wire = vec![23, 3, 3, 0, 40];
         wire.extend_from_slice(&[0x42; 40]);
-        assert_eq!(p.to_server(&wire, usize::MAX), Err(Closed::Tls));
+        assert_eq!(p.server_reads(&wire, usize::MAX), Err(Closed::Tls));
         let alert = p.conn.out.split();
         assert!(!alert.is_empty(), "an alert for the client");
         p.client.read_tls(&mut &alert[..]).unwrap();
