@@ -241,14 +241,12 @@ impl Streams {
         };
         let _ = socket.set_nodelay(true);
         let tls = match (transport, &self.tls) {
-            (Transport::Tls, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
-                Ok(mut c) => {
-                    // Records are moved to the connection's own bounded queue at once.
-                    c.set_buffer_limit(None);
-                    Some(Box::new(c))
+            (Transport::Tls, Some(config)) => {
+                match rustls::server::UnbufferedServerConnection::new(config.clone()) {
+                    Ok(c) => Some(Box::new(c)),
+                    Err(_) => return,
                 }
-                Err(_) => return,
-            },
+            }
             _ => None,
         };
         let tuple = FiveTuple {

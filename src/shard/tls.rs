@@ -121,8 +121,9 @@ fn read(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<CertifiedK
     Ok(certified)
 }
 
-/// A finished session's protocol and cipher suite, named as coturn names them.
-pub fn session(conn: &rustls::ServerConnection) -> crate::turn::TlsSession {
+/// A finished session's protocol and cipher suite, named as coturn names them (from the
+/// state every rustls connection shares, buffered or not).
+pub fn session(conn: &rustls::CommonState) -> crate::turn::TlsSession {
     crate::turn::TlsSession {
         protocol: protocol_name(conn.protocol_version()),
         cipher: cipher_name(conn.negotiated_cipher_suite().map(|s| s.suite())),
