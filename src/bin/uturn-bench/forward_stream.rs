@@ -15,7 +15,7 @@
 //! [`QUEUE_LIMIT`] (frames beyond are dropped and counted), or hold more than
 //! [`MAX_CONNECTIONS`] connections per thread.
 
-use crate::stream::{CHANNEL, QUEUE_LIMIT};
+use crate::stream::{write_queue, CHANNEL, QUEUE_LIMIT};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use rustls::{ServerConfig, ServerConnection};
@@ -406,37 +406,10 @@ impl Conn {
 
     /// Writes what waits, as far as the socket takes it.
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.tls {
-            None => {
-                let mut done = 0;
-                while done < self.queue.len() {
-                    match self.tcp.write(&self.queue[done..]) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.queue.drain(..done);
-            }
-            Some(tls) => loop {
-                if !self.queue.is_empty() {
-                    let n = tls.writer().write(&self.queue)?;
-                    self.queue.drain(..n);
-                }
-                if !tls.wants_write() {
-                    break;
-                }
-                match tls.write_tls(&mut self.tcp) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            },
-        }
-        Ok(())
+        write_queue(
+            &mut self.tcp,
+            self.tls.as_deref_mut().map(|t| &mut **t),
+            &mut self.queue,
+        )
     }
 }

@@ -69,39 +69,7 @@ impl Conn {
     /// Writes what the socket takes now. An error other than would-block means the
     /// connection is gone.
     pub fn flush(&mut self) -> io::Result<()> {
-        match &mut self.tls {
-            None => {
-                let mut done = 0;
-                while done < self.queue.len() {
-                    match self.tcp.write(&self.queue[done..]) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.queue.drain(..done);
-            }
-            Some(tls) => loop {
-                // rustls takes plaintext up to its own buffer limit; the rest stays queued.
-                if !self.queue.is_empty() {
-                    let n = tls.writer().write(&self.queue)?;
-                    self.queue.drain(..n);
-                }
-                if !tls.wants_write() {
-                    break;
-                }
-                match tls.write_tls(&mut self.tcp) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            },
-        }
-        Ok(())
+        write_queue(&mut self.tcp, self.tls.as_deref_mut(), &mut self.queue)
     }
 
     /// Reads what is there and calls `frame` for each whole frame; `Ok(false)` at the end
@@ -437,4 +405,47 @@ pub fn setup(
     };
     let tls = config.as_ref().map(|c| (c, trust.name.as_str()));
     set_up_in_parallel(spec, |i| setup_one(spec, i, peers[i % peers.len()], tls))
+}
+
+/// Writes `queue` to `tcp` (through `tls` when there is a session) as far as the socket
+/// takes it; what it does not take stays queued. An error other than would-block means the
+/// connection is gone. Serves both ends: the load's clients and the null stream forwarder.
+pub fn write_queue<D>(
+    tcp: &mut mio::net::TcpStream,
+    tls: Option<&mut rustls::ConnectionCommon<D>>,
+    queue: &mut Vec<u8>,
+) -> io::Result<()> {
+    match tls {
+        None => {
+            let mut done = 0;
+            while done < queue.len() {
+                match tcp.write(&queue[done..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            queue.drain(..done);
+        }
+        Some(tls) => loop {
+            // rustls takes plaintext up to its own buffer limit; the rest stays queued.
+            if !queue.is_empty() {
+                let n = tls.writer().write(queue)?;
+                queue.drain(..n);
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(tcp) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        },
+    }
+    Ok(())
 }
