@@ -15,7 +15,7 @@
 //! [`QUEUE_LIMIT`] (frames beyond are dropped and counted), or hold more than
 //! [`MAX_CONNECTIONS`] connections per thread.
 
-use crate::stream::{write_queue, CHANNEL, QUEUE_LIMIT};
+use crate::stream::{read_records, write_queue, TlsRead, CHANNEL, QUEUE_LIMIT};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use rustls::{ServerConfig, ServerConnection};
@@ -290,17 +290,11 @@ impl Conn {
                 }
                 continue;
             };
-            match tls.read_tls(&mut self.tcp) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            let state = tls
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let mut left = state.plaintext_bytes_to_read();
+            let mut left = match read_records(tls, &mut self.tcp)? {
+                TlsRead::End => return Ok(false),
+                TlsRead::WouldBlock => return Ok(true),
+                TlsRead::Plain(n) => n,
+            };
             while left > 0 {
                 let n = self.tls.as_mut().map_or(Ok(0), |t| t.reader().read(buf))?;
                 if n == 0 {

@@ -86,17 +86,11 @@ impl Conn {
                     Err(e) => return Err(e),
                 },
                 Some(tls) => {
-                    match tls.read_tls(&mut self.tcp) {
-                        Ok(0) => return Ok(false),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                    let state = tls
-                        .process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    let mut left = state.plaintext_bytes_to_read();
+                    let mut left = match read_records(tls, &mut self.tcp)? {
+                        TlsRead::End => return Ok(false),
+                        TlsRead::WouldBlock => return Ok(true),
+                        TlsRead::Plain(n) => n,
+                    };
                     while left > 0 {
                         let n = tls.reader().read(buf)?;
                         if n == 0 {
@@ -405,6 +399,37 @@ pub fn setup(
     };
     let tls = config.as_ref().map(|c| (c, trust.name.as_str()));
     set_up_in_parallel(spec, |i| setup_one(spec, i, peers[i % peers.len()], tls))
+}
+
+/// What one read of TLS records from a socket gave.
+pub enum TlsRead {
+    /// The records were processed: this many plaintext bytes wait in the session.
+    Plain(usize),
+    /// The peer closed the connection.
+    End,
+    /// Nothing to read now.
+    WouldBlock,
+}
+
+/// Reads TLS records from `tcp` once and processes them; the plaintext waits in `tls`
+/// (`reader()`). Serves both ends: the load's clients and the null stream forwarder.
+pub fn read_records<D>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    tcp: &mut mio::net::TcpStream,
+) -> io::Result<TlsRead> {
+    loop {
+        match tls.read_tls(tcp) {
+            Ok(0) => return Ok(TlsRead::End),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TlsRead::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let state = tls
+        .process_new_packets()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(TlsRead::Plain(state.plaintext_bytes_to_read()))
 }
 
 /// Writes `queue` to `tcp` (through `tls` when there is a session) as far as the socket
