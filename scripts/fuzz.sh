@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs="${1:-${FUZZ_RUNS:-10000000}}"
-targets="${FUZZ_TARGETS:-stun_message channel_data core_datagrams stream_framing}"
+targets="${FUZZ_TARGETS:-stun_message channel_data core_datagrams stream_framing tls_records}"
 work="${FUZZ_WORK:-/tmp/uturn-fuzz}"
 max_len="${FUZZ_MAX_LEN:-1500}"
 sanitizer="${FUZZ_SANITIZER:-none}"

@@ -17,7 +17,7 @@ mod prebind;
 mod sockets;
 mod state;
 pub mod stream;
-mod stream_conn;
+pub(crate) mod stream_conn;
 mod stream_options;
 pub mod tls;
 mod uring;

@@ -21,7 +21,7 @@ use rustls::server::UnbufferedServerConnection;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-mod records;
+pub(crate) mod records;
 #[cfg(test)]
 mod tests;
 

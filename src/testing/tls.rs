@@ -107,3 +107,72 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth()
 }
+
+/// The receiving half of a server TLS connection's record layer, without a socket: bytes
+/// pushed in are processed exactly as a ring receive's are (`stream_conn::records`), with
+/// the shard's 64 KiB read buffer. For the `tls_records` fuzz target.
+pub struct TlsRecords {
+    tls: Box<rustls::server::UnbufferedServerConnection>,
+    session: Option<crate::turn::TlsSession>,
+    frames: crate::stun::framing::Reassembler,
+    out: bytes::BytesMut,
+    incoming: bytes::BytesMut,
+    buf: Vec<u8>,
+    /// Frames handed on so far.
+    pub frames_out: usize,
+}
+
+/// Received TLS bytes a connection may hold unprocessed; at this many it is closed.
+pub const TLS_PENDING_MAX: usize = crate::shard::stream_conn::records::TLS_PENDING_MAX;
+
+impl TlsRecords {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> TlsRecords {
+        TlsRecords {
+            tls: Box::new(
+                rustls::server::UnbufferedServerConnection::new(config)
+                    .expect("a server connection"),
+            ),
+            session: None,
+            frames: crate::stun::framing::Reassembler::new(65_552),
+            out: bytes::BytesMut::new(),
+            incoming: bytes::BytesMut::new(),
+            buf: vec![0; 64 * 1024],
+            frames_out: 0,
+        }
+    }
+
+    /// Takes `bytes` as a receive; `false` once the connection would be closed.
+    pub fn push(&mut self, bytes: &[u8]) -> bool {
+        let mut records = crate::shard::stream_conn::records::Records {
+            tls: &mut self.tls,
+            session: &mut self.session,
+            frames: &mut self.frames,
+            out: &mut self.out,
+        };
+        let mut count = 0;
+        let result = crate::shard::stream_conn::records::received_tls(
+            &mut records,
+            &mut self.incoming,
+            bytes,
+            &mut self.buf,
+            &mut |_: &[u8], _| count += 1,
+        );
+        self.frames_out += count;
+        result.is_ok()
+    }
+
+    /// Received bytes held unprocessed (a record not yet whole).
+    pub fn pending(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// The handshake finished.
+    pub fn established(&self) -> bool {
+        !self.tls.is_handshaking()
+    }
+
+    /// Bytes the server has written in answer (handshake records, alerts).
+    pub fn written(&self) -> usize {
+        self.out.len()
+    }
+}

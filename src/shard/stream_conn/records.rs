@@ -18,11 +18,11 @@ use std::io::{self, Read};
 
 /// The most one TLS record takes on the wire: 16 KiB of plaintext, at most 2 KiB of
 /// expansion, the 5-byte header (RFC 5246 §6.2.3; rustls's `MAX_WIRE_SIZE`).
-pub(super) const TLS_RECORD_MAX: usize = 16 * 1024 + 2048 + 5;
+pub(crate) const TLS_RECORD_MAX: usize = 16 * 1024 + 2048 + 5;
 
 /// Received TLS bytes not yet processed a connection may hold (a record not yet whole, a
 /// handshake message spread over records): two records' worth, more is refused.
-const TLS_PENDING_MAX: usize = 2 * TLS_RECORD_MAX;
+pub(crate) const TLS_PENDING_MAX: usize = 2 * TLS_RECORD_MAX;
 
 /// What a record adds to its plaintext, at most, over the cipher suites offered (TLS 1.2
 /// AES-GCM: header, explicit nonce, tag; TLS 1.3: header, content type, tag); a guess
@@ -137,7 +137,7 @@ impl Short for EncodeError {
 }
 
 /// One TLS connection's parts a read goes through.
-pub(super) struct Records<'a> {
+pub(crate) struct Records<'a> {
     pub tls: &'a mut UnbufferedServerConnection,
     pub session: &'a mut Option<TlsSession>,
     pub frames: &'a mut Reassembler,
@@ -298,7 +298,7 @@ pub(super) fn read_tls(
 
 /// TLS records a ring receive already took off the socket: copied into `buf` to be
 /// decrypted there (or behind the pending bytes), in pieces that keep within the bound.
-pub(super) fn received_tls(
+pub(crate) fn received_tls(
     records: &mut Records<'_>,
     incoming: &mut BytesMut,
     mut bytes: &[u8],
