@@ -43,7 +43,10 @@ fn feed(stream: &[u8], step: usize) -> bool {
         if !open {
             return false;
         }
-        assert!(conn.pending() < TLS_PENDING_MAX, "unprocessed bytes past the bound");
+        assert!(
+            conn.pending() < TLS_PENDING_MAX,
+            "unprocessed bytes past the bound"
+        );
     }
     true
 }
@@ -53,5 +56,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let step = usize::from(seed % 61) + 1;
-    assert_eq!(feed(stream, step), feed(stream, 0), "the cut changed the outcome");
+    assert_eq!(
+        feed(stream, step),
+        feed(stream, 0),
+        "the cut changed the outcome"
+    );
 });
